@@ -1,0 +1,46 @@
+# Two commands for a newcomer: `make test` and `make bench`. Both install what is missing,
+# build the extension against the installed torch, then run.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+TORCH_VERSION ?= 2.11.0
+HIP_ARCHS ?= gfx90a gfx940
+HIPCC ?= hipcc
+HIP_BUILD := build/hip-check
+
+.PHONY: deps build test bench hip-check gpu-check clean
+
+# torch from PyPI (its CUDA 13 build, matching nvcc 13); kept if some torch is already there.
+deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+	@$(PYTHON) -c "import setuptools, wheel, ninja, pytest, numpy" 2>/dev/null || \
+		$(PIP) install setuptools wheel ninja pytest numpy
+
+build: deps
+	$(PIP) install --no-build-isolation --no-deps -e .
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+bench: build
+	@$(PYTHON) -c "import tqdm, matplotlib" 2>/dev/null || $(PIP) install tqdm matplotlib
+	$(PYTHON) benchmarks/bench_attention.py
+
+# Compiles the kernel library (no torch) for AMD GPUs with Debian's hipcc: compile only.
+hip-check:
+	@command -v $(HIPCC) >/dev/null || (apt-get update && apt-get install -y hipcc)
+	@mkdir -p $(HIP_BUILD)
+	@for f in $$($(PYTHON) tools/generate_kernels.py --out-dir $(HIP_BUILD)/generated); do \
+		for arch in $(HIP_ARCHS); do \
+			echo "hipcc --offload-arch=$$arch $$(basename $$f)"; \
+			$(HIPCC) -x hip -std=c++17 -O2 --offload-arch=$$arch -I csrc/kernels -c $$f \
+				-o $(HIP_BUILD)/$$(basename $$f .cu)_$$arch.o || exit 1; \
+		done; \
+	done
+	@echo "hip-check: the kernel library compiles for $(HIP_ARCHS) (compile only, not run)"
+
+# For the lent GPU machine: build there, run the GPU tests and the benchmark, logs under $OUT.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build csrc/generated flash_attn_rocm/*.so *.egg-info

@@ -1,0 +1,31 @@
+// Registration only: op schemas, their CUDA kernels, and a Python module to import.
+// Fake (meta) implementations live in flash_attn_rocm/_ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../kernels/fwd_api.h"
+#include "ops.h"
+
+namespace {
+
+std::vector<int64_t> fwd_head_dims() {
+  const std::vector<int> dims = flash::fwd_head_dims();
+  return {dims.begin(), dims.end()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(flash_attn_rocm, m) {
+  m.def("fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool is_causal) -> (Tensor out, Tensor softmax_lse)");
+  m.def("fwd_head_dims() -> int[]", &fwd_head_dims);
+}
+
+TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) { m.impl("fwd", &flash_api::fwd); }
+
+// `import flash_attn_rocm._C` loads the library, which runs the registrations above.
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "flash_attn_rocm kernels (ops in torch.ops.flash_attn_rocm)", -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,13 @@
+// The ATen-level ops that bindings.cpp registers, one source file each.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace flash_api {
+
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        double softmax_scale, bool is_causal);
+
+}  // namespace flash_api

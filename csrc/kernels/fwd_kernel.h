@@ -1,0 +1,179 @@
+// The forward kernel: one thread block per (kBlockM query rows, head, batch).
+//
+// Q stays in shared memory for the block's lifetime; K and V blocks stream through one buffer
+// each, walking key blocks from the last to the first so that only the first step (the sequence
+// end, the causal diagonal) pays for masking. The loads overlap the math:
+//
+//   wait K(n) | issue V(n) | S = Q K(n)^T, mask | wait V(n) | issue K(n-1) | softmax | O += P V(n)
+//
+// Nothing of size seqlen_q x seqlen_k leaves the registers: P goes from the first product's
+// accumulators straight into the second product's A operand.
+#pragma once
+
+#include "mask.h"
+#include "mma.h"
+#include "params.h"
+#include "platform.h"
+#include "smem_tile.h"
+#include "softmax.h"
+#include "tile_config.h"
+
+namespace flash {
+
+// S[strips][n8 tiles] += Q(warp's rows) K(block)^T, both operands from shared memory.
+template <class Traits>
+FA_DEVICE void gemm_qk(float (&s)[Traits::kMTiles][Traits::kNTiles][4], const typename Traits::T* sQ,
+                       const typename Traits::T* sK, int warp_row0, int lane) {
+  using T = typename Traits::T;
+  using QTile = SmemTile<Traits::kBlockM, Traits::kHeadDim>;
+  using KTile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
+  // ldmatrix row addresses: for Q, lane l gives row l % 16 at k-half l / 16; for K, lane l
+  // gives key row 8 (l / 16) + l % 8 at k-half (l / 8) % 2 (two n8 tiles per load).
+  const auto q_offsets = QTile::lane_offsets(lane % 16, lane / 16);
+  const auto k_offsets = KTile::lane_offsets(8 * (lane / 16) + (lane % 8), (lane / 8) % 2);
+#pragma unroll
+  for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
+    uint32_t a[Traits::kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < Traits::kMTiles; ++mt) load_matrix_x4(a[mt], sQ + q_offsets.at(warp_row0 + 16 * mt, 2 * ks));
+#pragma unroll
+    for (int nt = 0; nt < Traits::kNTiles; nt += 2) {
+      uint32_t b[4];
+      load_matrix_x4(b, sK + k_offsets.at(8 * nt, 2 * ks));
+#pragma unroll
+      for (int mt = 0; mt < Traits::kMTiles; ++mt) {
+        mma_16816<T>(s[mt][nt], a[mt], b[0], b[1]);
+        mma_16816<T>(s[mt][nt + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// O[strips][d8 tiles] += P V(block): P from registers (two adjacent n8 tiles of S form one
+// k16 A fragment), V read transposed from shared memory.
+template <class Traits>
+FA_DEVICE void gemm_pv(float (&o)[Traits::kMTiles][Traits::kDTiles][4], const float (&p)[Traits::kMTiles][Traits::kNTiles][4],
+                       const typename Traits::T* sV, int lane) {
+  using T = typename Traits::T;
+  using VTile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
+  // Lane l gives key row 8 ((l / 8) % 2) + l % 8 at d chunk l / 16 (two d8 tiles per load).
+  const auto v_offsets = VTile::lane_offsets(8 * ((lane / 8) % 2) + (lane % 8), lane / 16);
+#pragma unroll
+  for (int ks = 0; ks < Traits::kBlockN / 16; ++ks) {
+    uint32_t a[Traits::kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < Traits::kMTiles; ++mt) {
+      a[mt][0] = pack2<T>(p[mt][2 * ks][0], p[mt][2 * ks][1]);
+      a[mt][1] = pack2<T>(p[mt][2 * ks][2], p[mt][2 * ks][3]);
+      a[mt][2] = pack2<T>(p[mt][2 * ks + 1][0], p[mt][2 * ks + 1][1]);
+      a[mt][3] = pack2<T>(p[mt][2 * ks + 1][2], p[mt][2 * ks + 1][3]);
+    }
+#pragma unroll
+    for (int dt = 0; dt < Traits::kDTiles; dt += 2) {
+      uint32_t b[4];
+      load_matrix_x4_trans(b, sV + v_offsets.at(16 * ks, dt));
+#pragma unroll
+      for (int mt = 0; mt < Traits::kMTiles; ++mt) {
+        mma_16816<T>(o[mt][dt], a[mt], b[0], b[1]);
+        mma_16816<T>(o[mt][dt + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <class Traits, bool Is_causal>
+__global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdParams params) {
+  using T = typename Traits::T;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  constexpr int kMTiles = Traits::kMTiles, kNTiles = Traits::kNTiles, kDTiles = Traits::kDTiles;
+  using QTile = SmemTile<kBlockM, kHeadDim>;
+  using KVTile = SmemTile<kBlockN, kHeadDim>;
+
+  extern __shared__ __align__(16) char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + kBlockM * kHeadDim;
+  T* sV = sK + kBlockN * kHeadDim;
+
+  // Causal blocks near the end of the sequence carry the most keys: start those first.
+  const int m_block = Is_causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int head = blockIdx.y, batch = blockIdx.z;
+  const int head_k = head / (params.h / params.h_k);
+  const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
+  const int warp_row0 = warp * 16 * kMTiles;  // first of this warp's rows inside the block
+  const int row_begin = m_block * kBlockM;
+
+  const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
+               row_begin * params.q_row_stride;
+  const T* k = static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride;
+  const T* v = static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride;
+  const int rows_valid = min(kBlockM, params.seqlen_q - row_begin);
+  auto keys_in_block = [&](int n) { return min(kBlockN, params.seqlen_k - n * kBlockN); };
+  auto load_k = [&](int n) {
+    KVTile::template load_async<Traits::kNThreads>(sK, k + n * kBlockN * params.k_row_stride, params.k_row_stride,
+                                                   keys_in_block(n), params.d, tid);
+  };
+  auto load_v = [&](int n) {
+    KVTile::template load_async<Traits::kNThreads>(sV, v + n * kBlockN * params.v_row_stride, params.v_row_stride,
+                                                   keys_in_block(n), params.d, tid);
+  };
+
+  const KeyLimit<Is_causal> limit{params.seqlen_q, params.seqlen_k};
+  const int n_block_end = limit.n_block_end(row_begin + kBlockM, kBlockN);
+
+  QTile::template load_async<Traits::kNThreads>(sQ, q, params.q_row_stride, rows_valid, params.d, tid);
+  if (n_block_end > 0) load_k(n_block_end - 1);
+  copy_async_commit();
+
+  float acc_o[kMTiles][kDTiles][4] = {};
+  OnlineSoftmax<kMTiles, kNTiles, kDTiles> softmax;
+  const int thread_row0 = row_begin + warp_row0 + lane / 4;  // row of fragment element 0
+
+  for (int n = n_block_end - 1; n >= 0; --n) {
+    copy_async_wait<0>();
+    __syncthreads();  // K(n) visible to all; every warp is done with V(n+1)
+    load_v(n);
+    copy_async_commit();
+
+    float acc_s[kMTiles][kNTiles][4] = {};
+    gemm_qk<Traits>(acc_s, sQ, sK, warp_row0, lane);
+    if (limit.block_needs_mask(row_begin, (n + 1) * kBlockN)) {
+      apply_key_limit(acc_s, limit, thread_row0, n * kBlockN + 2 * (lane % 4));
+    }
+
+    copy_async_wait<0>();
+    __syncthreads();  // V(n) visible to all; every warp is done with K(n)
+    if (n > 0) {
+      load_k(n - 1);
+      copy_async_commit();
+    }
+
+    softmax.update(acc_s, acc_o, params.scale_softmax_log2);
+    gemm_pv<Traits>(acc_o, acc_s, sV, lane);
+  }
+
+  float lse[2 * kMTiles];
+  softmax.finalize(acc_o, params.scale_softmax, lse);
+
+  // Epilogue: each thread owns 2 adjacent columns of 2 rows per strip.
+  T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride;
+  float* lse_out = params.softmax_lse + (static_cast<int64_t>(batch) * params.h + head) * params.seqlen_q;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = thread_row0 + 16 * mt + 8 * half;
+      if (row >= params.seqlen_q) continue;
+      T* o_row = o + row * params.o_row_stride;
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        const int col = 8 * dt + 2 * (lane % 4);
+        if (col < params.d) {
+          *reinterpret_cast<uint32_t*>(o_row + col) = pack2<T>(acc_o[mt][dt][2 * half], acc_o[mt][dt][2 * half + 1]);
+        }
+      }
+      if (lane % 4 == 0) lse_out[row] = lse[2 * mt + half];
+    }
+  }
+}
+
+}  // namespace flash

@@ -1,0 +1,33 @@
+// What the host hands a forward kernel: raw pointers, element strides and sizes. No ATen types,
+// so the kernel library builds on its own (and with hipcc for the AMD compile check).
+#pragma once
+
+#include <cstdint>
+
+namespace flash {
+
+struct FwdParams {
+  const void* __restrict__ q;  // [b, seqlen_q, h, d]
+  const void* __restrict__ k;  // [b, seqlen_k, h_k, d]
+  const void* __restrict__ v;  // [b, seqlen_k, h_k, d]
+  void* __restrict__ o;        // [b, seqlen_q, h, d]
+  float* __restrict__ softmax_lse;  // [b, h, seqlen_q], contiguous, natural log
+
+  // Strides in elements; the last dim is contiguous for all four tensors.
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t o_batch_stride, o_row_stride, o_head_stride;
+
+  int b;          // batch
+  int seqlen_q;   // >= 1
+  int seqlen_k;   // >= 1
+  int h;          // query heads
+  int h_k;        // key/value heads; h % h_k == 0, query head i reads kv head i / (h / h_k)
+  int d;          // head dim actually present, <= the kernel's kHeadDim, multiple of 8
+
+  float scale_softmax;       // applied to q.k
+  float scale_softmax_log2;  // scale_softmax * log2(e): the softmax works in base 2
+};
+
+}  // namespace flash

@@ -1,0 +1,118 @@
+// Everything that differs between CUDA and HIP lives here, so the kernels read the same on both.
+// The matrix-core instruction itself is not here: see mma.h.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__)
+#define FA_PLATFORM_HIP 1
+#include <hip/hip_runtime.h>
+#include <hip/hip_fp16.h>
+#include <hip/hip_bfloat16.h>
+#else
+#define FA_PLATFORM_CUDA 1
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#endif
+
+#define FA_HOST_DEVICE __host__ __device__ __forceinline__
+#define FA_DEVICE __device__ __forceinline__
+
+namespace flash {
+
+#if defined(FA_PLATFORM_HIP)
+using stream_t = hipStream_t;
+using error_t = hipError_t;
+using half_t = __half;
+using bf16_t = hip_bfloat16;
+inline constexpr error_t kSuccess = hipSuccess;
+inline constexpr error_t kInvalidConfig = hipErrorInvalidConfiguration;  // no kernel for the request
+inline const char* error_string(error_t e) { return hipGetErrorString(e); }
+inline error_t get_last_error() { return hipGetLastError(); }
+inline error_t set_max_dynamic_smem(const void* kernel, int bytes) {
+  return hipFuncSetAttribute(kernel, hipFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+#else
+using stream_t = cudaStream_t;
+using error_t = cudaError_t;
+using half_t = __half;
+using bf16_t = __nv_bfloat16;
+inline constexpr error_t kSuccess = cudaSuccess;
+inline constexpr error_t kInvalidConfig = cudaErrorInvalidConfiguration;  // no kernel for the request
+inline const char* error_string(error_t e) { return cudaGetErrorString(e); }
+inline error_t get_last_error() { return cudaGetLastError(); }
+inline error_t set_max_dynamic_smem(const void* kernel, int bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+#endif
+
+// Device-side helpers below; host-only translation units (the ATen layer) see just the types.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+
+// The kernels are written for 32-lane groups (the NVIDIA fragment layouts). On a 64-lane
+// wavefront each half acts as one such group: shuffles pass an explicit width of 32.
+inline constexpr int kGroupSize = 32;
+
+FA_DEVICE float shfl_xor(float v, int lane_mask) {
+#if defined(FA_PLATFORM_HIP)
+  return __shfl_xor(v, lane_mask, kGroupSize);
+#else
+  return __shfl_xor_sync(0xffffffffu, v, lane_mask, kGroupSize);
+#endif
+}
+
+FA_DEVICE uint32_t shfl(uint32_t v, int src_lane) {
+#if defined(FA_PLATFORM_HIP)
+  return static_cast<uint32_t>(__shfl(static_cast<int>(v), src_lane, kGroupSize));
+#else
+  return __shfl_sync(0xffffffffu, v, src_lane, kGroupSize);
+#endif
+}
+
+// 2^x. The softmax folds log2(e) into its scale so this is the only transcendental per score.
+FA_DEVICE float exp2_fast(float x) {
+#if defined(FA_PLATFORM_HIP)
+  return __builtin_amdgcn_exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+// Two floats rounded to the element type and packed into one 32-bit register (low half first).
+template <class T> FA_DEVICE uint32_t pack2(float lo, float hi);
+
+#if defined(FA_PLATFORM_HIP)
+FA_DEVICE uint16_t float_to_bf16_bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);                     // round to nearest even
+  return static_cast<uint16_t>(u >> 16);
+}
+template <> FA_DEVICE uint32_t pack2<half_t>(float lo, float hi) {
+  return static_cast<uint32_t>(__half_as_ushort(__float2half(lo))) |
+         (static_cast<uint32_t>(__half_as_ushort(__float2half(hi))) << 16);
+}
+template <> FA_DEVICE uint32_t pack2<bf16_t>(float lo, float hi) {
+  return static_cast<uint32_t>(float_to_bf16_bits(lo)) |
+         (static_cast<uint32_t>(float_to_bf16_bits(hi)) << 16);
+}
+#else
+// cvt packs its first source into the upper half.
+template <> FA_DEVICE uint32_t pack2<half_t>(float lo, float hi) {
+  uint32_t r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+template <> FA_DEVICE uint32_t pack2<bf16_t>(float lo, float hi) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+#endif
+
+#endif  // device-side helpers
+
+}  // namespace flash

@@ -1,0 +1,73 @@
+// A tile of `kRows` rows x kHeadDim 16-bit elements in shared memory, row-major in 16-byte
+// chunks with an XOR swizzle on the chunk index so that the eight row addresses of one
+// load_matrix (same logical chunk, eight consecutive rows) hit eight different bank groups:
+//
+//   chunks per row % 8 == 0:  physical = chunk ^ (row % 8)          (rows of >= 128 bytes)
+//   chunks per row % 8 == 4:  physical = chunk ^ ((row / 2) % 4)    (64- or 192-byte rows:
+//                             two rows share a 128-byte line, row parity already splits them)
+//
+// The XOR only touches the low bits of the chunk index, so it never leaves the row.
+#pragma once
+
+#include "platform.h"
+#include "mma.h"
+
+namespace flash {
+
+template <int kRows, int kHeadDim>
+struct SmemTile {
+  static constexpr int kChunks = kHeadDim / 8;
+  static_assert(kChunks % 4 == 0, "the swizzle needs rows of a multiple of 64 bytes");
+
+  static FA_HOST_DEVICE int swizzle_bits(int row) { return kChunks % 8 == 0 ? (row & 7) : ((row >> 1) & 3); }
+  static FA_HOST_DEVICE int offset(int row, int chunk) { return row * kHeadDim + ((chunk ^ swizzle_bits(row)) << 3); }
+
+  // Fragment loads address offset(row0 + row, chunk) for a lane-dependent `row`, a row0 that is a
+  // multiple of 8 (the swizzle ignores it) and an even chunk plus a lane-dependent 0/1. Only
+  // four per-lane offsets differ, so they are computed once and the rest folds into immediates.
+  struct LaneOffsets {
+    int base[4];
+    FA_DEVICE int at(int row0, int chunk_even) const {
+      return row0 * kHeadDim + ((chunk_even & ~7) << 3) + base[(chunk_even & 7) >> 1];
+    }
+  };
+  static FA_DEVICE LaneOffsets lane_offsets(int row, int chunk_bit) {
+    LaneOffsets offsets;
+    const int x = chunk_bit ^ swizzle_bits(row);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) offsets.base[j] = row * kHeadDim + (((2 * j) ^ x) << 3);
+    return offsets;
+  }
+
+  // Global -> shared, 16 bytes per copy, all threads of the block cooperating. Rows at or past
+  // rows_valid and chunks at or past head_dim read as zeros, so padding never carries NaN/Inf.
+  template <int kNThreads, class T>
+  static FA_DEVICE void load_async(T* smem, const T* gmem, int64_t row_stride, int rows_valid, int head_dim, int tid) {
+    constexpr int kCopies = kRows * kChunks;
+    static_assert(kCopies % kNThreads == 0, "every thread issues the same number of copies");
+    if constexpr (kNThreads % kChunks == 0 && (kNThreads / kChunks) % 8 == 0) {
+      // Each thread keeps one chunk column and steps down the rows: one pointer, one add per copy.
+      constexpr int kRowStep = kNThreads / kChunks;
+      const int row0 = tid / kChunks, chunk = tid % kChunks;
+      const bool chunk_valid = chunk * 8 < head_dim;
+      const T* src = gmem + row0 * row_stride + chunk * 8;
+      T* dst = smem + offset(row0, chunk);
+#pragma unroll
+      for (int i = 0; i < kCopies / kNThreads; ++i) {
+        const bool valid = chunk_valid && row0 + i * kRowStep < rows_valid;
+        copy_async_16(dst + i * kRowStep * kHeadDim, valid ? src : gmem, valid);
+        src += kRowStep * row_stride;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kCopies / kNThreads; ++i) {
+        const int idx = tid + i * kNThreads;
+        const int row = idx / kChunks, chunk = idx % kChunks;
+        const bool valid = row < rows_valid && chunk * 8 < head_dim;
+        copy_async_16(smem + offset(row, chunk), valid ? gmem + row * row_stride + chunk * 8 : gmem, valid);
+      }
+    }
+  }
+};
+
+}  // namespace flash

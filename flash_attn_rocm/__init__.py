@@ -1,0 +1,13 @@
+"""Exact FlashAttention for PyTorch, call-compatible with flash-attn 2.8."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._ops import compiled_head_dims
+from .interface import flash_attn_func
+
+try:
+    __version__ = version("flash_attn_rocm")
+except PackageNotFoundError:  # running from a source tree that was built in place, not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["flash_attn_func", "compiled_head_dims", "__version__"]

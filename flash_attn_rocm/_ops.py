@@ -1,0 +1,22 @@
+"""Loads the compiled ops and registers their fake (meta) implementations for torch.compile."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loading the library registers torch.ops.flash_attn_rocm.*)
+
+ops = torch.ops.flash_attn_rocm
+
+
+@torch.library.register_fake("flash_attn_rocm::fwd")
+def _fwd_fake(q, k, v, softmax_scale, is_causal):
+    batch, seqlen_q, nheads, head_dim = q.shape
+    out = q.new_empty((batch, seqlen_q, nheads, head_dim))
+    softmax_lse = q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+    return out, softmax_lse
+
+
+def compiled_head_dims() -> list[int]:
+    """Head dims with a kernel in this build; other multiples of 8 round up to the next one."""
+    return list(ops.fwd_head_dims())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build + GPU tests + compute-sanitizer + benchmark in one go, for one lease of the GPU machine.
+# Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
+# GPU_CHECK_STEPS picks steps (default: all): build tests sanitizer bench
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build/gpu-check}
+mkdir -p "$OUT"
+LOG="$OUT/gpu-check.log"
+STEPS=${GPU_CHECK_STEPS:-"build tests sanitizer bench"}
+PYTEST_ARGS=${PYTEST_ARGS:-}
+export PYTHONUNBUFFERED=1
+status=0
+
+run() {  # run NAME CMD...: logs the command and its output, remembers a failure
+  echo "=== $1: ${*:2}" | tee -a "$LOG"
+  local t0=$SECONDS
+  "${@:2}" 2>&1 | tee -a "$LOG" | tail -n "${TAIL_LINES:-25}"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $1: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG"
+  [ "$rc" -eq 0 ] || status=1
+  return "$rc"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$LOG"
+
+for step in $STEPS; do
+  case $step in
+    build) MAX_JOBS=${MAX_JOBS:-16} run build python3 -m pip install --no-build-isolation --no-deps -v -e . || exit 1 ;;
+    tests) run tests python3 -m pytest -q -x -p no:cacheprovider tests $PYTEST_ARGS ;;
+    sanitizer)
+      run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests
+      run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests ;;
+    bench) TAIL_LINES=40 run bench python3 benchmarks/bench_attention.py ${BENCH_ARGS:-} ;;
+    *) echo "unknown step $step"; status=1 ;;
+  esac
+done
+exit $status
