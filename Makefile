@@ -25,17 +25,15 @@ bench: build
 	@$(PYTHON) -c "import tqdm, matplotlib" 2>/dev/null || $(PIP) install tqdm matplotlib
 	$(PYTHON) benchmarks/bench_attention.py
 
-# Compiles the kernel library (no torch) for AMD GPUs with Debian's hipcc: compile only.
+# Compiles the kernel library (no torch) for AMD GPUs with Debian's hipcc: compile only, never
+# run here. -O1 keeps the check quick; the scalar fallback MMA layer is what compiles for now.
 hip-check:
 	@command -v $(HIPCC) >/dev/null || (apt-get update && apt-get install -y hipcc)
 	@mkdir -p $(HIP_BUILD)
-	@for f in $$($(PYTHON) tools/generate_kernels.py --out-dir $(HIP_BUILD)/generated); do \
-		for arch in $(HIP_ARCHS); do \
-			echo "hipcc --offload-arch=$$arch $$(basename $$f)"; \
-			$(HIPCC) -x hip -std=c++17 -O2 --offload-arch=$$arch -I csrc/kernels -c $$f \
-				-o $(HIP_BUILD)/$$(basename $$f .cu)_$$arch.o || exit 1; \
-		done; \
-	done
+	@$(PYTHON) tools/generate_kernels.py --out-dir $(HIP_BUILD)/generated | \
+		xargs -P $$(nproc) -I{} sh -c 'echo "hipcc $(HIP_ARCHS:%=--offload-arch=%) $$(basename {})" && \
+			$(HIPCC) -x hip -std=c++17 -O1 -Werror $(HIP_ARCHS:%=--offload-arch=%) -I csrc/kernels -c {} \
+			-o $(HIP_BUILD)/$$(basename {} .cu).o' || (echo "hip-check: FAILED"; exit 1)
 	@echo "hip-check: the kernel library compiles for $(HIP_ARCHS) (compile only, not run)"
 
 # For the lent GPU machine: build there, run the GPU tests and the benchmark, logs under $OUT.

@@ -73,7 +73,7 @@ FA_DEVICE uint32_t shfl(uint32_t v, int src_lane) {
 // 2^x. The softmax folds log2(e) into its scale so this is the only transcendental per score.
 FA_DEVICE float exp2_fast(float x) {
 #if defined(FA_PLATFORM_HIP)
-  return __builtin_amdgcn_exp2f(x);
+  return exp2f(x);
 #else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

@@ -1,0 +1,202 @@
+"""The Python API without a GPU: argument validation, the op schema, and the fake
+(meta) implementation that torch.compile and export trace through.
+
+flash_attn_rocm is imported unguarded on purpose: if the extension did not build,
+this module must error in CI, not skip.
+"""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from conftest import make_qkv, requires_gpu
+
+import flash_attn_rocm  # noqa: F401  (registers torch.ops.flash_attn_rocm)
+from flash_attn_rocm import flash_attn_func
+
+BATCH, SEQLEN, NHEADS, HEAD_DIM = 2, 8, 4, 64
+
+
+def tensor(batch=BATCH, seqlen=SEQLEN, nheads=NHEADS, head_dim=HEAD_DIM, dtype=torch.float16,
+           device="cpu"):
+    return torch.zeros(batch, seqlen, nheads, head_dim, dtype=dtype, device=device)
+
+
+def strided_last_dim():
+    """Every other channel of wider rows: stride(-1) == 2."""
+    return tensor(head_dim=2 * HEAD_DIM)[..., ::2]
+
+
+def call_with(**overrides):
+    """flash_attn_func on valid CPU q, k, v (which on their own only fail the CUDA check),
+    with some arguments replaced."""
+    kwargs = dict(q=tensor(), k=tensor(), v=tensor()) | overrides
+    return flash_attn_func(**kwargs)
+
+
+ARG_Q, ARG_K, ARG_V, ANY_QKV = r"\bq\b", r"\bk\b", r"\bv\b", r"\b[qkv]\b"
+HEAD_DIM_MSG = r"(?i)head.?dim"
+
+# (overrides, expected exception, regex the message must match), in validation order.
+INVALID_ARGUMENTS = {
+    "q-list": ({"q": [[0.0]]}, TypeError, ARG_Q),
+    "k-none": ({"k": None}, TypeError, ARG_K),
+    "v-float": ({"v": 1.0}, TypeError, ARG_V),
+    "softmax_scale-str": ({"softmax_scale": "0.125"}, TypeError, "softmax_scale"),
+    "q-3d": ({"q": tensor()[0]}, ValueError, ARG_Q),
+    "k-5d": ({"k": tensor()[None]}, ValueError, ARG_K),
+    "v-3d": ({"v": tensor()[0]}, ValueError, ARG_V),
+    "q-fp32": ({"q": tensor(dtype=torch.float32)}, TypeError, ARG_Q),
+    "k-int32": ({"k": tensor(dtype=torch.int32)}, TypeError, ARG_K),
+    "v-fp64": ({"v": tensor(dtype=torch.float64)}, TypeError, ARG_V),
+    "all-fp32": ({name: tensor(dtype=torch.float32) for name in "qkv"}, TypeError, ANY_QKV),
+    "mixed-fp16-bf16": ({"k": tensor(dtype=torch.bfloat16), "v": tensor(dtype=torch.bfloat16)},
+                        TypeError, ANY_QKV),
+    "head-dim-over-256": ({name: tensor(head_dim=264) for name in "qkv"}, ValueError, HEAD_DIM_MSG),
+    "head-dim-not-multiple-of-8": ({name: tensor(head_dim=36) for name in "qkv"}, ValueError,
+                                   HEAD_DIM_MSG),
+    "kv-head-dim-differs-from-q": ({"k": tensor(head_dim=128), "v": tensor(head_dim=128)}, ValueError,
+                                   ANY_QKV),
+    "v-head-dim-differs": ({"v": tensor(head_dim=32)}, ValueError, ANY_QKV),
+    "batch-mismatch": ({"k": tensor(batch=1), "v": tensor(batch=1)}, ValueError, ANY_QKV),
+    "kv-seqlen-mismatch": ({"v": tensor(seqlen=SEQLEN + 1)}, ValueError, r"\b[kv]\b"),
+    "kv-nheads-mismatch": ({"v": tensor(nheads=NHEADS // 2)}, ValueError, r"\b[kv]\b"),
+    "nheads-not-divisible": ({"q": tensor(nheads=6)}, ValueError, r"(?i)n_?heads"),
+    "nheads-k-above-q": ({"q": tensor(nheads=2)}, ValueError, r"(?i)n_?heads"),
+    "q-last-dim-strided": ({"q": strided_last_dim()}, ValueError, "contiguous"),
+    "v-last-dim-strided": ({"v": strided_last_dim()}, ValueError, "contiguous"),
+    "cpu-tensors": ({}, ValueError, "CUDA"),
+    "meta-and-cpu": ({"q": tensor(device="meta")}, ValueError, r"(?i)cuda|device"),
+}
+
+
+@pytest.mark.parametrize("overrides, error, message", INVALID_ARGUMENTS.values(),
+                         ids=INVALID_ARGUMENTS.keys())
+def test_rejects_invalid_arguments(overrides, error, message):
+    with pytest.raises(error, match=message):
+        call_with(**overrides)
+
+
+# Checked after shapes and strides but before the device, so CPU tensors reach them.
+UNIMPLEMENTED_ARGUMENTS = {
+    "dropout_p": {"dropout_p": 0.1},
+    "window_size": {"window_size": (16, 0)},
+    "window_size-left-only": {"window_size": (-1, 0)},
+    "softcap": {"softcap": 30.0},
+    "alibi_slopes": {"alibi_slopes": torch.zeros(NHEADS, dtype=torch.float32)},
+}
+
+
+@pytest.mark.parametrize("overrides", UNIMPLEMENTED_ARGUMENTS.values(), ids=UNIMPLEMENTED_ARGUMENTS.keys())
+def test_unimplemented_arguments_raise(overrides):
+    (argument,) = overrides
+    with pytest.raises(NotImplementedError, match=argument):
+        call_with(**overrides)
+
+
+def test_default_valued_arguments_are_accepted():
+    """Passing the defaults explicitly must not trip the not-implemented checks."""
+    with pytest.raises(ValueError, match="CUDA"):
+        call_with(dropout_p=0.0, softmax_scale=0.5, causal=True, window_size=(-1, -1), softcap=0.0,
+                  alibi_slopes=None, deterministic=True, return_attn_probs=True)
+
+
+def test_strided_but_last_dim_contiguous_is_accepted():
+    q, k, v = torch.zeros(BATCH, SEQLEN, 3, NHEADS, HEAD_DIM, dtype=torch.float16).unbind(2)
+    with pytest.raises(ValueError, match="CUDA"):  # i.e. every check before the device passed
+        flash_attn_func(q, k, v)
+
+
+# ---------------------------------------------------------------- op schema and fake impl
+
+
+def test_fwd_schema():
+    schema = torch.ops.flash_attn_rocm.fwd.default._schema
+    assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
+        ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"),
+    ]
+    assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor"]
+    # A functional op with fresh outputs is what torch.compile and CUDA graphs assume.
+    assert not schema.is_mutable
+    assert all(ret.alias_info is None for ret in schema.returns)
+
+
+GQA_SHAPE = (1, 5, 300, 8, 2, 40)
+SHAPES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim
+    pytest.param((2, 8, 8, 4, 4, 64), id="mha"),
+    pytest.param(GQA_SHAPE, id="gqa-sq<sk"),
+    pytest.param((3, 300, 5, 6, 1, 256), id="mqa-sq>sk"),
+    pytest.param((1, 1, 1, 1, 1, 8), id="minimal"),
+]
+DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
+
+
+def meta_qkv(batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype):
+    return make_qkv(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=nheads, nheads_k=nheads_k,
+                    head_dim=head_dim, dtype=dtype, device="meta")
+
+
+def assert_output_metadata(q, out, lse):
+    batch, seqlen_q, nheads, _ = q.shape
+    assert (out.shape, out.dtype, out.device) == (q.shape, q.dtype, q.device)
+    assert (lse.shape, lse.dtype, lse.device) == ((batch, nheads, seqlen_q), torch.float32, q.device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fake_impl_of_op_on_meta(shape, dtype):
+    q, k, v = meta_qkv(*shape, dtype)
+    out, lse = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
+    assert_output_metadata(q, out, lse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_flash_attn_func_on_meta(shape, dtype):
+    q, k, v = meta_qkv(*shape, dtype)
+    out, lse, s_dmask = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert_output_metadata(q, out, lse)
+    assert s_dmask.numel() == 0
+
+
+def attention_block(q, k, v):
+    out, lse, _ = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    return out * 2, lse  # something after the op for the compiler to handle
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_torch_compile_fullgraph_on_meta(dynamic):
+    """Dynamo must trace flash_attn_func's Python checks without graph breaks, and the
+    compiled graph must get its output shapes from the fake impl (symbolic if dynamic)."""
+    q, k, v = meta_qkv(*GQA_SHAPE, torch.float16)
+    torch._dynamo.reset()
+    counters.clear()
+    out, lse = torch.compile(attention_block, fullgraph=True, dynamic=dynamic)(q, k, v)
+    assert not counters["graph_break"]
+    assert_output_metadata(q, out, lse)
+
+
+def test_make_fx_with_fake_cuda_tensors():
+    """Fake CUDA tensors need no GPU: this traces the real CUDA-device path of
+    flash_attn_func (device checks included) into a graph holding the op."""
+    with FakeTensorMode():
+        q, k, v = make_qkv(batch=2, seqlen_q=16, seqlen_k=48, nheads=8, nheads_k=2, device="cuda")
+        graph_module = make_fx(attention_block)(q, k, v)
+        out, lse = graph_module(q, k, v)
+    assert_output_metadata(q, out, lse)
+    targets = [node.target for node in graph_module.graph.nodes if node.op == "call_function"]
+    assert torch.ops.flash_attn_rocm.fwd.default in targets
+
+
+# ---------------------------------------------------------------- backward
+# Backward is not implemented yet. Delete this test when it is.
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=requires_gpu)])
+def test_backward_raises_not_implemented(device):
+    q, k, v = (t.requires_grad_() for t in make_qkv(device=device))
+    out = flash_attn_func(q, k, v)  # the forward itself must work with grad-requiring inputs
+    with pytest.raises(NotImplementedError):
+        out.sum().backward()
