@@ -70,6 +70,16 @@ FA_DEVICE uint32_t shfl(uint32_t v, int src_lane) {
 #endif
 }
 
+// True when `pred` holds in any lane of the 32-lane group (on HIP: of the whole wavefront,
+// which only makes the answer conservative).
+FA_DEVICE bool any_in_group(bool pred) {
+#if defined(FA_PLATFORM_HIP)
+  return __any(pred);
+#else
+  return __any_sync(0xffffffffu, pred);
+#endif
+}
+
 // 2^x. The softmax folds log2(e) into its scale so this is the only transcendental per score.
 FA_DEVICE float exp2_fast(float x) {
 #if defined(FA_PLATFORM_HIP)

@@ -43,6 +43,15 @@ struct OnlineSoftmax {
         // (-inf) - (-inf) never makes a NaN. Its probabilities are exp2(-inf) = 0.
         const float m_scaled = m == -INFINITY ? 0.f : m * scale_log2;
         const float shrink = exp2_fast(row_max[r] * scale_log2 - m_scaled);
+        // Once the running max settles (most key blocks of a long row) the rescale of O is a
+        // multiply by 1: skip it when this row moved in no lane of the warp.
+        if (any_in_group(m != row_max[r])) {
+#pragma unroll
+          for (int dt = 0; dt < kDTiles; ++dt) {
+            acc_o[mt][dt][2 * half] *= shrink;
+            acc_o[mt][dt][2 * half + 1] *= shrink;
+          }
+        }
         row_max[r] = m;
         float sum = 0.f;
 #pragma unroll
@@ -54,11 +63,6 @@ struct OnlineSoftmax {
           }
         }
         row_sum[r] = row_sum[r] * shrink + sum;
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          acc_o[mt][dt][2 * half] *= shrink;
-          acc_o[mt][dt][2 * half + 1] *= shrink;
-        }
       }
     }
   }
