@@ -17,6 +17,11 @@ def _fwd_fake(q, k, v, softmax_scale, is_causal):
     return out, softmax_lse
 
 
+@torch.library.register_fake("flash_attn_rocm::bwd")
+def _bwd_fake(dout, q, k, v, out, softmax_lse, softmax_scale, is_causal, deterministic):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 def compiled_head_dims() -> list[int]:
     """Head dims with a kernel in this build; other multiples of 8 round up to the next one."""
-    return list(ops.fwd_head_dims())
+    return list(ops.compiled_head_dims())

@@ -82,14 +82,20 @@ def _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes) -> None
 
 class FlashAttnFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, softmax_scale, causal):
+    def forward(ctx, q, k, v, softmax_scale, causal, deterministic):
         out, softmax_lse = ops.fwd(q, k, v, softmax_scale, causal)
+        ctx.save_for_backward(q, k, v, out, softmax_lse)
+        ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
         ctx.mark_non_differentiable(softmax_lse)
         return out, softmax_lse
 
     @staticmethod
     def backward(ctx, dout, dsoftmax_lse):
-        raise NotImplementedError("flash_attn_rocm: the backward pass of flash_attn_func is not implemented yet")
+        q, k, v, out, softmax_lse = ctx.saved_tensors
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dq, dk, dv = ops.bwd(dout, q, k, v, out, softmax_lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
+        return dq, dk, dv, None, None, None
 
 
 def flash_attn_func(
@@ -109,13 +115,14 @@ def flash_attn_func(
 
     causal masks key j for query i when j > i + sk - sq (aligned to the bottom-right corner).
     Returns out [b, sq, h, d]; with return_attn_probs, (out, softmax_lse [b, h, sq] float32,
-    S_dmask), S_dmask being empty while dropout_p is 0. `deterministic` concerns the backward.
+    S_dmask), S_dmask being empty while dropout_p is 0. Differentiable in q, k, v; with
+    deterministic=True the backward is bitwise reproducible (a little slower).
     """
     _check_qkv(q, k, v)
     scale = _resolve_softmax_scale(softmax_scale, q.shape[-1])
     _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes)
     _check_devices(q, k, v)
-    out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal))
+    out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal), bool(deterministic))
     if return_attn_probs:
         return out, softmax_lse, q.new_empty(0)
     return out

@@ -5,13 +5,13 @@
 
 #include <vector>
 
-#include "../kernels/fwd_api.h"
+#include "../kernels/api.h"
 #include "ops.h"
 
 namespace {
 
-std::vector<int64_t> fwd_head_dims() {
-  const std::vector<int> dims = flash::fwd_head_dims();
+std::vector<int64_t> compiled_head_dims() {
+  const std::vector<int> dims = flash::compiled_head_dims();
   return {dims.begin(), dims.end()};
 }
 
@@ -19,10 +19,16 @@ std::vector<int64_t> fwd_head_dims() {
 
 TORCH_LIBRARY(flash_attn_rocm, m) {
   m.def("fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool is_causal) -> (Tensor out, Tensor softmax_lse)");
-  m.def("fwd_head_dims() -> int[]", &fwd_head_dims);
+  m.def(
+      "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, float softmax_scale, "
+      "bool is_causal, bool deterministic) -> (Tensor dq, Tensor dk, Tensor dv)");
+  m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
 }
 
-TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) { m.impl("fwd", &flash_api::fwd); }
+TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) {
+  m.impl("fwd", &flash_api::fwd);
+  m.impl("bwd", &flash_api::bwd);
+}
 
 // `import flash_attn_rocm._C` loads the library, which runs the registrations above.
 PyMODINIT_FUNC PyInit__C(void) {

@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
   TORCH_CHECK(k.size(3) == head_dim, "q, k and v must have the same head dim");
   TORCH_CHECK(head_dim % 8 == 0 && head_dim <= 256, "head dim must be a multiple of 8 and at most 256, got ", head_dim);
-  TORCH_CHECK(flash::fwd_kernel_head_dim(head_dim) != 0, "head dim ", head_dim, " is not compiled into this build");
+  TORCH_CHECK(flash::kernel_head_dim(head_dim) != 0, "head dim ", head_dim, " is not compiled into this build");
   TORCH_CHECK(h_k > 0 && h % h_k == 0, "nheads of q (", h, ") must be divisible by nheads of k/v (", h_k, ")");
   TORCH_CHECK(batch <= 65535 && h <= 65535, "batch and nheads must be at most 65535");
   TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite");
@@ -41,23 +41,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   flash::FwdParams params{};
-  params.q = q.data_ptr();
-  params.k = k.data_ptr();
-  params.v = v.data_ptr();
-  params.o = out.data_ptr();
-  params.softmax_lse = softmax_lse.data_ptr<float>();
-  params.q_batch_stride = q.stride(0), params.q_row_stride = q.stride(1), params.q_head_stride = q.stride(2);
-  params.k_batch_stride = k.stride(0), params.k_row_stride = k.stride(1), params.k_head_stride = k.stride(2);
-  params.v_batch_stride = v.stride(0), params.v_row_stride = v.stride(1), params.v_head_stride = v.stride(2);
-  params.o_batch_stride = out.stride(0), params.o_row_stride = out.stride(1), params.o_head_stride = out.stride(2);
-  params.b = static_cast<int>(batch);
-  params.seqlen_q = static_cast<int>(seqlen_q);
-  params.seqlen_k = static_cast<int>(seqlen_k);
-  params.h = static_cast<int>(h);
-  params.h_k = static_cast<int>(h_k);
-  params.d = static_cast<int>(head_dim);
-  params.scale_softmax = static_cast<float>(softmax_scale);
-  params.scale_softmax_log2 = static_cast<float>(softmax_scale * M_LOG2E);
+  set_attention_params(params, q, k, v, out, softmax_lse, softmax_scale);
 
   check_launch(flash::run_mha_fwd(params, kernel_dtype(q), is_causal, at::cuda::getCurrentCUDAStream().stream()), "fwd");
   return {out, softmax_lse};

@@ -10,4 +10,9 @@ namespace flash_api {
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         double softmax_scale, bool is_causal);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                                    const at::Tensor& v, const at::Tensor& out,
+                                                    const at::Tensor& softmax_lse, double softmax_scale, bool is_causal,
+                                                    bool deterministic);
+
 }  // namespace flash_api

@@ -17,69 +17,9 @@
 #include "smem_tile.h"
 #include "softmax.h"
 #include "tile_config.h"
+#include "warp_gemm.h"
 
 namespace flash {
-
-// S[strips][n8 tiles] += Q(warp's rows) K(block)^T, both operands from shared memory.
-template <class Traits>
-FA_DEVICE void gemm_qk(float (&s)[Traits::kMTiles][Traits::kNTiles][4], const typename Traits::T* sQ,
-                       const typename Traits::T* sK, int warp_row0, int lane) {
-  using T = typename Traits::T;
-  using QTile = SmemTile<Traits::kBlockM, Traits::kHeadDim>;
-  using KTile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
-  // ldmatrix row addresses: for Q, lane l gives row l % 16 at k-half l / 16; for K, lane l
-  // gives key row 8 (l / 16) + l % 8 at k-half (l / 8) % 2 (two n8 tiles per load).
-  const auto q_offsets = QTile::lane_offsets(lane % 16, lane / 16);
-  const auto k_offsets = KTile::lane_offsets(8 * (lane / 16) + (lane % 8), (lane / 8) % 2);
-#pragma unroll
-  for (int ks = 0; ks < Traits::kHeadDim / 16; ++ks) {
-    uint32_t a[Traits::kMTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < Traits::kMTiles; ++mt) load_matrix_x4(a[mt], sQ + q_offsets.at(warp_row0 + 16 * mt, 2 * ks));
-#pragma unroll
-    for (int nt = 0; nt < Traits::kNTiles; nt += 2) {
-      uint32_t b[4];
-      load_matrix_x4(b, sK + k_offsets.at(8 * nt, 2 * ks));
-#pragma unroll
-      for (int mt = 0; mt < Traits::kMTiles; ++mt) {
-        mma_16816<T>(s[mt][nt], a[mt], b[0], b[1]);
-        mma_16816<T>(s[mt][nt + 1], a[mt], b[2], b[3]);
-      }
-    }
-  }
-}
-
-// O[strips][d8 tiles] += P V(block): P from registers (two adjacent n8 tiles of S form one
-// k16 A fragment), V read transposed from shared memory.
-template <class Traits>
-FA_DEVICE void gemm_pv(float (&o)[Traits::kMTiles][Traits::kDTiles][4], const float (&p)[Traits::kMTiles][Traits::kNTiles][4],
-                       const typename Traits::T* sV, int lane) {
-  using T = typename Traits::T;
-  using VTile = SmemTile<Traits::kBlockN, Traits::kHeadDim>;
-  // Lane l gives key row 8 ((l / 8) % 2) + l % 8 at d chunk l / 16 (two d8 tiles per load).
-  const auto v_offsets = VTile::lane_offsets(8 * ((lane / 8) % 2) + (lane % 8), lane / 16);
-#pragma unroll
-  for (int ks = 0; ks < Traits::kBlockN / 16; ++ks) {
-    uint32_t a[Traits::kMTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < Traits::kMTiles; ++mt) {
-      a[mt][0] = pack2<T>(p[mt][2 * ks][0], p[mt][2 * ks][1]);
-      a[mt][1] = pack2<T>(p[mt][2 * ks][2], p[mt][2 * ks][3]);
-      a[mt][2] = pack2<T>(p[mt][2 * ks + 1][0], p[mt][2 * ks + 1][1]);
-      a[mt][3] = pack2<T>(p[mt][2 * ks + 1][2], p[mt][2 * ks + 1][3]);
-    }
-#pragma unroll
-    for (int dt = 0; dt < Traits::kDTiles; dt += 2) {
-      uint32_t b[4];
-      load_matrix_x4_trans(b, sV + v_offsets.at(16 * ks, dt));
-#pragma unroll
-      for (int mt = 0; mt < Traits::kMTiles; ++mt) {
-        mma_16816<T>(o[mt][dt], a[mt], b[0], b[1]);
-        mma_16816<T>(o[mt][dt + 1], a[mt], b[2], b[3]);
-      }
-    }
-  }
-}
 
 template <class Traits, bool Is_causal>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdParams params) {
@@ -135,7 +75,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
     copy_async_commit();
 
     float acc_s[kMTiles][kNTiles][4] = {};
-    gemm_qk<Traits>(acc_s, sQ, sK, warp_row0, lane);
+    gemm_smem<kMTiles, kNTiles, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
     if (limit.block_needs_mask(row_begin, (n + 1) * kBlockN)) {
       apply_key_limit(acc_s, limit, thread_row0, n * kBlockN + 2 * (lane % 4));
     }
@@ -148,7 +88,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
     }
 
     softmax.update(acc_s, acc_o, params.scale_softmax_log2);
-    gemm_pv<Traits>(acc_o, acc_s, sV, lane);
+    gemm_regs<kMTiles, kDTiles, kBlockN, Major::kCols, KVTile>(acc_o, acc_s, sV, 0, lane);
   }
 
   float lse[2 * kMTiles];

@@ -30,4 +30,22 @@ struct FwdParams {
   float scale_softmax_log2;  // scale_softmax * log2(e): the softmax works in base 2
 };
 
+// The backward reads q, k, v, o (the forward's output) and softmax_lse through FwdParams.
+struct BwdParams : FwdParams {
+  const void* __restrict__ dout;  // [b, seqlen_q, h, d]
+  void* __restrict__ dk;          // [b, seqlen_k, h_k, d]
+  void* __restrict__ dv;          // [b, seqlen_k, h_k, d]
+  float* __restrict__ dq_accum;   // [b, seqlen_q, h, d] contiguous fp32, zeroed; dq = dq_accum * scale
+  float* __restrict__ softmax_d;  // [b, h, seqlen_q] contiguous: rowsum(dout * o), written by the preprocess
+  int* __restrict__ dq_semaphore; // [b, h, ceil(seqlen_q / kBlockM)] zeroed; only when deterministic
+
+  int64_t do_batch_stride, do_row_stride, do_head_stride;
+  int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+  int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+
+  // Adds each key block's dq contribution in key-block order (bitwise reproducible) instead of
+  // in whatever order the atomics land.
+  bool deterministic;
+};
+
 }  // namespace flash

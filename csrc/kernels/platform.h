@@ -47,12 +47,12 @@ inline error_t set_max_dynamic_smem(const void* kernel, int bytes) {
 }
 #endif
 
-// Device-side helpers below; host-only translation units (the ATen layer) see just the types.
-#if defined(__CUDACC__) || defined(__HIPCC__)
-
 // The kernels are written for 32-lane groups (the NVIDIA fragment layouts). On a 64-lane
 // wavefront each half acts as one such group: shuffles pass an explicit width of 32.
 inline constexpr int kGroupSize = 32;
+
+// Device-side helpers below; host-only translation units (the ATen layer) see just the types.
+#if defined(__CUDACC__) || defined(__HIPCC__)
 
 FA_DEVICE float shfl_xor(float v, int lane_mask) {
 #if defined(FA_PLATFORM_HIP)
@@ -89,6 +89,16 @@ FA_DEVICE float exp2_fast(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 #endif
+}
+
+// The two 16-bit elements of a 32-bit register as floats (low half first).
+template <class T> FA_DEVICE float2 unpack2(uint32_t v);
+template <> FA_DEVICE float2 unpack2<half_t>(uint32_t v) {
+  return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(v & 0xffffu))),
+                     __half2float(__ushort_as_half(static_cast<unsigned short>(v >> 16))));
+}
+template <> FA_DEVICE float2 unpack2<bf16_t>(uint32_t v) {
+  return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
 }
 
 // Two floats rounded to the element type and packed into one 32-bit register (low half first).

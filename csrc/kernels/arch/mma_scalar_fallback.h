@@ -9,13 +9,6 @@ namespace flash {
 
 FA_DEVICE int group_lane() { return static_cast<int>(threadIdx.x) % kGroupSize; }
 
-template <class T> FA_DEVICE float to_float_lo(uint32_t v);
-template <class T> FA_DEVICE float to_float_hi(uint32_t v);
-template <> FA_DEVICE float to_float_lo<half_t>(uint32_t v) { return __half2float(__ushort_as_half(static_cast<unsigned short>(v & 0xffffu))); }
-template <> FA_DEVICE float to_float_hi<half_t>(uint32_t v) { return __half2float(__ushort_as_half(static_cast<unsigned short>(v >> 16))); }
-template <> FA_DEVICE float to_float_lo<bf16_t>(uint32_t v) { return __uint_as_float(v << 16); }
-template <> FA_DEVICE float to_float_hi<bf16_t>(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
-
 template <class T>
 FA_DEVICE void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   const int lane = group_lane(), g = lane / 4, t = lane % 4;
@@ -25,10 +18,11 @@ FA_DEVICE void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     for (int col = 0; col < 2; ++col) {
       const int src = 4 * (2 * t + col) + tt;
       const uint32_t b_lo = shfl(b0, src), b_hi = shfl(b1, src);
-      const float dot_top = to_float_lo<T>(a_top_lo) * to_float_lo<T>(b_lo) + to_float_hi<T>(a_top_lo) * to_float_hi<T>(b_lo) +
-                            to_float_lo<T>(a_top_hi) * to_float_lo<T>(b_hi) + to_float_hi<T>(a_top_hi) * to_float_hi<T>(b_hi);
-      const float dot_bot = to_float_lo<T>(a_bot_lo) * to_float_lo<T>(b_lo) + to_float_hi<T>(a_bot_lo) * to_float_hi<T>(b_lo) +
-                            to_float_lo<T>(a_bot_hi) * to_float_lo<T>(b_hi) + to_float_hi<T>(a_bot_hi) * to_float_hi<T>(b_hi);
+      const float2 bl = unpack2<T>(b_lo), bh = unpack2<T>(b_hi);
+      const float2 tl = unpack2<T>(a_top_lo), th = unpack2<T>(a_top_hi);
+      const float2 ml = unpack2<T>(a_bot_lo), mh = unpack2<T>(a_bot_hi);
+      const float dot_top = tl.x * bl.x + tl.y * bl.y + th.x * bh.x + th.y * bh.y;
+      const float dot_bot = ml.x * bl.x + ml.y * bl.y + mh.x * bh.x + mh.y * bh.y;
       c[col] += dot_top;
       c[2 + col] += dot_bot;
     }

@@ -6,18 +6,23 @@
 
 #include "params.h"
 #include "platform.h"
+#include "tile_config.h"
 
 namespace flash {
 
 enum class DType { kFloat16, kBFloat16 };
 
 // Head dims compiled into this build, ascending.
-std::vector<int> fwd_head_dims();
+std::vector<int> compiled_head_dims();
 
 // The smallest compiled head dim >= head_dim, or 0 when there is none.
-int fwd_kernel_head_dim(int head_dim);
+int kernel_head_dim(int head_dim);
 
-// Runs the forward for params.d rounded up to fwd_kernel_head_dim(params.d).
+// Forward for params.d rounded up to kernel_head_dim(params.d).
 error_t run_mha_fwd(const FwdParams& params, DType dtype, bool is_causal, stream_t stream);
+
+// Backward (preprocess + main kernel); dq_accum must be zeroed, and dq_semaphore too when
+// params.deterministic ([b, h, ceil(seqlen_q / kBwdBlockM)] ints).
+error_t run_mha_bwd(const BwdParams& params, DType dtype, bool is_causal, stream_t stream);
 
 }  // namespace flash

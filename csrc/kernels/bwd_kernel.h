@@ -1,0 +1,242 @@
+// The backward kernels.
+//
+// bwd_preprocess: D = rowsum(dO * O) per query row, the term the softmax derivative subtracts.
+//
+// flash_bwd_kernel: one thread block per (kBlockN keys, kv head, batch). K and V stay in shared
+// memory while the block walks every query block of every query head that shares the kv head
+// (GQA sums there, in registers, without expanded K/V). Per query block, with P and dS kept
+// transposed so that the key dimension is the warp's row dimension:
+//
+//   1. S^T = K Q^T, dP^T = V dO^T          (warp: one 16-key strip x its share of the queries)
+//      P^T = exp(S^T - lse), dS^T = P^T (dP^T - D)       -> shared memory
+//   2. dV += P^T dO, dK += dS^T Q            (warp: one 16-key strip x its share of the head dim)
+//   3. dQ += dS K                            (warp: one 16-query strip x a share of the head dim)
+//      added to an fp32 accumulator in global memory with atomics
+//
+// Q and dO are double-buffered: the next query block loads while this one computes.
+#pragma once
+
+#include <type_traits>
+
+#include "mma.h"
+#include "params.h"
+#include "platform.h"
+#include "smem_tile.h"
+#include "tile_config.h"
+#include "warp_gemm.h"
+
+namespace flash {
+
+inline constexpr int kPreprocessRows = 8;  // one warp per query row
+
+template <class T, int kHeadDim>
+__global__ void __launch_bounds__(kPreprocessRows * kGroupSize) bwd_preprocess_kernel(const BwdParams params) {
+  const int warp = threadIdx.x / kGroupSize, lane = threadIdx.x % kGroupSize;
+  const int row = blockIdx.x * kPreprocessRows + warp, head = blockIdx.y, batch = blockIdx.z;
+  if (row >= params.seqlen_q) return;
+  const T* dout = static_cast<const T*>(params.dout) + batch * params.do_batch_stride + head * params.do_head_stride +
+                  row * params.do_row_stride;
+  const T* out = static_cast<const T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
+                 row * params.o_row_stride;
+  float dot = 0.f;
+  // Each lane takes 16-byte chunks of the row.
+  for (int col = lane * 8; col < params.d; col += kGroupSize * 8) {
+    const uint4 a = *reinterpret_cast<const uint4*>(dout + col);
+    const uint4 b = *reinterpret_cast<const uint4*>(out + col);
+    const uint32_t x[4] = {a.x, a.y, a.z, a.w}, y[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 xf = unpack2<T>(x[i]), yf = unpack2<T>(y[i]);
+      dot += xf.x * yf.x + xf.y * yf.y;
+    }
+  }
+#pragma unroll
+  for (int offset = kGroupSize / 2; offset > 0; offset /= 2) dot += shfl_xor(dot, offset);
+  if (lane == 0) params.softmax_d[(static_cast<int64_t>(batch) * params.h + head) * params.seqlen_q + row] = dot;
+}
+
+// Writes a warp's fp32 accumulator strip (rows row0 + g, row0 + g + 8; 8 nt + 2t columns from
+// col0) to a [rows, d] tensor, scaled and rounded to T, skipping rows >= rows_valid.
+template <class T, int kNT>
+FA_DEVICE void store_strip(T* dst, int64_t row_stride, const float (&acc)[1][kNT][4], int row0, int col0,
+                           int rows_valid, int head_dim, float scale, int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + lane / 4 + 8 * half;
+    if (row >= rows_valid) continue;
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const int col = col0 + 8 * nt + 2 * (lane % 4);
+      if (col < head_dim) {
+        *reinterpret_cast<uint32_t*>(dst + row * row_stride + col) =
+            pack2<T>(acc[0][nt][2 * half] * scale, acc[0][nt][2 * half + 1] * scale);
+      }
+    }
+  }
+}
+
+template <class Traits, bool Is_causal>
+__global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const BwdParams params) {
+  using T = typename Traits::T;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  using QTile = SmemTile<kBlockM, kHeadDim>;    // Q, dO
+  using KVTile = SmemTile<kBlockN, kHeadDim>;   // K, V
+  using PTile = SmemTile<kBlockN, kBlockM>;     // P^T, dS^T: rows are keys
+
+  extern __shared__ __align__(16) char smem[];
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + Traits::kKVElems;
+  T* sQ = sV + Traits::kKVElems;         // [2][kBlockM * kHeadDim]
+  T* sdO = sQ + 2 * Traits::kQElems;     // [2][kBlockM * kHeadDim]
+  T* sPt = sdO + 2 * Traits::kQElems;
+  T* sdSt = sPt + Traits::kPElems;
+  float* sLse = reinterpret_cast<float*>(sdSt + Traits::kPElems);  // [2][kBlockM], log2 units
+  float* sD = sLse + 2 * kBlockM;                                  // [2][kBlockM]
+
+  const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
+  const int key0 = n_block * kBlockN;
+  const int group = params.h / params.h_k;
+  const int seqlen_q = params.seqlen_q, seqlen_k = params.seqlen_k;
+
+  // Causal: query row i sees key j iff j <= i + seqlen_k - seqlen_q, so rows before
+  // key0 - (seqlen_k - seqlen_q) see none of this block's keys.
+  const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q)) : 0;
+  const int m_block_begin = first_row / kBlockM;
+  const int m_blocks = (seqlen_q + kBlockM - 1) / kBlockM;
+  const int m_per_head = max(0, m_blocks - m_block_begin);
+  const int steps = group * m_per_head;
+
+  const int keys_valid = min(kBlockN, seqlen_k - key0);
+  KVTile::template load_async<Traits::kNThreads>(
+      sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
+              key0 * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
+  KVTile::template load_async<Traits::kNThreads>(
+      sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
+              key0 * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
+
+  // Starts the loads of step `step`'s Q, dO, lse and D into buffer `buf`.
+  auto load_step = [&](int step, int buf) {
+    const int head = head_k * group + step / m_per_head;
+    const int row0 = (m_block_begin + step % m_per_head) * kBlockM;
+    const int rows_valid = min(kBlockM, seqlen_q - row0);
+    QTile::template load_async<Traits::kNThreads>(
+        sQ + buf * Traits::kQElems, static_cast<const T*>(params.q) + batch * params.q_batch_stride +
+            head * params.q_head_stride + row0 * params.q_row_stride, params.q_row_stride, rows_valid, params.d, tid);
+    QTile::template load_async<Traits::kNThreads>(
+        sdO + buf * Traits::kQElems, static_cast<const T*>(params.dout) + batch * params.do_batch_stride +
+            head * params.do_head_stride + row0 * params.do_row_stride, params.do_row_stride, rows_valid, params.d, tid);
+    if (tid < kBlockM) {
+      const int64_t idx = (static_cast<int64_t>(batch) * params.h + head) * seqlen_q + row0 + tid;
+      // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
+      const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
+      sLse[buf * kBlockM + tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+      sD[buf * kBlockM + tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
+    }
+  };
+  if (steps > 0) load_step(0, 0);
+  copy_async_commit();
+
+  // Warp roles (see Traits): a key strip, and a share of the queries (step 1) or of the head
+  // dim (step 2); for step 3 a query strip and a share of the head dim.
+  const int key_strip = warp % Traits::kKeyStrips, sharer = warp / Traits::kKeyStrips;
+  const int s_col0 = sharer * Traits::kSColsPerWarp, d_col0 = sharer * Traits::kDColsPerWarp;
+  const int q_strip = warp % Traits::kQueryStrips, dq_col0 = (warp / Traits::kQueryStrips) * Traits::kDqColsPerWarp;
+  constexpr int kSTiles = Traits::kSColsPerWarp / 8, kDTiles = Traits::kDColsPerWarp / 8;
+  constexpr int kDqTiles = Traits::kDqColsPerWarp / 8;
+
+  float acc_dk[1][kDTiles][4] = {}, acc_dv[1][kDTiles][4] = {};
+
+  for (int step = 0; step < steps; ++step) {
+    const int buf = step & 1;
+    const int head = head_k * group + step / m_per_head;
+    const int m_block = m_block_begin + step % m_per_head;
+    const int row0 = m_block * kBlockM;
+    const T* sQb = sQ + buf * Traits::kQElems;
+    const T* sdOb = sdO + buf * Traits::kQElems;
+    const float* sLseb = sLse + buf * kBlockM;
+    const float* sDb = sD + buf * kBlockM;
+
+    copy_async_wait<0>();
+    __syncthreads();  // this step's tiles are visible; every warp is done with the last step
+    if (step + 1 < steps) load_step(step + 1, buf ^ 1);
+    copy_async_commit();
+
+    // 1. P^T and dS^T for this warp's key strip and query columns.
+    {
+      float acc_s[1][kSTiles][4] = {}, acc_dp[1][kSTiles][4] = {};
+      gemm_smem<1, kSTiles, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, 16 * key_strip, sQb, s_col0, lane);
+      gemm_smem<1, kSTiles, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, 16 * key_strip, sdOb, s_col0, lane);
+      // Keys past the end must give P = 0 too: with K = 0 there, S = 0 and exp(0 - lse) can
+      // overflow, and inf * 0 would poison dQ.
+      const bool needs_mask = key0 + kBlockN > seqlen_k || (Is_causal && key0 + kBlockN - 1 > row0 + seqlen_k - seqlen_q);
+#pragma unroll
+      for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int key_row = 16 * key_strip + lane / 4 + 8 * half;  // inside the block
+          const int col = s_col0 + 8 * nt + 2 * (lane % 4);            // query inside the block
+          float p[2], ds[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int key = key0 + key_row;
+            const bool visible = !needs_mask || (key < seqlen_k && (!Is_causal || key <= row0 + col + j + seqlen_k - seqlen_q));
+            p[j] = visible ? exp2_fast(acc_s[0][nt][2 * half + j] * params.scale_softmax_log2 - sLseb[col + j]) : 0.f;
+            ds[j] = p[j] * (acc_dp[0][nt][2 * half + j] - sDb[col + j]);
+          }
+          const int offset = PTile::offset(key_row, col / 8) + col % 8;
+          *reinterpret_cast<uint32_t*>(sPt + offset) = pack2<T>(p[0], p[1]);
+          *reinterpret_cast<uint32_t*>(sdSt + offset) = pack2<T>(ds[0], ds[1]);
+        }
+      }
+    }
+    __syncthreads();  // P^T and dS^T complete
+
+    // 2. dV += P^T dO and dK += dS^T Q over this block's queries.
+    gemm_smem<1, kDTiles, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dv, sPt, 16 * key_strip, sdOb, d_col0, lane);
+    gemm_smem<1, kDTiles, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dk, sdSt, 16 * key_strip, sQb, d_col0, lane);
+
+    // 3. dQ += dS K for this warp's query strip, into the fp32 accumulator.
+    float acc_dq[1][kDqTiles][4] = {};
+    gemm_smem<1, kDqTiles, kBlockN, Major::kCols, Major::kCols, PTile, KVTile>(acc_dq, sdSt, 16 * q_strip, sK, dq_col0, lane);
+    int* semaphore = nullptr;
+    if (params.deterministic) {
+      semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks + m_block;
+      // Key blocks 0 .. n_block-1 all touch this query block and add before us.
+      if (tid == 0) {
+        while (atomicAdd(semaphore, 0) != n_block) {}
+      }
+      __syncthreads();
+      __threadfence();
+    }
+    float* dq = params.dq_accum + ((static_cast<int64_t>(batch) * seqlen_q + row0) * params.h + head) * params.d;
+    const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = 16 * q_strip + lane / 4 + 8 * half;
+      if (row0 + row >= seqlen_q) continue;
+#pragma unroll
+      for (int nt = 0; nt < kDqTiles; ++nt) {
+        const int col = dq_col0 + 8 * nt + 2 * (lane % 4);
+        if (col < params.d) {
+          atomicAdd(dq + row * dq_row_stride + col, acc_dq[0][nt][2 * half]);
+          atomicAdd(dq + row * dq_row_stride + col + 1, acc_dq[0][nt][2 * half + 1]);
+        }
+      }
+    }
+    if (params.deterministic) {
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) atomicAdd(semaphore, 1);
+    }
+  }
+
+  // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
+  const int strip_row0 = key0 + 16 * key_strip;
+  store_strip<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride,
+                 params.dk_row_stride, acc_dk, strip_row0, d_col0, seqlen_k, params.d, params.scale_softmax, lane);
+  store_strip<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride,
+                 params.dv_row_stride, acc_dv, strip_row0, d_col0, seqlen_k, params.d, 1.f, lane);
+}
+
+}  // namespace flash

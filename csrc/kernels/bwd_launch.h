@@ -1,0 +1,28 @@
+// Launches one backward instantiation: preprocess (D = rowsum(dO * O)), then the main kernel.
+// The caller zeroes dq_accum (and dq_semaphore when deterministic) and converts dq_accum after.
+#pragma once
+
+#include "bwd_kernel.h"
+#include "params.h"
+#include "platform.h"
+#include "tile_config.h"
+
+namespace flash {
+
+template <class T, int kHeadDim, bool Is_causal>
+error_t run_bwd(const BwdParams& params, stream_t stream) {
+  using Traits = BwdTraits<T, kHeadDim>;
+  const dim3 pre_grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
+  bwd_preprocess_kernel<T, kHeadDim><<<pre_grid, kPreprocessRows * kGroupSize, 0, stream>>>(params);
+  error_t err = get_last_error();
+  if (err != kSuccess) return err;
+
+  const auto kernel = &flash_bwd_kernel<Traits, Is_causal>;
+  err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
+  if (err != kSuccess) return err;
+  const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params);
+  return get_last_error();
+}
+
+}  // namespace flash

@@ -1,0 +1,94 @@
+// Warp-level GEMMs over shared-memory tiles (SmemTile layout), built on mma.h.
+//
+// A warp computes acc[kMT][kNT] (kMT strips of 16 rows, kNT tiles of 8 columns) over a k range
+// of kK. Operands come from shared memory in one of two orientations:
+//   A "rows" : stored [m][k]  (e.g. Q for S = Q K^T)         A "cols" : stored [k][m]  (read transposed)
+//   B "rows" : stored [n][k]  (e.g. K for S = Q K^T)         B "cols" : stored [k][n]  (e.g. V for O = P V)
+// or, for A, from registers: the fp32 accumulators of a previous GEMM (P for O = P V).
+#pragma once
+
+#include "mma.h"
+#include "platform.h"
+#include "smem_tile.h"
+
+namespace flash {
+
+enum class Major { kRows, kCols };
+
+// Per-lane part of a load_matrix_x4 address for each orientation (see mma.h for what lane l
+// supplies): A rows, A cols, B rows, B cols.
+template <class Tile, bool Is_A, Major M>
+FA_DEVICE auto fragment_lane_offsets(int lane) {
+  if constexpr (Is_A && M == Major::kRows) return Tile::lane_offsets(lane % 16, lane / 16);
+  else if constexpr (M == Major::kCols && !Is_A) return Tile::lane_offsets(8 * ((lane / 8) % 2) + lane % 8, lane / 16);
+  else return Tile::lane_offsets(8 * (lane / 16) + lane % 8, (lane / 8) % 2);
+}
+
+// A fragments for strip mt at k step ks, where the warp's rows start at m0 (a multiple of 16).
+template <Major M, class Tile, class T>
+FA_DEVICE void load_a(uint32_t (&a)[4], const T* s, const typename Tile::LaneOffsets& off, int m0, int ks) {
+  if constexpr (M == Major::kRows) load_matrix_x4(a, s + off.at(m0, 2 * ks));
+  else load_matrix_x4_trans(a, s + off.at(16 * ks, m0 / 8));
+}
+
+// B fragments for the n8 tile pair (nt, nt+1) starting at column n0 (a multiple of 16).
+template <Major M, class Tile, class T>
+FA_DEVICE void load_b_pair(uint32_t (&b)[4], const T* s, const typename Tile::LaneOffsets& off, int n0, int ks) {
+  if constexpr (M == Major::kRows) load_matrix_x4(b, s + off.at(n0, 2 * ks));
+  else load_matrix_x4_trans(b, s + off.at(16 * ks, n0 / 8));
+}
+
+// acc += A[m0 .. m0 + 16 kMT) x B[.., n0 .. n0 + 8 kNT) over k in [0, kK).
+template <int kMT, int kNT, int kK, Major MA, Major MB, class ATile, class BTile, class T>
+FA_DEVICE void gemm_smem(float (&acc)[kMT][kNT][4], const T* sA, int m0, const T* sB, int n0, int lane) {
+  static_assert(kNT % 2 == 0 && kK % 16 == 0, "whole x4 loads");
+  const auto a_off = fragment_lane_offsets<ATile, true, MA>(lane);
+  const auto b_off = fragment_lane_offsets<BTile, false, MB>(lane);
+#pragma unroll
+  for (int ks = 0; ks < kK / 16; ++ks) {
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) load_a<MA, ATile>(a[mt], sA, a_off, m0 + 16 * mt, ks);
+#pragma unroll
+    for (int nt = 0; nt < kNT; nt += 2) {
+      uint32_t b[4];
+      load_b_pair<MB, BTile>(b, sB, b_off, n0 + 8 * nt, ks);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_16816<T>(acc[mt][nt], a[mt], b[0], b[1]);
+        mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// acc += A x B[.., n0 .. n0 + 8 kNT), A given as the fp32 accumulators of an earlier product
+// (kMT strips x kK/8 tiles): two adjacent n8 accumulator tiles are one k16 A fragment.
+template <int kMT, int kNT, int kK, Major MB, class BTile, class T>
+FA_DEVICE void gemm_regs(float (&acc)[kMT][kNT][4], const float (&a_acc)[kMT][kK / 8][4], const T* sB, int n0, int lane) {
+  static_assert(kNT % 2 == 0 && kK % 16 == 0, "whole x4 loads");
+  const auto b_off = fragment_lane_offsets<BTile, false, MB>(lane);
+#pragma unroll
+  for (int ks = 0; ks < kK / 16; ++ks) {
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      a[mt][0] = pack2<T>(a_acc[mt][2 * ks][0], a_acc[mt][2 * ks][1]);
+      a[mt][1] = pack2<T>(a_acc[mt][2 * ks][2], a_acc[mt][2 * ks][3]);
+      a[mt][2] = pack2<T>(a_acc[mt][2 * ks + 1][0], a_acc[mt][2 * ks + 1][1]);
+      a[mt][3] = pack2<T>(a_acc[mt][2 * ks + 1][2], a_acc[mt][2 * ks + 1][3]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNT; nt += 2) {
+      uint32_t b[4];
+      load_b_pair<MB, BTile>(b, sB, b_off, n0 + 8 * nt, ks);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_16816<T>(acc[mt][nt], a[mt], b[0], b[1]);
+        mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+}  // namespace flash
