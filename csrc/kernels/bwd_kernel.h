@@ -7,11 +7,10 @@
 // (GQA sums there, in registers, without expanded K/V). Per query block, with P and dS kept
 // transposed so that the key dimension is the warp's row dimension:
 //
-//   1. S^T = K Q^T, dP^T = V dO^T          (warp: one 16-key strip x its share of the queries)
-//      P^T = exp(S^T - lse), dS^T = P^T (dP^T - D)       -> shared memory
-//   2. dV += P^T dO, dK += dS^T Q            (warp: one 16-key strip x its share of the head dim)
-//   3. dQ += dS K                            (warp: one 16-query strip x a share of the head dim)
-//      added to an fp32 accumulator in global memory with atomics
+//   1. S^T = K Q^T, dP^T = V dO^T; P^T = exp(S^T - lse), dS^T = P^T (dP^T - D) -> shared memory
+//   2. dV += P^T dO, dK += dS^T Q       (accumulated in registers across the whole walk)
+//   3. dQ += dS K, added to an fp32 accumulator in global memory with atomics
+// Each product's output tile is shared among the warps as BwdTraits' WarpGrids say.
 //
 // Q and dO are double-buffered: the next query block loads while this one computes.
 #pragma once
@@ -55,21 +54,24 @@ __global__ void __launch_bounds__(kPreprocessRows * kGroupSize) bwd_preprocess_k
   if (lane == 0) params.softmax_d[(static_cast<int64_t>(batch) * params.h + head) * params.seqlen_q + row] = dot;
 }
 
-// Writes a warp's fp32 accumulator strip (rows row0 + g, row0 + g + 8; 8 nt + 2t columns from
-// col0) to a [rows, d] tensor, scaled and rounded to T, skipping rows >= rows_valid.
-template <class T, int kNT>
-FA_DEVICE void store_strip(T* dst, int64_t row_stride, const float (&acc)[1][kNT][4], int row0, int col0,
-                           int rows_valid, int head_dim, float scale, int lane) {
+// Writes a warp's fp32 accumulator tile (kMT strips from row0, kNT n8 tiles from col0) to a
+// [rows, d] tensor, scaled and rounded to T, skipping rows >= rows_valid and cols >= head_dim.
+template <class T, int kMT, int kNT>
+FA_DEVICE void store_tile(T* dst, int64_t row_stride, const float (&acc)[kMT][kNT][4], int row0, int col0,
+                          int rows_valid, int head_dim, float scale, int lane) {
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = row0 + lane / 4 + 8 * half;
-    if (row >= rows_valid) continue;
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      const int col = col0 + 8 * nt + 2 * (lane % 4);
-      if (col < head_dim) {
-        *reinterpret_cast<uint32_t*>(dst + row * row_stride + col) =
-            pack2<T>(acc[0][nt][2 * half] * scale, acc[0][nt][2 * half + 1] * scale);
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + 16 * mt + lane / 4 + 8 * half;
+      if (row >= rows_valid) continue;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        const int col = col0 + 8 * nt + 2 * (lane % 4);
+        if (col < head_dim) {
+          *reinterpret_cast<uint32_t*>(dst + row * row_stride + col) =
+              pack2<T>(acc[mt][nt][2 * half] * scale, acc[mt][nt][2 * half + 1] * scale);
+        }
       }
     }
   }
@@ -137,15 +139,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
   if (steps > 0) load_step(0, 0);
   copy_async_commit();
 
-  // Warp roles (see Traits): a key strip, and a share of the queries (step 1) or of the head
-  // dim (step 2); for step 3 a query strip and a share of the head dim.
-  const int key_strip = warp % Traits::kKeyStrips, sharer = warp / Traits::kKeyStrips;
-  const int s_col0 = sharer * Traits::kSColsPerWarp, d_col0 = sharer * Traits::kDColsPerWarp;
-  const int q_strip = warp % Traits::kQueryStrips, dq_col0 = (warp / Traits::kQueryStrips) * Traits::kDqColsPerWarp;
-  constexpr int kSTiles = Traits::kSColsPerWarp / 8, kDTiles = Traits::kDColsPerWarp / 8;
-  constexpr int kDqTiles = Traits::kDqColsPerWarp / 8;
+  using SdpGrid = typename Traits::SdpGrid;
+  using DkvGrid = typename Traits::DkvGrid;
+  using DqGrid = typename Traits::DqGrid;
+  const int sdp_row0 = SdpGrid::row0(warp), sdp_col0 = SdpGrid::col0(warp);
+  const int dkv_row0 = DkvGrid::row0(warp), dkv_col0 = DkvGrid::col0(warp);
+  const int dq_row0 = DqGrid::row0(warp), dq_col0 = DqGrid::col0(warp);
 
-  float acc_dk[1][kDTiles][4] = {}, acc_dv[1][kDTiles][4] = {};
+  float acc_dk[DkvGrid::kMT][DkvGrid::kNT][4] = {}, acc_dv[DkvGrid::kMT][DkvGrid::kNT][4] = {};
 
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
@@ -162,43 +163,46 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
     if (step + 1 < steps) load_step(step + 1, buf ^ 1);
     copy_async_commit();
 
-    // 1. P^T and dS^T for this warp's key strip and query columns.
+    // 1. P^T and dS^T for this warp's keys x queries.
     {
-      float acc_s[1][kSTiles][4] = {}, acc_dp[1][kSTiles][4] = {};
-      gemm_smem<1, kSTiles, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, 16 * key_strip, sQb, s_col0, lane);
-      gemm_smem<1, kSTiles, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, 16 * key_strip, sdOb, s_col0, lane);
+      float acc_s[SdpGrid::kMT][SdpGrid::kNT][4] = {}, acc_dp[SdpGrid::kMT][SdpGrid::kNT][4] = {};
+      gemm_smem<SdpGrid::kMT, SdpGrid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
+      gemm_smem<SdpGrid::kMT, SdpGrid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, sdp_row0, sdOb, sdp_col0, lane);
       // Keys past the end must give P = 0 too: with K = 0 there, S = 0 and exp(0 - lse) can
       // overflow, and inf * 0 would poison dQ.
       const bool needs_mask = key0 + kBlockN > seqlen_k || (Is_causal && key0 + kBlockN - 1 > row0 + seqlen_k - seqlen_q);
 #pragma unroll
-      for (int nt = 0; nt < kSTiles; ++nt) {
+      for (int mt = 0; mt < SdpGrid::kMT; ++mt) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int key_row = 16 * key_strip + lane / 4 + 8 * half;  // inside the block
-          const int col = s_col0 + 8 * nt + 2 * (lane % 4);            // query inside the block
-          float p[2], ds[2];
+        for (int nt = 0; nt < SdpGrid::kNT; ++nt) {
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int key = key0 + key_row;
-            const bool visible = !needs_mask || (key < seqlen_k && (!Is_causal || key <= row0 + col + j + seqlen_k - seqlen_q));
-            p[j] = visible ? exp2_fast(acc_s[0][nt][2 * half + j] * params.scale_softmax_log2 - sLseb[col + j]) : 0.f;
-            ds[j] = p[j] * (acc_dp[0][nt][2 * half + j] - sDb[col + j]);
+          for (int half = 0; half < 2; ++half) {
+            const int key_row = sdp_row0 + 16 * mt + lane / 4 + 8 * half;  // inside the block
+            const int col = sdp_col0 + 8 * nt + 2 * (lane % 4);              // query inside the block
+            float p[2], ds[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int key = key0 + key_row;
+              const bool visible = !needs_mask || (key < seqlen_k && (!Is_causal || key <= row0 + col + j + seqlen_k - seqlen_q));
+              p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - sLseb[col + j]) : 0.f;
+              ds[j] = p[j] * (acc_dp[mt][nt][2 * half + j] - sDb[col + j]);
+            }
+            const int offset = PTile::offset(key_row, col / 8) + col % 8;
+            *reinterpret_cast<uint32_t*>(sPt + offset) = pack2<T>(p[0], p[1]);
+            *reinterpret_cast<uint32_t*>(sdSt + offset) = pack2<T>(ds[0], ds[1]);
           }
-          const int offset = PTile::offset(key_row, col / 8) + col % 8;
-          *reinterpret_cast<uint32_t*>(sPt + offset) = pack2<T>(p[0], p[1]);
-          *reinterpret_cast<uint32_t*>(sdSt + offset) = pack2<T>(ds[0], ds[1]);
         }
       }
     }
     __syncthreads();  // P^T and dS^T complete
 
     // 2. dV += P^T dO and dK += dS^T Q over this block's queries.
-    gemm_smem<1, kDTiles, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dv, sPt, 16 * key_strip, sdOb, d_col0, lane);
-    gemm_smem<1, kDTiles, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dk, sdSt, 16 * key_strip, sQb, d_col0, lane);
+    gemm_smem<DkvGrid::kMT, DkvGrid::kNT, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dv, sPt, dkv_row0, sdOb, dkv_col0, lane);
+    gemm_smem<DkvGrid::kMT, DkvGrid::kNT, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dk, sdSt, dkv_row0, sQb, dkv_col0, lane);
 
-    // 3. dQ += dS K for this warp's query strip, into the fp32 accumulator.
-    float acc_dq[1][kDqTiles][4] = {};
-    gemm_smem<1, kDqTiles, kBlockN, Major::kCols, Major::kCols, PTile, KVTile>(acc_dq, sdSt, 16 * q_strip, sK, dq_col0, lane);
+    // 3. dQ += dS K for this warp's queries x head-dim columns, into the fp32 accumulator.
+    float acc_dq[DqGrid::kMT][DqGrid::kNT][4] = {};
+    gemm_smem<DqGrid::kMT, DqGrid::kNT, kBlockN, Major::kCols, Major::kCols, PTile, KVTile>(acc_dq, sdSt, dq_row0, sK, dq_col0, lane);
     int* semaphore = nullptr;
     if (params.deterministic) {
       semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks + m_block;
@@ -212,15 +216,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
     float* dq = params.dq_accum + ((static_cast<int64_t>(batch) * seqlen_q + row0) * params.h + head) * params.d;
     const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = 16 * q_strip + lane / 4 + 8 * half;
-      if (row0 + row >= seqlen_q) continue;
+    for (int mt = 0; mt < DqGrid::kMT; ++mt) {
 #pragma unroll
-      for (int nt = 0; nt < kDqTiles; ++nt) {
-        const int col = dq_col0 + 8 * nt + 2 * (lane % 4);
-        if (col < params.d) {
-          atomicAdd(dq + row * dq_row_stride + col, acc_dq[0][nt][2 * half]);
-          atomicAdd(dq + row * dq_row_stride + col + 1, acc_dq[0][nt][2 * half + 1]);
+      for (int half = 0; half < 2; ++half) {
+        const int row = dq_row0 + 16 * mt + lane / 4 + 8 * half;
+        if (row0 + row >= seqlen_q) continue;
+#pragma unroll
+        for (int nt = 0; nt < DqGrid::kNT; ++nt) {
+          const int col = dq_col0 + 8 * nt + 2 * (lane % 4);
+          if (col < params.d) atomic_add2(dq + row * dq_row_stride + col, acc_dq[mt][nt][2 * half], acc_dq[mt][nt][2 * half + 1]);
         }
       }
     }
@@ -232,11 +236,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
   }
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
-  const int strip_row0 = key0 + 16 * key_strip;
-  store_strip<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride,
-                 params.dk_row_stride, acc_dk, strip_row0, d_col0, seqlen_k, params.d, params.scale_softmax, lane);
-  store_strip<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride,
-                 params.dv_row_stride, acc_dv, strip_row0, d_col0, seqlen_k, params.d, 1.f, lane);
+  store_tile<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride,
+                params.dk_row_stride, acc_dk, key0 + dkv_row0, dkv_col0, seqlen_k, params.d, params.scale_softmax, lane);
+  store_tile<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride,
+                params.dv_row_stride, acc_dv, key0 + dkv_row0, dkv_col0, seqlen_k, params.d, 1.f, lane);
 }
 
 }  // namespace flash

@@ -80,6 +80,16 @@ FA_DEVICE bool any_in_group(bool pred) {
 #endif
 }
 
+// p[0] += a, p[1] += b in global memory (p 8-byte aligned); one vector atomic where there is one.
+FA_DEVICE void atomic_add2(float* p, float a, float b) {
+#if defined(FA_PLATFORM_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
+}
+
 // 2^x. The softmax folds log2(e) into its scale so this is the only transcendental per score.
 FA_DEVICE float exp2_fast(float x) {
 #if defined(FA_PLATFORM_HIP)

@@ -33,28 +33,40 @@ struct FwdTraits {
   static_assert(kBlockN % 16 == 0 && kHeadDim % 32 == 0, "tiles must be whole mma steps");
 };
 
-// Backward: a thread block owns kBlockN keys (one 16-row strip per warp group) and walks the
-// query blocks of kBlockM rows. Head dims above 128 halve kBlockN so that dK and dV (fp32, in
-// registers) fit: two warps then share a key strip and split the head dim between them.
+// How the warps of a block share one product's output tile of kRows x kCols: kWarpRows warps
+// along the rows, the rest along the columns; each warp owns kMT 16-row strips x kNT n8 tiles.
+template <int kRows, int kCols, int kWarpRows, int kNWarps>
+struct WarpGrid {
+  static constexpr int kWarpCols = kNWarps / kWarpRows;
+  static constexpr int kRowsPerWarp = kRows / kWarpRows, kColsPerWarp = kCols / kWarpCols;
+  static constexpr int kMT = kRowsPerWarp / 16, kNT = kColsPerWarp / 8;
+  static_assert(kWarpRows * kWarpCols == kNWarps && kMT * 16 * kWarpRows == kRows, "warps must tile the rows");
+  static_assert(kColsPerWarp % 16 == 0 && kColsPerWarp * kWarpCols == kCols, "each warp takes whole x4 loads");
+  static FA_HOST_DEVICE int row0(int warp) { return (warp % kWarpRows) * kRowsPerWarp; }
+  static FA_HOST_DEVICE int col0(int warp) { return (warp / kWarpRows) * kColsPerWarp; }
+};
+
+// Backward: a thread block owns kBlockN keys and walks the query blocks of kBlockM rows. Head
+// dims above 128 halve kBlockN so that dK and dV (fp32, in registers) fit. Warps tile each
+// product in near-square pieces: fewer shared-memory fragment loads per mma than strips.
 inline constexpr int kBwdBlockM = 64;  // the host sizes dq_semaphore with it
 template <int kHeadDim> struct BwdTile {
   static constexpr int kBlockM = kBwdBlockM, kBlockN = kHeadDim <= 128 ? 128 : 64, kNWarps = 8;
+  static constexpr int kSdpWarpRows = kBlockN / 32;                      // S^T, dP^T: keys x queries
+  static constexpr int kDkvWarpRows = kBlockN / 32;                      // dK, dV: keys x head dim
+  static constexpr int kDqWarpRows = (kHeadDim / 4) % 16 == 0 ? 2 : 4;   // dQ: queries x head dim
 };
 
 template <class T_, int kHeadDim_>
 struct BwdTraits {
   using T = T_;
+  using Tile = BwdTile<kHeadDim_>;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = BwdTile<kHeadDim>::kBlockM;
-  static constexpr int kBlockN = BwdTile<kHeadDim>::kBlockN;
-  static constexpr int kNWarps = BwdTile<kHeadDim>::kNWarps;
+  static constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kNWarps = Tile::kNWarps;
   static constexpr int kNThreads = kNWarps * kGroupSize;
-  static constexpr int kKeyStrips = kBlockN / 16;          // warps w and w + kKeyStrips share a strip
-  static constexpr int kStripSharers = kNWarps / kKeyStrips;
-  static constexpr int kSColsPerWarp = kBlockM / kStripSharers;  // S^T columns a warp computes
-  static constexpr int kDColsPerWarp = kHeadDim / kStripSharers; // dK/dV columns a warp owns
-  static constexpr int kQueryStrips = kBlockM / 16;        // for dQ = dS K
-  static constexpr int kDqColsPerWarp = kHeadDim / (kNWarps / kQueryStrips);
+  using SdpGrid = WarpGrid<kBlockN, kBlockM, Tile::kSdpWarpRows, kNWarps>;
+  using DkvGrid = WarpGrid<kBlockN, kHeadDim, Tile::kDkvWarpRows, kNWarps>;
+  using DqGrid = WarpGrid<kBlockM, kHeadDim, Tile::kDqWarpRows, kNWarps>;
 
   // Shared memory, in elements: K, V; Q and dO double-buffered; P^T and dS^T; then floats.
   static constexpr int kKVElems = kBlockN * kHeadDim;
@@ -62,10 +74,6 @@ struct BwdTraits {
   static constexpr int kPElems = kBlockN * kBlockM;
   static constexpr int kSmemBytes = (2 * kKVElems + 4 * kQElems + 2 * kPElems) * int(sizeof(T)) +
                                     4 * kBlockM * int(sizeof(float));
-
-  static_assert(kKeyStrips * kStripSharers == kNWarps && kNWarps % kQueryStrips == 0, "warps must tile the work");
-  static_assert(kSColsPerWarp % 16 == 0 && kDColsPerWarp % 16 == 0 && kDqColsPerWarp % 16 == 0,
-                "each warp's share must be whole x4 loads");
 };
 
 }  // namespace flash
