@@ -81,9 +81,10 @@ template <class Traits, bool Is_causal>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const BwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
-  using QTile = SmemTile<kBlockM, kHeadDim>;    // Q, dO
-  using KVTile = SmemTile<kBlockN, kHeadDim>;   // K, V
-  using PTile = SmemTile<kBlockN, kBlockM>;     // P^T, dS^T: rows are keys
+  // XOR-form fragment offsets: six operand orientations would otherwise keep 24 registers.
+  using QTile = SmemTile<kBlockM, kHeadDim, true>;   // Q, dO
+  using KVTile = SmemTile<kBlockN, kHeadDim, true>;  // K, V
+  using PTile = SmemTile<kBlockN, kBlockM, true>;    // P^T, dS^T: rows are keys
 
   extern __shared__ __align__(16) char smem[];
   T* sK = reinterpret_cast<T*>(smem);
@@ -139,7 +140,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
   if (steps > 0) load_step(0, 0);
   copy_async_commit();
 
-  using SdpGrid = typename Traits::SdpGrid;
+  using SdpGrid = typename Traits::SdpGrid;  // step 1
   using DkvGrid = typename Traits::DkvGrid;
   using DqGrid = typename Traits::DqGrid;
   const int sdp_row0 = SdpGrid::row0(warp), sdp_col0 = SdpGrid::col0(warp);
@@ -163,33 +164,54 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
     if (step + 1 < steps) load_step(step + 1, buf ^ 1);
     copy_async_commit();
 
-    // 1. P^T and dS^T for this warp's keys x queries.
+    // 1. P^T and dS^T for this warp's keys x queries. P^T is finished (and kept packed, as the
+    // products below will see it) before dP^T starts, so the two fp32 tiles are never live
+    // together.
     {
-      float acc_s[SdpGrid::kMT][SdpGrid::kNT][4] = {}, acc_dp[SdpGrid::kMT][SdpGrid::kNT][4] = {};
-      gemm_smem<SdpGrid::kMT, SdpGrid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
-      gemm_smem<SdpGrid::kMT, SdpGrid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, sdp_row0, sdOb, sdp_col0, lane);
+      using Grid = SdpGrid;
       // Keys past the end must give P = 0 too: with K = 0 there, S = 0 and exp(0 - lse) can
       // overflow, and inf * 0 would poison dQ.
       const bool needs_mask = key0 + kBlockN > seqlen_k || (Is_causal && key0 + kBlockN - 1 > row0 + seqlen_k - seqlen_q);
+      // Fragment element (mt, nt, 2 half + j) sits at key row key_row(mt, half), query column col(nt) + j.
+      auto key_row = [&](int mt, int half) { return sdp_row0 + 16 * mt + lane / 4 + 8 * half; };
+      auto col = [&](int nt) { return sdp_col0 + 8 * nt + 2 * (lane % 4); };
+      auto p_offset = [&](int mt, int nt, int half) { return PTile::offset(key_row(mt, half), col(nt) / 8) + col(nt) % 8; };
+
+      uint32_t p_packed[Grid::kMT][Grid::kNT][2];
+      {
+        float acc_s[Grid::kMT][Grid::kNT][4] = {};
+        gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
 #pragma unroll
-      for (int mt = 0; mt < SdpGrid::kMT; ++mt) {
+        for (int mt = 0; mt < Grid::kMT; ++mt) {
 #pragma unroll
-        for (int nt = 0; nt < SdpGrid::kNT; ++nt) {
+          for (int nt = 0; nt < Grid::kNT; ++nt) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              float p[2];
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int key = key0 + key_row(mt, half), query = row0 + col(nt) + j;
+                const bool visible = !needs_mask || (key < seqlen_k && (!Is_causal || key <= query + seqlen_k - seqlen_q));
+                p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - sLseb[col(nt) + j]) : 0.f;
+              }
+              p_packed[mt][nt][half] = pack2<T>(p[0], p[1]);
+              *reinterpret_cast<uint32_t*>(sPt + p_offset(mt, nt, half)) = p_packed[mt][nt][half];
+            }
+          }
+        }
+      }
+      float acc_dp[Grid::kMT][Grid::kNT][4] = {};
+      gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, sdp_row0, sdOb, sdp_col0, lane);
+#pragma unroll
+      for (int mt = 0; mt < Grid::kMT; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < Grid::kNT; ++nt) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            const int key_row = sdp_row0 + 16 * mt + lane / 4 + 8 * half;  // inside the block
-            const int col = sdp_col0 + 8 * nt + 2 * (lane % 4);              // query inside the block
-            float p[2], ds[2];
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int key = key0 + key_row;
-              const bool visible = !needs_mask || (key < seqlen_k && (!Is_causal || key <= row0 + col + j + seqlen_k - seqlen_q));
-              p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - sLseb[col + j]) : 0.f;
-              ds[j] = p[j] * (acc_dp[mt][nt][2 * half + j] - sDb[col + j]);
-            }
-            const int offset = PTile::offset(key_row, col / 8) + col % 8;
-            *reinterpret_cast<uint32_t*>(sPt + offset) = pack2<T>(p[0], p[1]);
-            *reinterpret_cast<uint32_t*>(sdSt + offset) = pack2<T>(ds[0], ds[1]);
+            const float2 p = unpack2<T>(p_packed[mt][nt][half]);
+            const float ds0 = p.x * (acc_dp[mt][nt][2 * half] - sDb[col(nt)]);
+            const float ds1 = p.y * (acc_dp[mt][nt][2 * half + 1] - sDb[col(nt) + 1]);
+            *reinterpret_cast<uint32_t*>(sdSt + p_offset(mt, nt, half)) = pack2<T>(ds0, ds1);
           }
         }
       }

@@ -14,7 +14,7 @@
 
 namespace flash {
 
-template <int kRows, int kHeadDim>
+template <int kRows, int kHeadDim, bool kXorOffsets = false>
 struct SmemTile {
   static constexpr int kChunks = kHeadDim / 8;
   static_assert(kChunks % 4 == 0, "the swizzle needs rows of a multiple of 64 bytes");
@@ -23,19 +23,25 @@ struct SmemTile {
   static FA_HOST_DEVICE int offset(int row, int chunk) { return row * kHeadDim + ((chunk ^ swizzle_bits(row)) << 3); }
 
   // Fragment loads address offset(row0 + row, chunk) for a lane-dependent `row`, a row0 that is a
-  // multiple of 8 (the swizzle ignores it) and an even chunk plus a lane-dependent 0/1. Only
-  // four per-lane offsets differ, so they are computed once and the rest folds into immediates.
+  // multiple of 8 (the swizzle ignores it) and an even chunk plus a lane-dependent 0/1.
+  // With kXorOffsets and rows of a multiple of 64 elements (bits 3-5 of row * kHeadDim clear)
+  // the swizzle is an XOR on one per-lane offset: one register and one instruction per load.
+  // Otherwise the four per-lane offsets the XOR can take are precomputed and fold into the
+  // loads' immediates. Which spills less depends on the kernel (benchmarks/NOTES.md).
   struct LaneOffsets {
-    int base[4];
+    static constexpr bool kXor = kXorOffsets && kHeadDim % 64 == 0;
+    int base[kXor ? 1 : 4];
     FA_DEVICE int at(int row0, int chunk_even) const {
-      return row0 * kHeadDim + ((chunk_even & ~7) << 3) + base[(chunk_even & 7) >> 1];
+      const int fixed = row0 * kHeadDim + ((chunk_even & ~7) << 3);
+      if constexpr (kXor) return (base[0] ^ ((chunk_even & 7) << 3)) + fixed;
+      else return base[(chunk_even & 7) >> 1] + fixed;
     }
   };
   static FA_DEVICE LaneOffsets lane_offsets(int row, int chunk_bit) {
     LaneOffsets offsets;
     const int x = chunk_bit ^ swizzle_bits(row);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) offsets.base[j] = row * kHeadDim + (((2 * j) ^ x) << 3);
+    for (int j = 0; j < (LaneOffsets::kXor ? 1 : 4); ++j) offsets.base[j] = row * kHeadDim + (((2 * j) ^ x) << 3);
     return offsets;
   }
 
