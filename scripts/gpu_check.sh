@@ -10,6 +10,11 @@ LOG="$OUT/gpu-check.log"
 STEPS=${GPU_CHECK_STEPS:-"build tests sanitizer bench"}
 PYTEST_ARGS=${PYTEST_ARGS:-}
 export PYTHONUNBUFFERED=1
+# The GPU image's Python was configured with /opt/gcc, whose libstdc++ is linked statically: an
+# extension built with it carries a second copy whose locale state clashes with torch's, and
+# the first std::ostream << int (any TORCH_CHECK message with a number) segfaults. Build with
+# the system compiler, which links the same shared libstdc++ torch uses.
+if [ -x /usr/bin/g++ ]; then export CC=${CC:-/usr/bin/gcc} CXX=${CXX:-/usr/bin/g++}; fi
 status=0
 
 run() {  # run NAME CMD...: logs the command and its output, remembers a failure
@@ -28,7 +33,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 for step in $STEPS; do
   case $step in
     build) MAX_JOBS=${MAX_JOBS:-16} run build python3 -m pip install --no-build-isolation --no-deps -v -e . || exit 1 ;;
-    tests) run tests python3 -m pytest -q -x -p no:cacheprovider tests $PYTEST_ARGS ;;
+    tests) run tests python3 -m pytest -q -p no:cacheprovider tests $PYTEST_ARGS ;;
     sanitizer)
       run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests
       run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests ;;
