@@ -10,11 +10,11 @@ LOG="$OUT/gpu-check.log"
 STEPS=${GPU_CHECK_STEPS:-"build tests sanitizer bench"}
 PYTEST_ARGS=${PYTEST_ARGS:-}
 export PYTHONUNBUFFERED=1
-# The GPU image's Python was configured with /opt/gcc, whose libstdc++ is linked statically: an
-# extension built with it carries a second copy whose locale state clashes with torch's, and
-# the first std::ostream << int (any TORCH_CHECK message with a number) segfaults. Build with
-# the system compiler, which links the same shared libstdc++ torch uses.
-if [ -x /usr/bin/g++ ]; then export CC=${CC:-/usr/bin/gcc} CXX=${CXX:-/usr/bin/g++}; fi
+# The GPU image sets CXX to a /opt/gcc wrapper that links libstdc++ statically: the extension
+# then carries a second copy whose locale state clashes with torch's, and the first
+# std::ostream << int (any TORCH_CHECK message with a number) segfaults. Build with the system
+# compiler, which links the shared libstdc++ torch uses.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 status=0
 
 run() {  # run NAME CMD...: logs the command and its output, remembers a failure
