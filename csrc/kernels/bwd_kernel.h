@@ -78,7 +78,7 @@ FA_DEVICE void store_tile(T* dst, int64_t row_stride, const float (&acc)[kMT][kN
 }
 
 template <class Traits, bool Is_causal>
-__global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const BwdParams params) {
+__global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) flash_bwd_kernel(const BwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
   // XOR-form fragment offsets: six operand orientations would otherwise keep 24 registers.
@@ -223,8 +223,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
     gemm_smem<DkvGrid::kMT, DkvGrid::kNT, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dk, sdSt, dkv_row0, sQb, dkv_col0, lane);
 
     // 3. dQ += dS K for this warp's queries x head-dim columns, into the fp32 accumulator.
-    float acc_dq[DqGrid::kMT][DqGrid::kNT][4] = {};
-    gemm_smem<DqGrid::kMT, DqGrid::kNT, kBlockN, Major::kCols, Major::kCols, PTile, KVTile>(acc_dq, sdSt, dq_row0, sK, dq_col0, lane);
     int* semaphore = nullptr;
     if (params.deterministic) {
       semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks + m_block;
@@ -238,15 +236,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_kernel(const B
     float* dq = params.dq_accum + ((static_cast<int64_t>(batch) * seqlen_q + row0) * params.h + head) * params.d;
     const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
 #pragma unroll
-    for (int mt = 0; mt < DqGrid::kMT; ++mt) {
+    for (int pass = 0; pass < Traits::kDqPasses; ++pass) {
+      const int col0 = pass * (kHeadDim / Traits::kDqPasses) + dq_col0;
+      float acc_dq[DqGrid::kMT][DqGrid::kNT][4] = {};
+      gemm_smem<DqGrid::kMT, DqGrid::kNT, kBlockN, Major::kCols, Major::kCols, PTile, KVTile>(acc_dq, sdSt, dq_row0, sK, col0, lane);
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = dq_row0 + 16 * mt + lane / 4 + 8 * half;
-        if (row0 + row >= seqlen_q) continue;
+      for (int mt = 0; mt < DqGrid::kMT; ++mt) {
 #pragma unroll
-        for (int nt = 0; nt < DqGrid::kNT; ++nt) {
-          const int col = dq_col0 + 8 * nt + 2 * (lane % 4);
-          if (col < params.d) atomic_add2(dq + row * dq_row_stride + col, acc_dq[mt][nt][2 * half], acc_dq[mt][nt][2 * half + 1]);
+        for (int half = 0; half < 2; ++half) {
+          const int row = dq_row0 + 16 * mt + lane / 4 + 8 * half;
+          if (row0 + row >= seqlen_q) continue;
+#pragma unroll
+          for (int nt = 0; nt < DqGrid::kNT; ++nt) {
+            const int col = col0 + 8 * nt + 2 * (lane % 4);
+            if (col < params.d) atomic_add2(dq + row * dq_row_stride + col, acc_dq[mt][nt][2 * half], acc_dq[mt][nt][2 * half + 1]);
+          }
         }
       }
     }
