@@ -19,7 +19,8 @@ def _fwd_fake(q, k, v, softmax_scale, is_causal):
 
 @torch.library.register_fake("flash_attn_rocm::bwd")
 def _bwd_fake(dout, q, k, v, out, softmax_lse, softmax_scale, is_causal, deterministic):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # The op returns contiguous gradients whatever the inputs' strides; so must the fake.
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def compiled_head_dims() -> list[int]:

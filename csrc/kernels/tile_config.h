@@ -47,19 +47,16 @@ struct WarpGrid {
 };
 
 // Backward: a thread block owns kBlockN keys and walks the query blocks of kBlockM rows; dK
-// and dV (fp32) stay in registers throughout. Up to d128, 64 keys and 4 warps, so that two
-// blocks share an SM and one's barriers hide behind the other's math; above, 8 warps and one
-// block per SM (shared memory). Warps tile each product in near-square pieces: fewer
-// shared-memory fragment loads per mma than strips. dQ may go in column passes to bound the
-// registers it holds beside dK and dV.
+// and dV (fp32) stay in registers throughout, which is why head dims above 128 halve kBlockN.
+// Warps tile each product in near-square pieces: fewer shared-memory fragment loads per mma
+// than strips. dQ may go in column passes to bound the registers it holds beside dK and dV.
 inline constexpr int kBwdBlockM = 64;  // the host sizes dq_semaphore with it
 template <int kHeadDim> struct BwdTile {
-  static constexpr bool kSmall = kHeadDim <= 128;
-  static constexpr int kBlockM = kBwdBlockM, kBlockN = 64, kNWarps = kSmall ? 4 : 8, kMinBlocksPerSm = kSmall ? 2 : 1;
-  static constexpr int kSdpWarpRows = 2;                                   // S^T, dP^T: keys x queries
-  static constexpr int kDkvWarpRows = 2;                                   // dK, dV: keys x head dim
-  static constexpr int kDqWarpRows = 2;                                    // dQ: queries x head dim
-  static constexpr int kDqPasses = kHeadDim == 128 ? 2 : 1;
+  static constexpr int kBlockM = kBwdBlockM, kBlockN = kHeadDim <= 128 ? 128 : 64, kNWarps = 8, kMinBlocksPerSm = 1;
+  static constexpr int kSdpWarpRows = kBlockN / 32;                      // S^T, dP^T: keys x queries
+  static constexpr int kDkvWarpRows = kBlockN / 32;                      // dK, dV: keys x head dim
+  static constexpr int kDqWarpRows = (kHeadDim / 4) % 16 == 0 ? 2 : 4;   // dQ: queries x head dim
+  static constexpr int kDqPasses = 1;
 };
 
 template <class T_, int kHeadDim_>
