@@ -15,6 +15,15 @@ requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a
 # accurate than the fp16 kernel it judges.
 torch.set_float32_matmul_precision("highest")
 
+DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
+# 40 and 136 are not compiled head dims: they exercise rounding up to the next one.
+HEAD_DIMS = [32, 40, 64, 96, 128, 136, 192, 256]
+CAUSAL = [pytest.param(False, id="full"), pytest.param(True, id="causal")]
+
+
+def seqlen_params(pairs):
+    return [pytest.param(sq, sk, id=f"sq{sq}-sk{sk}") for sq, sk in pairs]
+
 
 @pytest.fixture(autouse=True)
 def seed(request):
@@ -76,3 +85,80 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True):
     probs = torch.softmax(scores, dim=-1).masked_fill(lse.isneginf()[..., None], 0.0)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
     return out, lse
+
+
+def assert_within_eager_error(value, ref, eager, name="out", floor_magnitude=None):
+    """flash-attn's criterion: `value` may be at most twice as far from the float32 reference
+    `ref` as PyTorch's eager path in the same dtype (`eager`) is, plus one ulp at
+    `floor_magnitude` (default: ref's largest magnitude) for shapes where the eager path is
+    exact (one key: out == v)."""
+    if floor_magnitude is None:
+        floor_magnitude = ref.abs().max().item()
+    err = (value.float() - ref).abs().max().item()
+    eager_err = (eager.float() - ref).abs().max().item()
+    floor = torch.finfo(value.dtype).eps * floor_magnitude
+    assert err <= 2 * eager_err + floor, (
+        f"{name}: max error {err:.3g}, eager {value.dtype} error {eager_err:.3g}, floor {floor:.3g}")
+
+
+def poison_allocator_cache(*blocks):
+    """Leaves NaN-filled blocks of the given (shape, dtype)s in PyTorch's caching allocator, so
+    output or scratch elements the kernel forgets to write (or to zero before accumulating
+    into) most likely read as NaN, not 0. All blocks live at once, so equal sizes get
+    distinct blocks."""
+    poisoned = [torch.full(shape, float("nan"), dtype=dtype, device="cuda") for shape, dtype in blocks]
+    del poisoned
+
+
+# ---------------------------------------------------------------- strided layouts
+# Each returns fp16 CUDA q, k, v [b, s, h, d] that are views with other strides than a
+# contiguous tensor's, as real models produce them.
+
+
+def packed_qkv(batch, seqlen, nheads, head_dim):
+    """q, k, v as views of one [b, s, 3, h, d] tensor, like a fused QKV projection."""
+    return torch.randn(batch, seqlen, 3, nheads, head_dim, dtype=torch.float16, device="cuda").unbind(2)
+
+
+def packed_kv(batch, seqlen, nheads, head_dim):
+    """q alone, k and v as views of one [b, sk, 2, h, d] tensor, with sk != sq."""
+    q = torch.randn(batch, seqlen, nheads, head_dim, dtype=torch.float16, device="cuda")
+    kv = torch.randn(batch, seqlen + 37, 2, nheads, head_dim, dtype=torch.float16, device="cuda")
+    return (q, *kv.unbind(2))
+
+
+def heads_first(batch, seqlen, nheads, head_dim):
+    """[b, h, s, d] tensors transposed to [b, s, h, d]: the head stride exceeds the seq stride."""
+    return tuple(torch.randn(batch, nheads, seqlen, head_dim, dtype=torch.float16, device="cuda")
+                 .transpose(1, 2) for _ in range(3))
+
+
+def head_dim_slice(batch, seqlen, nheads, head_dim):
+    """The first head_dim channels of wider rows: padded head and sequence strides."""
+    return tuple(torch.randn(batch, seqlen, nheads, head_dim + 24, dtype=torch.float16, device="cuda")
+                 [..., :head_dim] for _ in range(3))
+
+
+STRIDED_LAYOUTS = pytest.mark.parametrize("layout", [packed_qkv, packed_kv, heads_first, head_dim_slice],
+                                          ids=lambda f: f.__name__)
+
+
+# ---------------------------------------------------------------- models
+
+
+class SelfAttention(torch.nn.Module):
+    """A fused-QKV projection feeding `attention(q, k, v, causal=True)` (flash_attn_func or an
+    eager stand-in), then an output projection: the op sits between other layers."""
+
+    def __init__(self, attention, dim=256, nheads=4):
+        super().__init__()
+        self.attention = attention
+        self.nheads = nheads
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        batch, seqlen, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, seqlen, 3, self.nheads, dim // self.nheads).unbind(2)
+        out = self.attention(q, k, v, causal=True)
+        return self.proj(out.reshape(batch, seqlen, dim))

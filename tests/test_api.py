@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from conftest import make_qkv, requires_gpu
+from conftest import DTYPES, make_qkv
 
 import flash_attn_rocm  # noqa: F401  (registers torch.ops.flash_attn_rocm)
 from flash_attn_rocm import flash_attn_func
@@ -112,15 +112,50 @@ def test_strided_but_last_dim_contiguous_is_accepted():
 # ---------------------------------------------------------------- op schema and fake impl
 
 
+def assert_functional(schema):
+    # A functional op with fresh outputs is what torch.compile and CUDA graphs assume.
+    assert not schema.is_mutable
+    assert all(ret.alias_info is None for ret in schema.returns)
+
+
 def test_fwd_schema():
     schema = torch.ops.flash_attn_rocm.fwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"),
     ]
     assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor"]
-    # A functional op with fresh outputs is what torch.compile and CUDA graphs assume.
-    assert not schema.is_mutable
-    assert all(ret.alias_info is None for ret in schema.returns)
+    assert_functional(schema)
+
+
+def test_bwd_schema():
+    schema = torch.ops.flash_attn_rocm.bwd.default._schema
+    assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
+        ("dout", "Tensor"), ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("out", "Tensor"),
+        ("softmax_lse", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"), ("deterministic", "bool"),
+    ]
+    assert [(ret.name, str(ret.type)) for ret in schema.returns] == [("dq", "Tensor"), ("dk", "Tensor"),
+                                                                      ("dv", "Tensor")]
+    assert_functional(schema)
+
+
+def lse_like(q):
+    batch, seqlen_q, nheads, _ = q.shape
+    return torch.zeros(batch, nheads, seqlen_q, device=q.device)
+
+
+# The raw ops on well-formed arguments (the out of q's shape and dtype, and dout, are stand-ins).
+OP_CALLS = {
+    "fwd": lambda q, k, v: torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True),
+    "bwd": lambda q, k, v: torch.ops.flash_attn_rocm.bwd(torch.ones_like(q), q, k, v, torch.ones_like(q),
+                                                         lse_like(q), 0.125, True, False),
+}
+
+
+@pytest.mark.parametrize("call_op", OP_CALLS.values(), ids=OP_CALLS.keys())
+def test_ops_on_cpu_tensors_raise(call_op):
+    """The ops have CUDA kernels only: CPU tensors must get an exception, not a crash."""
+    with pytest.raises(RuntimeError):
+        call_op(*make_qkv(device="cpu"))
 
 
 GQA_SHAPE = (1, 5, 300, 8, 2, 40)
@@ -130,7 +165,6 @@ SHAPES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim
     pytest.param((3, 300, 5, 6, 1, 256), id="mqa-sq>sk"),
     pytest.param((1, 1, 1, 1, 1, 8), id="minimal"),
 ]
-DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 
 
 def meta_qkv(batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype):
@@ -191,12 +225,61 @@ def test_make_fx_with_fake_cuda_tensors():
 
 
 # ---------------------------------------------------------------- backward
-# Backward is not implemented yet. Delete this test when it is.
 
 
-@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=requires_gpu)])
-def test_backward_raises_not_implemented(device):
-    q, k, v = (t.requires_grad_() for t in make_qkv(device=device))
-    out = flash_attn_func(q, k, v)  # the forward itself must work with grad-requiring inputs
-    with pytest.raises(NotImplementedError):
-        out.sum().backward()
+def assert_grad_metadata(grads, q, k, v):
+    for name, grad, like in zip(("dq", "dk", "dv"), grads, (q, k, v), strict=True):
+        assert (grad.shape, grad.dtype, grad.device) == (like.shape, like.dtype, like.device), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fake_impl_of_bwd_on_meta(shape, dtype):
+    q, k, v = meta_qkv(*shape, dtype)
+    out, lse = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
+    grads = torch.ops.flash_attn_rocm.bwd(torch.empty_like(out), q, k, v, out, lse, 0.125, True, False)
+    assert_grad_metadata(grads, q, k, v)
+
+
+def attention_grads(q, k, v, dout):
+    """A training step's attention part: forward, then dq, dk, dv by autograd."""
+    out, _ = attention_block(q, k, v)
+    return torch.autograd.grad(out, (q, k, v), dout)
+
+
+def requiring_grad(q, k, v):
+    return tuple(t.requires_grad_() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_of_flash_attn_func_on_meta(shape, dtype):
+    """Autograd reaches the bwd op through flash_attn_func with grad-requiring inputs."""
+    q, k, v = requiring_grad(*meta_qkv(*shape, dtype))
+    assert_grad_metadata(attention_grads(q, k, v, torch.empty_like(q)), q, k, v)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_torch_compile_fullgraph_backward_on_meta(dynamic):
+    """With grad-requiring inputs AOTAutograd traces the backward at compile time, through
+    FlashAttnFunc.backward and the bwd op's fake impl; running it gives the grads' metadata.
+    aot_eager, not inductor: inductor cannot compile a meta-device backward graph (it emits
+    meta constants after their use), a limitation of meta tensors, not of the op."""
+    q, k, v = requiring_grad(*meta_qkv(*GQA_SHAPE, torch.float16))
+    torch._dynamo.reset()
+    counters.clear()
+    out, _ = torch.compile(attention_block, fullgraph=True, dynamic=dynamic, backend="aot_eager")(q, k, v)
+    assert not counters["graph_break"]
+    assert_grad_metadata(torch.autograd.grad(out, (q, k, v), torch.empty_like(out)), q, k, v)
+
+
+def test_make_fx_of_forward_and_backward_on_meta():
+    """The joint forward-backward graph holds both ops. Meta, not fake CUDA tensors: the
+    autograd engine wants a CUDA context for CUDA-device backward, which needs a GPU."""
+    q, k, v = requiring_grad(*meta_qkv(*GQA_SHAPE, torch.float16))
+    dout = torch.empty_like(q)
+    graph_module = make_fx(attention_grads)(q, k, v, dout)
+    assert_grad_metadata(graph_module(q, k, v, dout), q, k, v)
+    targets = [node.target for node in graph_module.graph.nodes if node.op == "call_function"]
+    assert torch.ops.flash_attn_rocm.fwd.default in targets
+    assert torch.ops.flash_attn_rocm.bwd.default in targets
