@@ -182,9 +182,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
         float acc_s[Grid::kMT][Grid::kNT][4] = {};
         gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
 #pragma unroll
-        for (int mt = 0; mt < Grid::kMT; ++mt) {
+        for (int nt = 0; nt < Grid::kNT; ++nt) {
+          const float2 lse = *reinterpret_cast<const float2*>(sLseb + col(nt));
 #pragma unroll
-          for (int nt = 0; nt < Grid::kNT; ++nt) {
+          for (int mt = 0; mt < Grid::kMT; ++mt) {
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
               float p[2];
@@ -192,7 +193,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
               for (int j = 0; j < 2; ++j) {
                 const int key = key0 + key_row(mt, half), query = row0 + col(nt) + j;
                 const bool visible = !needs_mask || (key < seqlen_k && (!Is_causal || key <= query + seqlen_k - seqlen_q));
-                p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - sLseb[col(nt) + j]) : 0.f;
+                p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - (j ? lse.y : lse.x)) : 0.f;
               }
               p_packed[mt][nt][half] = pack2<T>(p[0], p[1]);
               *reinterpret_cast<uint32_t*>(sPt + p_offset(mt, nt, half)) = p_packed[mt][nt][half];
@@ -209,8 +210,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const float2 p = unpack2<T>(p_packed[mt][nt][half]);
-            const float ds0 = p.x * (acc_dp[mt][nt][2 * half] - sDb[col(nt)]);
-            const float ds1 = p.y * (acc_dp[mt][nt][2 * half + 1] - sDb[col(nt) + 1]);
+            const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
+            const float ds0 = p.x * (acc_dp[mt][nt][2 * half] - d.x);
+            const float ds1 = p.y * (acc_dp[mt][nt][2 * half + 1] - d.y);
             *reinterpret_cast<uint32_t*>(sdSt + p_offset(mt, nt, half)) = pack2<T>(ds0, ds1);
           }
         }

@@ -50,12 +50,15 @@ struct WarpGrid {
 // and dV (fp32) stay in registers throughout, which is why head dims above 128 halve kBlockN.
 // Warps tile each product in near-square pieces: fewer shared-memory fragment loads per mma
 // than strips. dQ may go in column passes to bound the registers it holds beside dK and dV.
-inline constexpr int kBwdBlockM = 64;  // the host sizes dq_semaphore with it
+// Small head dims take 128 queries a step: the per-step costs (barriers, softmax terms) then
+// spread over twice the math.
+inline constexpr int kBwdBlockM = 64;  // the smallest kBlockM: the host sizes dq_semaphore with it
 template <int kHeadDim> struct BwdTile {
-  static constexpr int kBlockM = kBwdBlockM, kBlockN = kHeadDim <= 128 ? 128 : 64, kNWarps = 8, kMinBlocksPerSm = 1;
+  static constexpr int kBlockM = kHeadDim <= 64 ? 128 : kBwdBlockM;
+  static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 64, kNWarps = 8, kMinBlocksPerSm = 1;
   static constexpr int kSdpWarpRows = kBlockN / 32;                      // S^T, dP^T: keys x queries
   static constexpr int kDkvWarpRows = kBlockN / 32;                      // dK, dV: keys x head dim
-  static constexpr int kDqWarpRows = (kHeadDim / 4) % 16 == 0 ? 2 : 4;   // dQ: queries x head dim
+  static constexpr int kDqWarpRows = kBlockM == 128 || (kHeadDim / 4) % 16 != 0 ? 4 : 2;  // dQ: queries x head dim
   static constexpr int kDqPasses = 1;
 };
 
