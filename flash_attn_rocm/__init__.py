@@ -3,11 +3,27 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._ops import compiled_head_dims
-from .interface import flash_attn_func
+from .interface import (
+    flash_attn_func,
+    flash_attn_kvpacked_func,
+    flash_attn_qkvpacked_func,
+    flash_attn_varlen_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
+)
 
 try:
     __version__ = version("flash_attn_rocm")
 except PackageNotFoundError:  # running from a source tree that was built in place, not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["flash_attn_func", "compiled_head_dims", "__version__"]
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "compiled_head_dims",
+    "__version__",
+]

@@ -23,6 +23,18 @@ def _bwd_fake(dout, q, k, v, out, softmax_lse, softmax_scale, is_causal, determi
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+@torch.library.register_fake("flash_attn_rocm::varlen_fwd")
+def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, is_causal):
+    total_q, nheads, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((nheads, total_q), dtype=torch.float32)
+
+
+@torch.library.register_fake("flash_attn_rocm::varlen_bwd")
+def _varlen_bwd_fake(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                     softmax_scale, is_causal, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
 def compiled_head_dims() -> list[int]:
     """Head dims with a kernel in this build; other multiples of 8 round up to the next one."""
     return list(ops.compiled_head_dims())

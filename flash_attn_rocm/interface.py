@@ -12,16 +12,18 @@ _DTYPES = (torch.float16, torch.bfloat16)
 _MAX_HEAD_DIM = 256
 
 
-def _check_qkv(q, k, v) -> None:
+def _check_qkv(q, k, v, varlen: bool = False) -> None:
     """Raises a TypeError/ValueError naming the argument. Device checks come last so that shape
-    errors can be reported (and tested) without a GPU."""
+    errors can be reported (and tested) without a GPU. Dense: [batch, seqlen, nheads, head_dim];
+    varlen: [total, nheads, head_dim]."""
     named = (("q", q), ("k", k), ("v", v))
     for name, t in named:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    layout = "[total, nheads, head_dim]" if varlen else "[batch, seqlen, nheads, head_dim]"
     for name, t in named:
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D [batch, seqlen, nheads, head_dim], got shape {tuple(t.shape)}")
+        if t.dim() != (3 if varlen else 4):
+            raise ValueError(f"{name} must be {3 if varlen else 4}-D {layout}, got shape {tuple(t.shape)}")
     for name, t in named:
         if t.dtype not in _DTYPES:
             raise TypeError(f"{name} must be float16 or bfloat16, got {t.dtype}")
@@ -29,17 +31,17 @@ def _check_qkv(q, k, v) -> None:
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}: q, k and v must share one dtype")
 
-    batch, _, nheads, head_dim = q.shape
+    nheads, head_dim = q.shape[-2:]
     if head_dim == 0 or head_dim % 8 != 0 or head_dim > _MAX_HEAD_DIM:
         raise ValueError(f"head dim of q must be a positive multiple of 8 and at most {_MAX_HEAD_DIM}, got {head_dim}")
     for name, t in named[1:]:
         if t.shape[-1] != head_dim:
             raise ValueError(f"{name} has head dim {t.shape[-1]} but q has {head_dim}")
-        if t.shape[0] != batch:
-            raise ValueError(f"{name} has batch size {t.shape[0]} but q has {batch}")
+        if not varlen and t.shape[0] != q.shape[0]:
+            raise ValueError(f"{name} has batch size {t.shape[0]} but q has {q.shape[0]}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    nheads_k = k.shape[2]
+    nheads_k = k.shape[-2]
     if nheads_k == 0 or nheads % nheads_k != 0:
         raise ValueError(f"nheads of q ({nheads}) must be divisible by nheads of k and v ({nheads_k})")
     for name, t in named:
@@ -47,12 +49,33 @@ def _check_qkv(q, k, v) -> None:
             raise ValueError(f"{name} must be contiguous in its last dimension (stride(-1) == 1), got {t.stride(-1)}")
 
 
-def _check_devices(q, k, v) -> None:
-    # Meta tensors pass, so that shapes can be traced without a GPU.
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.device.type not in ("cuda", "meta"):
-            raise ValueError(f"{name} must be a CUDA tensor, got device {t.device}")
-    for name, t in (("k", k), ("v", v)):
+def _check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> None:
+    """What can be checked without reading device memory. The values of cu_seqlens (0 first,
+    non-decreasing, last = total rows, lengths <= max_seqlen) are the caller's contract; the
+    kernels clamp them, so bad values give wrong rows but never an out-of-bounds access."""
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(cu, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
+        if cu.dtype != torch.int32:
+            raise TypeError(f"{name} must be int32, got {cu.dtype}")
+        if cu.dim() != 1 or cu.shape[0] < 1:
+            raise ValueError(f"{name} must be 1-D [batch + 1], got shape {tuple(cu.shape)}")
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length, got "
+                         f"{cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _check_devices(q, *others) -> None:
+    """others: (name, tensor) pairs that must sit on q's device. Meta tensors pass, so that
+    shapes can be traced without a GPU."""
+    if q.device.type not in ("cuda", "meta"):
+        raise ValueError(f"q must be a CUDA tensor, got device {q.device}")
+    for name, t in others:
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}: all must be on one device")
 
@@ -121,8 +144,114 @@ def flash_attn_func(
     _check_qkv(q, k, v)
     scale = _resolve_softmax_scale(softmax_scale, q.shape[-1])
     _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes)
-    _check_devices(q, k, v)
+    _check_devices(q, ("k", k), ("v", v))
     out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal), bool(deterministic))
     if return_attn_probs:
         return out, softmax_lse, q.new_empty(0)
     return out
+
+
+class FlashAttnVarlenFunc(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                deterministic):
+        out, softmax_lse = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                          softmax_scale, causal)
+        ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.max_seqlen_q, ctx.max_seqlen_k = max_seqlen_q, max_seqlen_k
+        ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
+        ctx.mark_non_differentiable(softmax_lse)
+        return out, softmax_lse
+
+    @staticmethod
+    def backward(ctx, dout, dsoftmax_lse):
+        q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dq, dk, dv = ops.varlen_bwd(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen_q,
+                                    ctx.max_seqlen_k, ctx.softmax_scale, ctx.causal, ctx.deterministic)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def flash_attn_varlen_func(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+    block_table=None,
+):
+    """Attention over a batch of sequences of different lengths, packed without padding:
+    q [total_q, h, d], k, v [total_k, h_k, d]; sequence b is rows cu_seqlens[b] .. cu_seqlens[b + 1]
+    (int32 [batch + 1], starting at 0); max_seqlen_* bound every length. Causal masking is per
+    sequence, bottom-right aligned. Returns out [total_q, h, d]; with return_attn_probs,
+    (out, softmax_lse [h, total_q] float32, S_dmask), S_dmask empty while dropout_p is 0.
+    """
+    _check_qkv(q, k, v, varlen=True)
+    _check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    scale = _resolve_softmax_scale(softmax_scale, q.shape[-1])
+    _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes)
+    if block_table is not None:
+        raise NotImplementedError("block_table (paged KV) is not implemented yet in flash_attn_rocm")
+    _check_devices(q, ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k))
+    out, softmax_lse = FlashAttnVarlenFunc.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                 scale, bool(causal), bool(deterministic))
+    if return_attn_probs:
+        return out, softmax_lse, q.new_empty(0)
+    return out
+
+
+# Packed layouts: thin views over the packed tensor; autograd routes the gradients back into it.
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """qkv [b, s, 3, h, d]; otherwise as flash_attn_func."""
+    _check_packed(qkv, "qkv", 5, 2, 3)
+    return flash_attn_func(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], dropout_p, softmax_scale, causal, window_size,
+                           softcap, alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """kv [b, sk, 2, h_k, d]; otherwise as flash_attn_func."""
+    _check_packed(kv, "kv", 5, 2, 2)
+    return flash_attn_func(q, kv[:, :, 0], kv[:, :, 1], dropout_p, softmax_scale, causal, window_size, softcap,
+                           alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
+                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False):
+    """qkv [total, 3, h, d]; otherwise as flash_attn_varlen_func with the same lengths for q and k."""
+    _check_packed(qkv, "qkv", 4, 1, 3)
+    return flash_attn_varlen_func(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                                  dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """kv [total_k, 2, h_k, d]; otherwise as flash_attn_varlen_func."""
+    _check_packed(kv, "kv", 4, 1, 2)
+    return flash_attn_varlen_func(q, kv[:, 0], kv[:, 1], cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                  dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs)
+
+
+def _check_packed(t, name: str, rank: int, pack_dim: int, count: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank or t.shape[pack_dim] != count:
+        raise ValueError(f"{name} must be {rank}-D with {count} at dim {pack_dim}, got shape {tuple(t.shape)}")

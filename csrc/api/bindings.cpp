@@ -22,12 +22,21 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, float softmax_scale, "
       "bool is_causal, bool deterministic) -> (Tensor dq, Tensor dk, Tensor dv)");
+  m.def(
+      "varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
+      "int max_seqlen_k, float softmax_scale, bool is_causal) -> (Tensor out, Tensor softmax_lse)");
+  m.def(
+      "varlen_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, Tensor cu_seqlens_q, "
+      "Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool is_causal, "
+      "bool deterministic) -> (Tensor dq, Tensor dk, Tensor dv)");
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
 }
 
 TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) {
   m.impl("fwd", &flash_api::fwd);
   m.impl("bwd", &flash_api::bwd);
+  m.impl("varlen_fwd", &flash_api::varlen_fwd);
+  m.impl("varlen_bwd", &flash_api::varlen_bwd);
 }
 
 // `import flash_attn_rocm._C` loads the library, which runs the registrations above.

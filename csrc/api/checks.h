@@ -4,8 +4,6 @@
 
 #include <ATen/ATen.h>
 
-#include <cmath>
-
 #include "../kernels/api.h"
 #include "../kernels/platform.h"
 
@@ -33,23 +31,25 @@ inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* nam
   TORCH_CHECK(b.device() == a.device(), name_b, " must be on the device of q");
 }
 
-// The FwdParams fields shared by every op: q, k, v, the output and its LSE, sizes and scales.
-inline void set_attention_params(flash::FwdParams& params, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const at::Tensor& out, const at::Tensor& softmax_lse, double softmax_scale) {
-  params.q = q.data_ptr(), params.k = k.data_ptr(), params.v = v.data_ptr(), params.o = out.data_ptr();
-  params.softmax_lse = softmax_lse.data_ptr<float>();
-  params.q_batch_stride = q.stride(0), params.q_row_stride = q.stride(1), params.q_head_stride = q.stride(2);
-  params.k_batch_stride = k.stride(0), params.k_row_stride = k.stride(1), params.k_head_stride = k.stride(2);
-  params.v_batch_stride = v.stride(0), params.v_row_stride = v.stride(1), params.v_head_stride = v.stride(2);
-  params.o_batch_stride = out.stride(0), params.o_row_stride = out.stride(1), params.o_head_stride = out.stride(2);
-  params.b = static_cast<int>(q.size(0));
-  params.seqlen_q = static_cast<int>(q.size(1));
-  params.seqlen_k = static_cast<int>(k.size(1));
-  params.h = static_cast<int>(q.size(2));
-  params.h_k = static_cast<int>(k.size(2));
-  params.d = static_cast<int>(q.size(3));
-  params.scale_softmax = static_cast<float>(softmax_scale);
-  params.scale_softmax_log2 = static_cast<float>(softmax_scale * M_LOG2E);
+// cu_seqlens: int32 [b + 1] on q's device. Its values are the caller's contract (0, non-decreasing,
+// last = total rows); the kernels clamp them so that bad values cannot reach outside the tensors.
+inline void check_cu_seqlens(const at::Tensor& cu_seqlens, const char* name, const at::Tensor& q) {
+  TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt, name, " must be int32, got ", cu_seqlens.scalar_type());
+  TORCH_CHECK(cu_seqlens.device() == q.device(), name, " must be on the device of q");
+  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1, name, " must be 1-D [batch + 1]");
+  TORCH_CHECK(cu_seqlens.is_contiguous(), name, " must be contiguous");
+}
+
+// q [b, sq, h, d] / k, v [b, sk, h_k, d] (dense) or [total, h, d] (varlen): sizes that agree.
+inline void check_qkv_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t h = q.size(-2), head_dim = q.size(-1), h_k = k.size(-2);
+  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(k.size(-1) == head_dim, "q, k and v must have the same head dim");
+  TORCH_CHECK(q.dim() == 3 || k.size(0) == q.size(0), "q, k and v must have the same batch size");
+  TORCH_CHECK(head_dim % 8 == 0 && head_dim <= 256 && flash::kernel_head_dim(head_dim) != 0,
+              "head dim must be a multiple of 8 and at most 256 (and compiled into this build), got ", head_dim);
+  TORCH_CHECK(h_k > 0 && h % h_k == 0, "nheads of q (", h, ") must be divisible by nheads of k/v (", h_k, ")");
+  TORCH_CHECK(h <= 65535, "nheads must be at most 65535");
 }
 
 inline flash::DType kernel_dtype(const at::Tensor& t) {

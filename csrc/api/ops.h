@@ -15,4 +15,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                                                     const at::Tensor& softmax_lse, double softmax_scale, bool is_causal,
                                                     bool deterministic);
 
+std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                                               int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
+                                               bool is_causal);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& softmax_lse, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, double softmax_scale, bool is_causal, bool deterministic);
+
 }  // namespace flash_api

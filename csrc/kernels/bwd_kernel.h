@@ -20,6 +20,7 @@
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
+#include "seq_bounds.h"
 #include "smem_tile.h"
 #include "tile_config.h"
 #include "warp_gemm.h"
@@ -32,11 +33,12 @@ template <class T, int kHeadDim>
 __global__ void __launch_bounds__(kPreprocessRows * kGroupSize) bwd_preprocess_kernel(const BwdParams params) {
   const int warp = threadIdx.x / kGroupSize, lane = threadIdx.x % kGroupSize;
   const int row = blockIdx.x * kPreprocessRows + warp, head = blockIdx.y, batch = blockIdx.z;
-  if (row >= params.seqlen_q) return;
+  const SeqBounds seq(params, batch);
+  if (row >= seq.seqlen_q) return;  // whole warps leave together: the shuffles below stay full
   const T* dout = static_cast<const T*>(params.dout) + batch * params.do_batch_stride + head * params.do_head_stride +
-                  row * params.do_row_stride;
+                  (seq.q_start + row) * params.do_row_stride;
   const T* out = static_cast<const T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
-                 row * params.o_row_stride;
+                 (seq.q_start + row) * params.o_row_stride;
   float dot = 0.f;
   // Each lane takes 16-byte chunks of the row.
   for (int col = lane * 8; col < params.d; col += kGroupSize * 8) {
@@ -51,7 +53,7 @@ __global__ void __launch_bounds__(kPreprocessRows * kGroupSize) bwd_preprocess_k
   }
 #pragma unroll
   for (int offset = kGroupSize / 2; offset > 0; offset /= 2) dot += shfl_xor(dot, offset);
-  if (lane == 0) params.softmax_d[(static_cast<int64_t>(batch) * params.h + head) * params.seqlen_q + row] = dot;
+  if (lane == 0) params.softmax_d[seq.lse_index(params, batch, head, row)] = dot;
 }
 
 // Writes a warp's fp32 accumulator tile (kMT strips from row0, kNT n8 tiles from col0) to a
@@ -100,23 +102,26 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int key0 = n_block * kBlockN;
   const int group = params.h / params.h_k;
-  const int seqlen_q = params.seqlen_q, seqlen_k = params.seqlen_k;
+  const SeqBounds seq(params, batch);
+  const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
+  if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
   // Causal: query row i sees key j iff j <= i + seqlen_k - seqlen_q, so rows before
   // key0 - (seqlen_k - seqlen_q) see none of this block's keys.
   const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q)) : 0;
   const int m_block_begin = first_row / kBlockM;
   const int m_blocks = (seqlen_q + kBlockM - 1) / kBlockM;
+  const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
   const int m_per_head = max(0, m_blocks - m_block_begin);
   const int steps = group * m_per_head;
 
   const int keys_valid = min(kBlockN, seqlen_k - key0);
   KVTile::template load_async<Traits::kNThreads>(
       sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
-              key0 * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
+              (seq.k_start + key0) * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
   KVTile::template load_async<Traits::kNThreads>(
       sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
-              key0 * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
+              (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
 
   // Starts the loads of step `step`'s Q, dO, lse and D into buffer `buf`.
   auto load_step = [&](int step, int buf) {
@@ -125,12 +130,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     const int rows_valid = min(kBlockM, seqlen_q - row0);
     QTile::template load_async<Traits::kNThreads>(
         sQ + buf * Traits::kQElems, static_cast<const T*>(params.q) + batch * params.q_batch_stride +
-            head * params.q_head_stride + row0 * params.q_row_stride, params.q_row_stride, rows_valid, params.d, tid);
+            head * params.q_head_stride + (seq.q_start + row0) * params.q_row_stride, params.q_row_stride, rows_valid,
+        params.d, tid);
     QTile::template load_async<Traits::kNThreads>(
         sdO + buf * Traits::kQElems, static_cast<const T*>(params.dout) + batch * params.do_batch_stride +
-            head * params.do_head_stride + row0 * params.do_row_stride, params.do_row_stride, rows_valid, params.d, tid);
+            head * params.do_head_stride + (seq.q_start + row0) * params.do_row_stride, params.do_row_stride,
+        rows_valid, params.d, tid);
     if (tid < kBlockM) {
-      const int64_t idx = (static_cast<int64_t>(batch) * params.h + head) * seqlen_q + row0 + tid;
+      const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
       // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
       const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
       sLse[buf * kBlockM + tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
@@ -227,7 +234,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     // 3. dQ += dS K for this warp's queries x head-dim columns, into the fp32 accumulator.
     int* semaphore = nullptr;
     if (params.deterministic) {
-      semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks + m_block;
+      semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
       // Key blocks 0 .. n_block-1 all touch this query block and add before us.
       if (tid == 0) {
         while (atomicAdd(semaphore, 0) != n_block) {}
@@ -235,7 +242,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       __syncthreads();
       __threadfence();
     }
-    float* dq = params.dq_accum + ((static_cast<int64_t>(batch) * seqlen_q + row0) * params.h + head) * params.d;
+    float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
+                (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
     const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
 #pragma unroll
     for (int pass = 0; pass < Traits::kDqPasses; ++pass) {
@@ -264,9 +272,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
   }
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
-  store_tile<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride,
+  store_tile<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride +
+                    seq.k_start * params.dk_row_stride,
                 params.dk_row_stride, acc_dk, key0 + dkv_row0, dkv_col0, seqlen_k, params.d, params.scale_softmax, lane);
-  store_tile<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride,
+  store_tile<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride +
+                    seq.k_start * params.dv_row_stride,
                 params.dv_row_stride, acc_dv, key0 + dkv_row0, dkv_col0, seqlen_k, params.d, 1.f, lane);
 }
 

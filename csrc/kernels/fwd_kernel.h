@@ -14,6 +14,7 @@
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
+#include "seq_bounds.h"
 #include "smem_tile.h"
 #include "softmax.h"
 #include "tile_config.h"
@@ -41,13 +42,17 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warp_row0 = warp * 16 * kMTiles;  // first of this warp's rows inside the block
   const int row_begin = m_block * kBlockM;
+  const SeqBounds seq(params, batch);
+  if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
   const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
-               row_begin * params.q_row_stride;
-  const T* k = static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride;
-  const T* v = static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride;
-  const int rows_valid = min(kBlockM, params.seqlen_q - row_begin);
-  auto keys_in_block = [&](int n) { return min(kBlockN, params.seqlen_k - n * kBlockN); };
+               (seq.q_start + row_begin) * params.q_row_stride;
+  const T* k = static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
+               seq.k_start * params.k_row_stride;
+  const T* v = static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
+               seq.k_start * params.v_row_stride;
+  const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
+  auto keys_in_block = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
   auto load_k = [&](int n) {
     KVTile::template load_async<Traits::kNThreads>(sK, k + n * kBlockN * params.k_row_stride, params.k_row_stride,
                                                    keys_in_block(n), params.d, tid);
@@ -57,7 +62,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
                                                    keys_in_block(n), params.d, tid);
   };
 
-  const KeyLimit<Is_causal> limit{params.seqlen_q, params.seqlen_k};
+  const KeyLimit<Is_causal> limit{seq.seqlen_q, seq.seqlen_k};
   const int n_block_end = limit.n_block_end(row_begin + kBlockM, kBlockN);
 
   QTile::template load_async<Traits::kNThreads>(sQ, q, params.q_row_stride, rows_valid, params.d, tid);
@@ -95,14 +100,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   softmax.finalize(acc_o, params.scale_softmax, lse);
 
   // Epilogue: each thread owns 2 adjacent columns of 2 rows per strip.
-  T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride;
-  float* lse_out = params.softmax_lse + (static_cast<int64_t>(batch) * params.h + head) * params.seqlen_q;
+  T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
+         seq.q_start * params.o_row_stride;
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = thread_row0 + 16 * mt + 8 * half;
-      if (row >= params.seqlen_q) continue;
+      if (row >= seq.seqlen_q) continue;
       T* o_row = o + row * params.o_row_stride;
 #pragma unroll
       for (int dt = 0; dt < kDTiles; ++dt) {
@@ -111,7 +116,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
           *reinterpret_cast<uint32_t*>(o_row + col) = pack2<T>(acc_o[mt][dt][2 * half], acc_o[mt][dt][2 * half + 1]);
         }
       }
-      if (lane % 4 == 0) lse_out[row] = lse[2 * mt + half];
+      if (lane % 4 == 0) params.softmax_lse[seq.lse_index(params, batch, head, row)] = lse[2 * mt + half];
     }
   }
 }

@@ -28,6 +28,16 @@ struct FwdParams {
 
   float scale_softmax;       // applied to q.k
   float scale_softmax_log2;  // scale_softmax * log2(e): the softmax works in base 2
+
+  // softmax_lse[batch * lse_batch_stride + head * lse_head_stride + q_start + row]:
+  // dense [b, h, seqlen_q] (h * seqlen_q, seqlen_q), varlen [h, total_q] (0, total_q).
+  int64_t lse_batch_stride, lse_head_stride;
+
+  // Varlen: when set, sequence b is rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] of packed
+  // [total_q, h, d] tensors (batch strides 0), and seqlen_q / seqlen_k are the maxima.
+  const int* __restrict__ cu_seqlens_q;  // [b + 1] or nullptr
+  const int* __restrict__ cu_seqlens_k;  // [b + 1] or nullptr
+  int total_q, total_k;                  // rows of the packed tensors: bounds for cu_seqlens
 };
 
 // The backward reads q, k, v, o (the forward's output) and softmax_lse through FwdParams.
@@ -35,13 +45,15 @@ struct BwdParams : FwdParams {
   const void* __restrict__ dout;  // [b, seqlen_q, h, d]
   void* __restrict__ dk;          // [b, seqlen_k, h_k, d]
   void* __restrict__ dv;          // [b, seqlen_k, h_k, d]
-  float* __restrict__ dq_accum;   // [b, seqlen_q, h, d] contiguous fp32, zeroed; dq = dq_accum * scale
-  float* __restrict__ softmax_d;  // [b, h, seqlen_q] contiguous: rowsum(dout * o), written by the preprocess
+  float* __restrict__ dq_accum;   // like q ([b, seqlen_q, h, d] or [total_q, h, d]) contiguous fp32, zeroed;
+                                  // dq = dq_accum * scale
+  float* __restrict__ softmax_d;  // laid out like softmax_lse: rowsum(dout * o), written by the preprocess
   int* __restrict__ dq_semaphore; // [b, h, ceil(seqlen_q / kBlockM)] zeroed; only when deterministic
 
   int64_t do_batch_stride, do_row_stride, do_head_stride;
   int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
   int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+  int64_t dq_accum_batch_stride;  // seqlen_q * h * d, or 0 for varlen (rows are h * d apart)
 
   // Adds each key block's dq contribution in key-block order (bitwise reproducible) instead of
   // in whatever order the atomics land.

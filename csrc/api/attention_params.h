@@ -1,0 +1,81 @@
+// Filling the kernels' params structs from tensors, shared by the dense and varlen ops.
+// Varlen tensors ([total, h, d]) come in as 4-D views with a batch of one ([1, total, h, d]);
+// set_varlen_params then points the kernels at cu_seqlens.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include <cmath>
+
+#include "../kernels/api.h"
+#include "checks.h"
+
+namespace flash_api {
+
+// q, k, v, out: [b, s, h, d] (views); softmax_lse: [b, h, sq].
+inline void set_attention_params(flash::FwdParams& params, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& out, const at::Tensor& softmax_lse, double softmax_scale) {
+  params.q = q.data_ptr(), params.k = k.data_ptr(), params.v = v.data_ptr(), params.o = out.data_ptr();
+  params.softmax_lse = softmax_lse.data_ptr<float>();
+  params.q_batch_stride = q.stride(0), params.q_row_stride = q.stride(1), params.q_head_stride = q.stride(2);
+  params.k_batch_stride = k.stride(0), params.k_row_stride = k.stride(1), params.k_head_stride = k.stride(2);
+  params.v_batch_stride = v.stride(0), params.v_row_stride = v.stride(1), params.v_head_stride = v.stride(2);
+  params.o_batch_stride = out.stride(0), params.o_row_stride = out.stride(1), params.o_head_stride = out.stride(2);
+  params.b = static_cast<int>(q.size(0));
+  params.seqlen_q = static_cast<int>(q.size(1));
+  params.seqlen_k = static_cast<int>(k.size(1));
+  params.h = static_cast<int>(q.size(2));
+  params.h_k = static_cast<int>(k.size(2));
+  params.d = static_cast<int>(q.size(3));
+  params.scale_softmax = static_cast<float>(softmax_scale);
+  params.scale_softmax_log2 = static_cast<float>(softmax_scale * M_LOG2E);
+  params.lse_batch_stride = static_cast<int64_t>(params.h) * params.seqlen_q;
+  params.lse_head_stride = params.seqlen_q;
+  params.cu_seqlens_q = params.cu_seqlens_k = nullptr;
+  params.total_q = params.total_k = 0;
+}
+
+// After set_attention_params on [1, total, h, d] views: sequences from cu_seqlens, maxima as
+// the lengths, softmax_lse as [h, total_q].
+inline void set_varlen_params(flash::FwdParams& params, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                              int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  params.total_q = params.seqlen_q;
+  params.total_k = params.seqlen_k;
+  params.b = static_cast<int>(cu_seqlens_q.size(0) - 1);
+  params.seqlen_q = static_cast<int>(max_seqlen_q);
+  params.seqlen_k = static_cast<int>(max_seqlen_k);
+  params.q_batch_stride = params.k_batch_stride = params.v_batch_stride = params.o_batch_stride = 0;
+  params.lse_batch_stride = 0;
+  params.lse_head_stride = params.total_q;
+  params.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
+  params.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
+}
+
+// The backward after the forward's fields are set: dout, dq, dk, dv are 4-D views like q, k, v;
+// softmax_lse is the forward's. Writes dq, dk, dv.
+inline void run_backward(flash::BwdParams& params, const at::Tensor& dout, const at::Tensor& dq, const at::Tensor& dk,
+                         const at::Tensor& dv, const at::Tensor& softmax_lse, bool is_causal, bool deterministic) {
+  const auto float_options = dq.options().dtype(at::kFloat);
+  auto dq_accum = at::zeros(dq.sizes(), float_options);
+  auto softmax_d = at::empty(softmax_lse.sizes(), float_options);
+  const int64_t m_blocks = (params.seqlen_q + flash::kBwdBlockM - 1) / flash::kBwdBlockM;
+  auto dq_semaphore = deterministic ? at::zeros({params.b, params.h, m_blocks}, dq.options().dtype(at::kInt)) : at::Tensor();
+
+  params.dout = dout.data_ptr();
+  params.do_batch_stride = dout.stride(0), params.do_row_stride = dout.stride(1), params.do_head_stride = dout.stride(2);
+  params.dk = dk.data_ptr(), params.dv = dv.data_ptr();
+  params.dk_batch_stride = dk.stride(0), params.dk_row_stride = dk.stride(1), params.dk_head_stride = dk.stride(2);
+  params.dv_batch_stride = dv.stride(0), params.dv_row_stride = dv.stride(1), params.dv_head_stride = dv.stride(2);
+  if (params.cu_seqlens_q != nullptr) params.dk_batch_stride = params.dv_batch_stride = params.do_batch_stride = 0;
+  params.dq_accum = dq_accum.data_ptr<float>();
+  params.dq_accum_batch_stride = params.cu_seqlens_q != nullptr ? 0 : dq_accum.stride(0);
+  params.softmax_d = softmax_d.data_ptr<float>();
+  params.dq_semaphore = deterministic ? dq_semaphore.data_ptr<int>() : nullptr;
+  params.deterministic = deterministic;
+
+  check_launch(flash::run_mha_bwd(params, kernel_dtype(dq), is_causal, at::cuda::getCurrentCUDAStream().stream()), "bwd");
+  dq.copy_(dq_accum.mul_(params.scale_softmax));
+}
+
+}  // namespace flash_api

@@ -1,0 +1,52 @@
+// flash_attn_rocm::varlen_fwd: forward over a batch of sequences of different lengths, packed:
+// q [total_q, h, d], k/v [total_k, h_k, d], sequence b = rows cu_seqlens[b] .. cu_seqlens[b + 1].
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+#include "attention_params.h"
+#include "checks.h"
+#include "ops.h"
+
+namespace flash_api {
+
+std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                                               int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
+                                               bool is_causal) {
+  check_attention_input(q, "q", 3);
+  check_attention_input(k, "k", 3);
+  check_attention_input(v, "v", 3);
+  check_same(q, k, "k");
+  check_same(q, v, "v");
+  check_qkv_shapes(q, k, v);
+  check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q);
+  check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q);
+  TORCH_CHECK(cu_seqlens_q.size(0) == cu_seqlens_k.size(0), "cu_seqlens_q and cu_seqlens_k must have the same length");
+  TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0");
+  TORCH_CHECK(cu_seqlens_q.size(0) - 1 <= 65535, "batch must be at most 65535");
+  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite");
+
+  const int64_t total_q = q.size(0), h = q.size(1);
+  auto out = at::empty_like(q, at::MemoryFormat::Contiguous);
+  auto softmax_lse = at::empty({h, total_q}, q.options().dtype(at::kFloat));
+  if (total_q == 0 || max_seqlen_q == 0 || cu_seqlens_q.size(0) == 1) return {out, softmax_lse};
+  if (k.size(0) == 0 || max_seqlen_k == 0) {  // no sequence has a key: flash-attn's empty-row convention
+    out.zero_();
+    softmax_lse.fill_(-std::numeric_limits<float>::infinity());
+    return {out, softmax_lse};
+  }
+
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  flash::FwdParams params{};
+  set_attention_params(params, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), out.unsqueeze(0), softmax_lse, softmax_scale);
+  set_varlen_params(params, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
+  check_launch(flash::run_mha_fwd(params, kernel_dtype(q), is_causal, at::cuda::getCurrentCUDAStream().stream()),
+               "varlen_fwd");
+  return {out, softmax_lse};
+}
+
+}  // namespace flash_api
