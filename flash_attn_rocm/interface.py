@@ -90,13 +90,24 @@ def _resolve_softmax_scale(softmax_scale, head_dim: int) -> float:
     return float(softmax_scale)
 
 
-def _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes) -> None:
+def _resolve_window(window_size) -> tuple[int, int]:
+    """flash-attn's (left, right), -1 meaning unbounded."""
+    if isinstance(window_size, (str, bytes)) or not hasattr(window_size, "__len__") or len(window_size) != 2:
+        raise TypeError(f"window_size must be a pair (left, right), got {window_size!r}")
+    left, right = window_size
+    for value in (left, right):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"window_size entries must be ints, got {window_size!r}")
+        if value < -1:
+            raise ValueError(f"window_size entries must be >= -1 (-1: unbounded), got {window_size!r}")
+    return int(left), int(right)
+
+
+def _reject_unimplemented(dropout_p, softcap, alibi_slopes) -> None:
     """Arguments of flash-attn's signature that this version does not implement yet: refused,
     never silently ignored."""
     if dropout_p != 0.0:
         raise NotImplementedError("dropout_p > 0 is not implemented yet in flash_attn_rocm")
-    if tuple(window_size) != (-1, -1):
-        raise NotImplementedError("window_size (sliding-window attention) is not implemented yet in flash_attn_rocm")
     if softcap != 0.0:
         raise NotImplementedError("softcap is not implemented yet in flash_attn_rocm")
     if alibi_slopes is not None:
@@ -105,10 +116,10 @@ def _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes) -> None
 
 class FlashAttnFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, softmax_scale, causal, deterministic):
-        out, softmax_lse = ops.fwd(q, k, v, softmax_scale, causal)
+    def forward(ctx, q, k, v, softmax_scale, causal, window, deterministic):
+        out, softmax_lse = ops.fwd(q, k, v, softmax_scale, causal, *window)
         ctx.save_for_backward(q, k, v, out, softmax_lse)
-        ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
+        ctx.softmax_scale, ctx.causal, ctx.window, ctx.deterministic = softmax_scale, causal, window, deterministic
         ctx.mark_non_differentiable(softmax_lse)
         return out, softmax_lse
 
@@ -117,8 +128,9 @@ class FlashAttnFunc(torch.autograd.Function):
         q, k, v, out, softmax_lse = ctx.saved_tensors
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
-        dq, dk, dv = ops.bwd(dout, q, k, v, out, softmax_lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = ops.bwd(dout, q, k, v, out, softmax_lse, ctx.softmax_scale, ctx.causal, ctx.deterministic,
+                             *ctx.window)
+        return dq, dk, dv, None, None, None, None
 
 
 def flash_attn_func(
@@ -136,16 +148,19 @@ def flash_attn_func(
 ):
     """Attention over q [b, sq, h, d] and k, v [b, sk, h_k, d] (h % h_k == 0), fp16/bf16 on a GPU.
 
-    causal masks key j for query i when j > i + sk - sq (aligned to the bottom-right corner).
+    causal masks key j for query i when j > i + sk - sq (aligned to the bottom-right corner);
+    window_size = (left, right) keeps keys i + sk - sq - left <= j <= i + sk - sq + right (-1:
+    unbounded; causal means right = 0), skipping the key blocks outside the window.
     Returns out [b, sq, h, d]; with return_attn_probs, (out, softmax_lse [b, h, sq] float32,
     S_dmask), S_dmask being empty while dropout_p is 0. Differentiable in q, k, v; with
     deterministic=True the backward is bitwise reproducible (a little slower).
     """
     _check_qkv(q, k, v)
     scale = _resolve_softmax_scale(softmax_scale, q.shape[-1])
-    _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes)
+    window = _resolve_window(window_size)
+    _reject_unimplemented(dropout_p, softcap, alibi_slopes)
     _check_devices(q, ("k", k), ("v", v))
-    out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal), bool(deterministic))
+    out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal), window, bool(deterministic))
     if return_attn_probs:
         return out, softmax_lse, q.new_empty(0)
     return out
@@ -153,13 +168,13 @@ def flash_attn_func(
 
 class FlashAttnVarlenFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window,
                 deterministic):
         out, softmax_lse = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                          softmax_scale, causal)
+                                          softmax_scale, causal, *window)
         ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k)
         ctx.max_seqlen_q, ctx.max_seqlen_k = max_seqlen_q, max_seqlen_k
-        ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
+        ctx.softmax_scale, ctx.causal, ctx.window, ctx.deterministic = softmax_scale, causal, window, deterministic
         ctx.mark_non_differentiable(softmax_lse)
         return out, softmax_lse
 
@@ -169,8 +184,8 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         dq, dk, dv = ops.varlen_bwd(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen_q,
-                                    ctx.max_seqlen_k, ctx.softmax_scale, ctx.causal, ctx.deterministic)
-        return dq, dk, dv, None, None, None, None, None, None, None
+                                    ctx.max_seqlen_k, ctx.softmax_scale, ctx.causal, ctx.deterministic, *ctx.window)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 def flash_attn_varlen_func(
@@ -200,12 +215,13 @@ def flash_attn_varlen_func(
     _check_qkv(q, k, v, varlen=True)
     _check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     scale = _resolve_softmax_scale(softmax_scale, q.shape[-1])
-    _reject_unimplemented(dropout_p, window_size, softcap, alibi_slopes)
+    window = _resolve_window(window_size)
+    _reject_unimplemented(dropout_p, softcap, alibi_slopes)
     if block_table is not None:
         raise NotImplementedError("block_table (paged KV) is not implemented yet in flash_attn_rocm")
     _check_devices(q, ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k))
     out, softmax_lse = FlashAttnVarlenFunc.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                                 scale, bool(causal), bool(deterministic))
+                                                 scale, bool(causal), window, bool(deterministic))
     if return_attn_probs:
         return out, softmax_lse, q.new_empty(0)
     return out

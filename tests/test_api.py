@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from conftest import DTYPES, make_qkv
+from conftest import DTYPES, assert_functional, make_qkv
 
 import flash_attn_rocm  # noqa: F401  (registers torch.ops.flash_attn_rocm)
 from flash_attn_rocm import flash_attn_func
@@ -82,11 +82,16 @@ def test_rejects_invalid_arguments(overrides, error, message):
 # Checked after shapes and strides but before the device, so CPU tensors reach them.
 UNIMPLEMENTED_ARGUMENTS = {
     "dropout_p": {"dropout_p": 0.1},
-    "window_size": {"window_size": (16, 0)},
-    "window_size-left-only": {"window_size": (-1, 0)},
     "softcap": {"softcap": 30.0},
     "alibi_slopes": {"alibi_slopes": torch.zeros(NHEADS, dtype=torch.float32)},
 }
+
+
+@pytest.mark.parametrize("window_size, error", [((-2, 0), ValueError), ((4,), TypeError), ("16", TypeError),
+                                                ((1.5, 0), TypeError)])
+def test_rejects_invalid_window_size(window_size, error):
+    with pytest.raises(error, match="window_size"):
+        call_with(window_size=window_size)
 
 
 @pytest.mark.parametrize("overrides", UNIMPLEMENTED_ARGUMENTS.values(), ids=UNIMPLEMENTED_ARGUMENTS.keys())
@@ -112,16 +117,11 @@ def test_strided_but_last_dim_contiguous_is_accepted():
 # ---------------------------------------------------------------- op schema and fake impl
 
 
-def assert_functional(schema):
-    # A functional op with fresh outputs is what torch.compile and CUDA graphs assume.
-    assert not schema.is_mutable
-    assert all(ret.alias_info is None for ret in schema.returns)
-
-
 def test_fwd_schema():
     schema = torch.ops.flash_attn_rocm.fwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"),
+        ("window_size_left", "int"), ("window_size_right", "int"),
     ]
     assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor"]
     assert_functional(schema)
@@ -132,6 +132,7 @@ def test_bwd_schema():
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("dout", "Tensor"), ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("out", "Tensor"),
         ("softmax_lse", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"), ("deterministic", "bool"),
+        ("window_size_left", "int"), ("window_size_right", "int"),
     ]
     assert [(ret.name, str(ret.type)) for ret in schema.returns] == [("dq", "Tensor"), ("dk", "Tensor"),
                                                                       ("dv", "Tensor")]

@@ -36,6 +36,17 @@ inline void set_attention_params(flash::FwdParams& params, const at::Tensor& q, 
   params.total_q = params.total_k = 0;
 }
 
+// flash-attn's window_size (-1 = unbounded) and causal (right side 0). Returns whether the rows
+// have a right edge, i.e. which instantiation (Is_causal) the kernels need.
+inline bool set_window_params(flash::FwdParams& params, bool is_causal, int64_t window_left, int64_t window_right) {
+  TORCH_CHECK(window_left >= -1 && window_right >= -1, "window_size entries must be >= -1, got (", window_left, ", ",
+              window_right, ")");
+  auto side = [](int64_t size) { return size < 0 || size >= flash::kUnboundedWindow ? flash::kUnboundedWindow : static_cast<int>(size); };
+  params.window_left = side(window_left);
+  params.window_right = is_causal ? 0 : side(window_right);
+  return params.window_right != flash::kUnboundedWindow;
+}
+
 // After set_attention_params on [1, total, h, d] views: sequences from cu_seqlens, maxima as
 // the lengths, softmax_lse as [h, total_q].
 inline void set_varlen_params(flash::FwdParams& params, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,

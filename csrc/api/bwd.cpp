@@ -15,7 +15,8 @@ namespace flash_api {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                                     const at::Tensor& v, const at::Tensor& out,
                                                     const at::Tensor& softmax_lse, double softmax_scale, bool is_causal,
-                                                    bool deterministic) {
+                                                    bool deterministic, int64_t window_size_left,
+                                                    int64_t window_size_right) {
   check_attention_input(q, "q", 4);
   check_attention_input(k, "k", 4);
   check_attention_input(v, "v", 4);
@@ -51,7 +52,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
   const c10::cuda::CUDAGuard device_guard(q.device());
   flash::BwdParams params{};
   set_attention_params(params, q, k, v, out, softmax_lse, softmax_scale);
-  run_backward(params, dout, dq, dk, dv, softmax_lse, is_causal, deterministic);
+  const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
+  run_backward(params, dout, dq, dk, dv, softmax_lse, has_right_edge, deterministic);
   return {dq, dk, dv};
 }
 

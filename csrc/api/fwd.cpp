@@ -13,7 +13,8 @@
 namespace flash_api {
 
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                        double softmax_scale, bool is_causal) {
+                                        double softmax_scale, bool is_causal, int64_t window_size_left,
+                                        int64_t window_size_right) {
   check_attention_input(q, "q", 4);
   check_attention_input(k, "k", 4);
   check_attention_input(v, "v", 4);
@@ -39,7 +40,9 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   flash::FwdParams params{};
   set_attention_params(params, q, k, v, out, softmax_lse, softmax_scale);
 
-  check_launch(flash::run_mha_fwd(params, kernel_dtype(q), is_causal, at::cuda::getCurrentCUDAStream().stream()), "fwd");
+  const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
+  check_launch(flash::run_mha_fwd(params, kernel_dtype(q), has_right_edge, at::cuda::getCurrentCUDAStream().stream()),
+               "fwd");
   return {out, softmax_lse};
 }
 

@@ -15,7 +15,8 @@ namespace flash_api {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& softmax_lse, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
-    int64_t max_seqlen_k, double softmax_scale, bool is_causal, bool deterministic) {
+    int64_t max_seqlen_k, double softmax_scale, bool is_causal, bool deterministic, int64_t window_size_left,
+    int64_t window_size_right) {
   check_attention_input(q, "q", 3);
   check_attention_input(k, "k", 3);
   check_attention_input(v, "v", 3);
@@ -51,8 +52,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
   flash::BwdParams params{};
   set_attention_params(params, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), out.unsqueeze(0), softmax_lse, softmax_scale);
   set_varlen_params(params, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
-  run_backward(params, dout.unsqueeze(0), dq.unsqueeze(0), dk.unsqueeze(0), dv.unsqueeze(0), softmax_lse, is_causal,
-               deterministic);
+  const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
+  run_backward(params, dout.unsqueeze(0), dq.unsqueeze(0), dk.unsqueeze(0), dv.unsqueeze(0), softmax_lse,
+               has_right_edge, deterministic);
   return {dq, dk, dv};
 }
 

@@ -16,7 +16,7 @@ namespace flash_api {
 std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
                                                int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
-                                               bool is_causal) {
+                                               bool is_causal, int64_t window_size_left, int64_t window_size_right) {
   check_attention_input(q, "q", 3);
   check_attention_input(k, "k", 3);
   check_attention_input(v, "v", 3);
@@ -44,7 +44,8 @@ std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Ten
   flash::FwdParams params{};
   set_attention_params(params, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), out.unsqueeze(0), softmax_lse, softmax_scale);
   set_varlen_params(params, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
-  check_launch(flash::run_mha_fwd(params, kernel_dtype(q), is_causal, at::cuda::getCurrentCUDAStream().stream()),
+  const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
+  check_launch(flash::run_mha_fwd(params, kernel_dtype(q), has_right_edge, at::cuda::getCurrentCUDAStream().stream()),
                "varlen_fwd");
   return {out, softmax_lse};
 }

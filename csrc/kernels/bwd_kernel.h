@@ -17,6 +17,7 @@
 
 #include <type_traits>
 
+#include "mask.h"
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
@@ -106,13 +107,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
   const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
-  // Causal: query row i sees key j iff j <= i + seqlen_k - seqlen_q, so rows before
-  // key0 - (seqlen_k - seqlen_q) see none of this block's keys.
-  const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q)) : 0;
+  // The rows whose windows reach this block's keys (mask.h): [first_row, last_row].
+  const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
+  const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q) - window.right) : 0;
+  const int last_row = min(seqlen_q - 1, key0 + kBlockN - 1 - (seqlen_k - seqlen_q) + window.left);
   const int m_block_begin = first_row / kBlockM;
-  const int m_blocks = (seqlen_q + kBlockM - 1) / kBlockM;
+  const int m_block_end = last_row < first_row ? m_block_begin : last_row / kBlockM + 1;
   const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
-  const int m_per_head = max(0, m_blocks - m_block_begin);
+  const int m_per_head = m_block_end - m_block_begin;
   const int steps = group * m_per_head;
 
   const int keys_valid = min(kBlockN, seqlen_k - key0);
@@ -178,7 +180,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       using Grid = SdpGrid;
       // Keys past the end must give P = 0 too: with K = 0 there, S = 0 and exp(0 - lse) can
       // overflow, and inf * 0 would poison dQ.
-      const bool needs_mask = key0 + kBlockN > seqlen_k || (Is_causal && key0 + kBlockN - 1 > row0 + seqlen_k - seqlen_q);
+      const bool needs_mask = key0 + kBlockN > seqlen_k || window.block_needs_mask(row0, row0 + kBlockM, key0, key0 + kBlockN);
       // Fragment element (mt, nt, 2 half + j) sits at key row key_row(mt, half), query column col(nt) + j.
       auto key_row = [&](int mt, int half) { return sdp_row0 + 16 * mt + lane / 4 + 8 * half; };
       auto col = [&](int nt) { return sdp_col0 + 8 * nt + 2 * (lane % 4); };
@@ -199,7 +201,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 #pragma unroll
               for (int j = 0; j < 2; ++j) {
                 const int key = key0 + key_row(mt, half), query = row0 + col(nt) + j;
-                const bool visible = !needs_mask || (key < seqlen_k && (!Is_causal || key <= query + seqlen_k - seqlen_q));
+                const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
                 p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - (j ? lse.y : lse.x)) : 0.f;
               }
               p_packed[mt][nt][half] = pack2<T>(p[0], p[1]);
@@ -235,9 +237,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     int* semaphore = nullptr;
     if (params.deterministic) {
       semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
-      // Key blocks 0 .. n_block-1 all touch this query block and add before us.
+      // The key blocks that touch this query block are a contiguous run from the one holding
+      // its first row's first key; those before us add first.
+      const int n_block_first = window.begin(row0) / kBlockN;
       if (tid == 0) {
-        while (atomicAdd(semaphore, 0) != n_block) {}
+        while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
       }
       __syncthreads();
       __threadfence();

@@ -1,8 +1,8 @@
 // The forward kernel: one thread block per (kBlockM query rows, head, batch).
 //
 // Q stays in shared memory for the block's lifetime; K and V blocks stream through one buffer
-// each, walking key blocks from the last to the first so that only the first step (the sequence
-// end, the causal diagonal) pays for masking. The loads overlap the math:
+// each, walking the key blocks the rows' windows reach from the last to the first; only blocks
+// that cross the sequence end or a window edge pay for masking. The loads overlap the math:
 //
 //   wait K(n) | issue V(n) | S = Q K(n)^T, mask | wait V(n) | issue K(n-1) | softmax | O += P V(n)
 //
@@ -62,18 +62,19 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
                                                    keys_in_block(n), params.d, tid);
   };
 
-  const KeyLimit<Is_causal> limit{seq.seqlen_q, seq.seqlen_k};
-  const int n_block_end = limit.n_block_end(row_begin + kBlockM, kBlockN);
+  const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+  const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
+  const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
 
   QTile::template load_async<Traits::kNThreads>(sQ, q, params.q_row_stride, rows_valid, params.d, tid);
-  if (n_block_end > 0) load_k(n_block_end - 1);
+  if (n_block_end > n_block_begin) load_k(n_block_end - 1);
   copy_async_commit();
 
   float acc_o[kMTiles][kDTiles][4] = {};
   OnlineSoftmax<kMTiles, kNTiles, kDTiles> softmax;
   const int thread_row0 = row_begin + warp_row0 + lane / 4;  // row of fragment element 0
 
-  for (int n = n_block_end - 1; n >= 0; --n) {
+  for (int n = n_block_end - 1; n >= n_block_begin; --n) {
     copy_async_wait<0>();
     __syncthreads();  // K(n) visible to all; every warp is done with V(n+1)
     load_v(n);
@@ -81,13 +82,13 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
 
     float acc_s[kMTiles][kNTiles][4] = {};
     gemm_smem<kMTiles, kNTiles, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
-    if (limit.block_needs_mask(row_begin, (n + 1) * kBlockN)) {
-      apply_key_limit(acc_s, limit, thread_row0, n * kBlockN + 2 * (lane % 4));
+    if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
+      apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
     }
 
     copy_async_wait<0>();
     __syncthreads();  // V(n) visible to all; every warp is done with K(n)
-    if (n > 0) {
+    if (n > n_block_begin) {
       load_k(n - 1);
       copy_async_commit();
     }

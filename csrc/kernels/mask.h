@@ -1,52 +1,65 @@
-// Which keys a query row may see. Causal attention with seqlen_q != seqlen_k aligns the
-// diagonal to the bottom-right corner (flash-attn >= 2.1): row i sees keys j <= i + sk - sq.
+// Which keys a query row may see. Row i sees keys j with
+//   i + sk - sq - left <= j <= i + sk - sq + right
+// (flash-attn's window_size = (left, right); causal is right = 0), the diagonal aligned to the
+// bottom-right corner when seqlen_q != seqlen_k (flash-attn >= 2.1). Unbounded sides hold
+// kUnboundedWindow; the right side is applied only when Is_causal (it is then finite).
 //
-//   sq = 3, sk = 5         sq = 5, sk = 2
-//   x x x . .              . .    <- rows that see no key: O = 0, lse = -inf
-//   x x x x .              . .
-//   x x x x x              . .
-//                          x .
-//                          x x
+//   causal, sq = 3, sk = 5      causal, sq = 5, sk = 2      window (1, 0), sq = sk = 4
+//   x x x . .                   . .    <- no key: O = 0,    x . . .
+//   x x x x .                   . .       lse = -inf        x x . .
+//   x x x x x                   . .                         . x x .
+//                               x .                         . . x x
+//                               x x
 #pragma once
 
+#include "params.h"
 #include "platform.h"
 
 namespace flash {
 
 template <bool Is_causal>
-struct KeyLimit {
+struct KeyWindow {
   int seqlen_q, seqlen_k;
+  int left, right;  // window sizes; kUnboundedWindow where absent
 
-  // One past the last key that query row `row` may see (may be <= 0).
-  FA_DEVICE int operator()(int row) const {
-    return Is_causal ? min(seqlen_k, row + 1 + seqlen_k - seqlen_q) : seqlen_k;
+  // First key, and one past the last key, that query row `row` sees (begin >= end: none).
+  FA_DEVICE int begin(int row) const { return max(0, row + seqlen_k - seqlen_q - left); }
+  FA_DEVICE int end(int row) const {
+    return Is_causal ? min(seqlen_k, row + 1 + seqlen_k - seqlen_q + right) : seqlen_k;
   }
 
-  // Key blocks [0, n_block_end) hold every key that rows [row_begin, row_end) may see.
+  // Key blocks [n_block_begin, n_block_end) hold every key that rows [row_begin, row_end) see.
+  FA_DEVICE int n_block_begin(int row_begin, int block_n) const { return begin(row_begin) / block_n; }
   FA_DEVICE int n_block_end(int row_end, int block_n) const {
-    const int keys = (*this)(row_end - 1);
+    const int keys = end(row_end - 1);
     return keys <= 0 ? 0 : (keys + block_n - 1) / block_n;
   }
 
-  // Whether some row in [row_begin, ...) cannot see all keys [col_begin, col_end): only those
+  // Whether some row in [row_begin, row_end) misses some key in [col_begin, col_end): only those
   // blocks pay for per-element masking.
-  FA_DEVICE bool block_needs_mask(int row_begin, int col_end) const { return col_end > (*this)(row_begin); }
+  FA_DEVICE bool block_needs_mask(int row_begin, int row_end, int col_begin, int col_end) const {
+    return col_end > end(row_begin) || col_begin < begin(row_end - 1);
+  }
+
+  FA_DEVICE bool visible(int row, int col) const { return col >= begin(row) && col < end(row); }
 };
 
-// Sets to -inf the scores whose key lies past the row's limit. Fragment element i of n8 tile nt
-// in strip mt sits at row row0 + 16 mt + 8 (i / 2), column col0 + 8 nt + (i % 2).
+// Sets to -inf the scores of keys outside the row's window. Fragment element i of n8 tile nt in
+// strip mt sits at row row0 + 16 mt + 8 (i / 2), column col0 + 8 nt + (i % 2).
 template <bool Is_causal, int kMTiles, int kNTiles>
-FA_DEVICE void apply_key_limit(float (&s)[kMTiles][kNTiles][4], const KeyLimit<Is_causal>& limit, int row0, int col0) {
+FA_DEVICE void apply_key_window(float (&s)[kMTiles][kNTiles][4], const KeyWindow<Is_causal>& window, int row0, int col0) {
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int keys = limit(row0 + 16 * mt + 8 * half);
+      const int row = row0 + 16 * mt + 8 * half;
+      const int first = window.begin(row), last = window.end(row);
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          if (col0 + 8 * nt + j >= keys) s[mt][nt][2 * half + j] = -INFINITY;
+          const int col = col0 + 8 * nt + j;
+          if (col < first || col >= last) s[mt][nt][2 * half + j] = -INFINITY;
         }
       }
     }

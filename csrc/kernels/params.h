@@ -6,6 +6,9 @@
 
 namespace flash {
 
+inline constexpr int kUnboundedWindow = 1 << 28;  // a window side that is open: far past any sequence,
+                                                  // small enough that row arithmetic cannot overflow
+
 struct FwdParams {
   const void* __restrict__ q;  // [b, seqlen_q, h, d]
   const void* __restrict__ k;  // [b, seqlen_k, h_k, d]
@@ -28,6 +31,11 @@ struct FwdParams {
 
   float scale_softmax;       // applied to q.k
   float scale_softmax_log2;  // scale_softmax * log2(e): the softmax works in base 2
+
+  // Sliding window (flash-attn's window_size): row i sees keys i + sk - sq - window_left ..
+  // i + sk - sq + window_right; kUnboundedWindow where a side is open. The right side
+  // is enforced by the Is_causal instantiations (causal sets it to 0).
+  int window_left, window_right;
 
   // softmax_lse[batch * lse_batch_stride + head * lse_head_stride + q_start + row]:
   // dense [b, h, seqlen_q] (h * seqlen_q, seqlen_q), varlen [h, total_q] (0, total_q).
