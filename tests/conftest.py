@@ -60,12 +60,30 @@ def fully_masked_rows(seqlen_q, seqlen_k, causal, device=None):
     return ~causal_mask(seqlen_q, seqlen_k, device).any(dim=-1)
 
 
-def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True):
+def window_mask(seqlen_q, seqlen_k, window_size, causal=False, device=None):
+    """[sq, sk] bool, True where query i sees key j under flash-attn's window_size = (left, right):
+    i + sk - sq - left <= j <= i + sk - sq + right, -1 meaning unbounded; causal sets right = 0."""
+    left, right = window_size
+    right = 0 if causal else right
+    offset = (torch.arange(seqlen_k, device=device)[None, :] - torch.arange(seqlen_q, device=device)[:, None]
+              - (seqlen_k - seqlen_q))  # j - (i + sk - sq)
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if left >= 0:
+        visible &= offset >= -left
+    if right >= 0:
+        visible &= offset <= right
+    return visible
+
+
+def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True, key_padding_mask=None,
+                  window_size=(-1, -1)):
     """Eager attention, the obvious way.
 
     upcast=True computes in float32 (the accuracy reference); upcast=False computes
     in the input dtype, like PyTorch's own low-precision eager path (the yardstick
     for how much error the dtype itself causes).
+    key_padding_mask: optional [b, sk] bool, True for the keys that exist (flash-attn's
+    convention); the others are invisible to every query. window_size: see window_mask.
     Returns out [b, sq, h, d] (float32 if upcast, else the input dtype) and the
     natural-log softmax_lse [b, h, sq] in float32 (-inf for rows with no visible key).
     """
@@ -78,8 +96,10 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True):
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
 
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    if causal:
-        scores = scores.masked_fill(~causal_mask(seqlen_q, seqlen_k, q.device), float("-inf"))
+    if causal or tuple(window_size) != (-1, -1):
+        scores = scores.masked_fill(~window_mask(seqlen_q, seqlen_k, window_size, causal, q.device), float("-inf"))
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
     lse = torch.logsumexp(scores.float(), dim=-1)
     # softmax of an all -inf row is NaN; such rows are defined to output zeros
     probs = torch.softmax(scores, dim=-1).masked_fill(lse.isneginf()[..., None], 0.0)
@@ -99,6 +119,20 @@ def assert_within_eager_error(value, ref, eager, name="out", floor_magnitude=Non
     floor = torch.finfo(value.dtype).eps * floor_magnitude
     assert err <= 2 * eager_err + floor, (
         f"{name}: max error {err:.3g}, eager {value.dtype} error {eager_err:.3g}, floor {floor:.3g}")
+
+
+def assert_functional(schema):
+    # A functional op with fresh outputs is what torch.compile and CUDA graphs assume.
+    assert not schema.is_mutable
+    assert all(ret.alias_info is None for ret in schema.returns)
+
+
+def api(name):
+    """flash_attn_rocm.<name>, looked up at call time: a test of a function that has not landed
+    yet fails alone, while its module still collects and its other tests run."""
+    import flash_attn_rocm
+
+    return getattr(flash_attn_rocm, name)
 
 
 def poison_allocator_cache(*blocks):
