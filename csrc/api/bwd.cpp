@@ -17,18 +17,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                                                     const at::Tensor& softmax_lse, double softmax_scale, bool is_causal,
                                                     bool deterministic, int64_t window_size_left,
                                                     int64_t window_size_right) {
-  check_attention_input(q, "q", 4);
-  check_attention_input(k, "k", 4);
-  check_attention_input(v, "v", 4);
-  check_attention_input(out, "out", 4);
-  check_attention_input(dout, "dout", 4);
-  check_same(q, k, "k");
-  check_same(q, v, "v");
-  check_same(q, out, "out");
-  check_same(q, dout, "dout");
-  check_same_shape(out, q, "out", "q");
-  check_same_shape(dout, q, "dout", "q");
-  check_qkv_shapes(q, k, v);
+  check_bwd_inputs(dout, q, k, v, out, 4);
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h = q.size(2), head_dim = q.size(3);
   const int64_t seqlen_k = k.size(1), h_k = k.size(2);

@@ -52,6 +52,27 @@ inline void check_qkv_shapes(const at::Tensor& q, const at::Tensor& k, const at:
   TORCH_CHECK(h <= 65535, "nheads must be at most 65535");
 }
 
+// q, k, v (and for the backward out, dout) as the kernels take them: rank 4 dense, 3 varlen.
+inline void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t rank) {
+  check_attention_input(q, "q", rank);
+  check_attention_input(k, "k", rank);
+  check_attention_input(v, "v", rank);
+  check_same(q, k, "k");
+  check_same(q, v, "v");
+  check_qkv_shapes(q, k, v);
+}
+
+inline void check_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& out, int64_t rank) {
+  check_qkv(q, k, v, rank);
+  check_attention_input(out, "out", rank);
+  check_attention_input(dout, "dout", rank);
+  check_same(q, out, "out");
+  check_same(q, dout, "dout");
+  check_same_shape(out, q, "out", "q");
+  check_same_shape(dout, q, "dout", "q");
+}
+
 inline flash::DType kernel_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
 }

@@ -15,13 +15,7 @@ namespace flash_api {
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         double softmax_scale, bool is_causal, int64_t window_size_left,
                                         int64_t window_size_right) {
-  check_attention_input(q, "q", 4);
-  check_attention_input(k, "k", 4);
-  check_attention_input(v, "v", 4);
-  check_same(q, k, "k");
-  check_same(q, v, "v");
-
-  check_qkv_shapes(q, k, v);
+  check_qkv(q, k, v, 4);
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h = q.size(2), head_dim = q.size(3);
   TORCH_CHECK(batch <= 65535, "batch must be at most 65535");

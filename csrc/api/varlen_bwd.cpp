@@ -17,18 +17,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
     const at::Tensor& softmax_lse, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
     int64_t max_seqlen_k, double softmax_scale, bool is_causal, bool deterministic, int64_t window_size_left,
     int64_t window_size_right) {
-  check_attention_input(q, "q", 3);
-  check_attention_input(k, "k", 3);
-  check_attention_input(v, "v", 3);
-  check_attention_input(out, "out", 3);
-  check_attention_input(dout, "dout", 3);
-  check_same(q, k, "k");
-  check_same(q, v, "v");
-  check_same(q, out, "out");
-  check_same(q, dout, "dout");
-  check_same_shape(out, q, "out", "q");
-  check_same_shape(dout, q, "dout", "q");
-  check_qkv_shapes(q, k, v);
+  check_bwd_inputs(dout, q, k, v, out, 3);
   check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q);
   check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q);
   TORCH_CHECK(cu_seqlens_q.size(0) == cu_seqlens_k.size(0), "cu_seqlens_q and cu_seqlens_k must have the same length");

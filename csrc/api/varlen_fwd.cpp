@@ -17,12 +17,7 @@ std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Ten
                                                const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
                                                int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
                                                bool is_causal, int64_t window_size_left, int64_t window_size_right) {
-  check_attention_input(q, "q", 3);
-  check_attention_input(k, "k", 3);
-  check_attention_input(v, "v", 3);
-  check_same(q, k, "k");
-  check_same(q, v, "v");
-  check_qkv_shapes(q, k, v);
+  check_qkv(q, k, v, 3);
   check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q);
   check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q);
   TORCH_CHECK(cu_seqlens_q.size(0) == cu_seqlens_k.size(0), "cu_seqlens_q and cu_seqlens_k must have the same length");

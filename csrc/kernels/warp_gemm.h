@@ -38,6 +38,22 @@ FA_DEVICE void load_b_pair(uint32_t (&b)[4], const T* s, const typename Tile::La
   else load_matrix_x4_trans(b, s + off.at(16 * ks, n0 / 8));
 }
 
+// One k16 step: acc[mt][nt] += a[mt] x B(k step ks, n8 tile nt) for every strip and tile.
+template <Major MB, class BTile, int kMT, int kNT, class T>
+FA_DEVICE void mma_b_row(float (&acc)[kMT][kNT][4], const uint32_t (&a)[kMT][4], const T* sB,
+                         const typename BTile::LaneOffsets& b_off, int n0, int ks) {
+#pragma unroll
+  for (int nt = 0; nt < kNT; nt += 2) {
+    uint32_t b[4];
+    load_b_pair<MB, BTile>(b, sB, b_off, n0 + 8 * nt, ks);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      mma_16816<T>(acc[mt][nt], a[mt], b[0], b[1]);
+      mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
+    }
+  }
+}
+
 // acc += A[m0 .. m0 + 16 kMT) x B[.., n0 .. n0 + 8 kNT) over k in [0, kK).
 template <int kMT, int kNT, int kK, Major MA, Major MB, class ATile, class BTile, class T>
 FA_DEVICE void gemm_smem(float (&acc)[kMT][kNT][4], const T* sA, int m0, const T* sB, int n0, int lane) {
@@ -49,16 +65,7 @@ FA_DEVICE void gemm_smem(float (&acc)[kMT][kNT][4], const T* sA, int m0, const T
     uint32_t a[kMT][4];
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) load_a<MA, ATile>(a[mt], sA, a_off, m0 + 16 * mt, ks);
-#pragma unroll
-    for (int nt = 0; nt < kNT; nt += 2) {
-      uint32_t b[4];
-      load_b_pair<MB, BTile>(b, sB, b_off, n0 + 8 * nt, ks);
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        mma_16816<T>(acc[mt][nt], a[mt], b[0], b[1]);
-        mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
-      }
-    }
+    mma_b_row<MB, BTile>(acc, a, sB, b_off, n0, ks);
   }
 }
 
@@ -78,16 +85,7 @@ FA_DEVICE void gemm_regs(float (&acc)[kMT][kNT][4], const float (&a_acc)[kMT][kK
       a[mt][2] = pack2<T>(a_acc[mt][2 * ks + 1][0], a_acc[mt][2 * ks + 1][1]);
       a[mt][3] = pack2<T>(a_acc[mt][2 * ks + 1][2], a_acc[mt][2 * ks + 1][3]);
     }
-#pragma unroll
-    for (int nt = 0; nt < kNT; nt += 2) {
-      uint32_t b[4];
-      load_b_pair<MB, BTile>(b, sB, b_off, n0 + 8 * nt, ks);
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        mma_16816<T>(acc[mt][nt], a[mt], b[0], b[1]);
-        mma_16816<T>(acc[mt][nt + 1], a[mt], b[2], b[3]);
-      }
-    }
+    mma_b_row<MB, BTile>(acc, a, sB, b_off, n0, ks);
   }
 }
 
