@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._ops import compiled_head_dims
+from .sdpa import patch_sdpa, scaled_dot_product_attention, sdpa_patched, unpatch_sdpa
 from .interface import (
     flash_attn_func,
     flash_attn_kvpacked_func,
@@ -24,6 +25,10 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_varlen_kvpacked_func",
     "flash_attn_varlen_qkvpacked_func",
+    "scaled_dot_product_attention",
+    "patch_sdpa",
+    "unpatch_sdpa",
+    "sdpa_patched",
     "compiled_head_dims",
     "__version__",
 ]

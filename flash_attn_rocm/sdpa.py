@@ -1,0 +1,124 @@
+"""A drop-in for torch.nn.functional.scaled_dot_product_attention.
+
+Inputs the kernels serve run on them, without copies beyond the [b, h, s, d] -> [b, s, h, d]
+view; anything else falls back to PyTorch's own SDPA with a one-time warning that says why:
+an arbitrary attn_mask, dropout, fp32, CPU tensors, head dims the kernels lack, or a causal mask
+with seqlen_q != seqlen_k (PyTorch aligns that one top-left, flash-attn bottom-right).
+A boolean key-padding mask ([b, 1, 1, sk] or [b, sk]) runs through the varlen kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .interface import _MAX_HEAD_DIM, flash_attn_func, flash_attn_varlen_func
+
+_torch_sdpa = F.scaled_dot_product_attention
+_warned: set[str] = set()
+
+
+def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa) -> str | None:
+    tensors = (query, key, value)
+    if any(t.device.type != "cuda" for t in tensors):
+        return "inputs are not on a CUDA device"
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        return "inputs are not 4-D [batch, heads, seqlen, head_dim]"
+    if any(t.dtype not in (torch.float16, torch.bfloat16) for t in tensors) or len({t.dtype for t in tensors}) > 1:
+        return "dtype is not float16/bfloat16 on all of query, key, value"
+    head_dim = query.shape[-1]
+    if head_dim % 8 != 0 or head_dim > _MAX_HEAD_DIM or key.shape[-1] != head_dim or value.shape[-1] != head_dim:
+        return f"head dim {head_dim} (needs a multiple of 8, at most {_MAX_HEAD_DIM}, equal for q, k, v)"
+    if dropout_p != 0.0:
+        return "dropout_p > 0 (not implemented yet)"
+    if key.shape != value.shape or query.shape[0] != key.shape[0]:
+        return "key/value shapes do not match query's"
+    heads, heads_k = query.shape[1], key.shape[1]
+    if heads != heads_k and not (enable_gqa and heads % heads_k == 0):
+        return "query and key/value head counts differ without enable_gqa"
+    if any(t.stride(-1) != 1 for t in tensors):
+        return "a last dimension is not contiguous"
+    if is_causal and query.shape[2] != key.shape[2]:
+        return "is_causal with seqlen_q != seqlen_k (PyTorch aligns it top-left)"
+    if attn_mask is not None:
+        if is_causal:
+            return "attn_mask together with is_causal"
+        if _key_padding(attn_mask, query.shape[0], key.shape[2]) is None:
+            return "attn_mask is not a boolean key-padding mask"
+    return None
+
+
+def _key_padding(attn_mask, batch: int, seqlen_k: int):
+    """The [b, sk] bool mask (True = attend) if attn_mask is a key-padding mask, else None."""
+    if attn_mask.dtype != torch.bool:
+        return None
+    if attn_mask.dim() == 2 and tuple(attn_mask.shape) == (batch, seqlen_k):
+        return attn_mask
+    if attn_mask.dim() == 4 and tuple(attn_mask.shape) in ((batch, 1, 1, seqlen_k),):
+        return attn_mask[:, 0, 0, :]
+    return None
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"flash_attn_rocm.scaled_dot_product_attention: falling back to PyTorch's SDPA: {reason}",
+                      stacklevel=3)
+
+
+def _padded_keys_attention(q, k, v, keep, scale):
+    """q [b, sq, h, d], k/v [b, sk, h_k, d], keep [b, sk]: every query row attends to the kept keys
+    of its batch element, through the varlen kernels."""
+    batch, seqlen_q, heads, head_dim = q.shape
+    seqlen_k = k.shape[1]
+    keep = keep.to(q.device)
+    lengths_k = keep.sum(dim=1, dtype=torch.int32)
+    cu_seqlens_k = F.pad(lengths_k.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_seqlens_q = torch.arange(0, (batch + 1) * seqlen_q, seqlen_q, dtype=torch.int32, device=q.device)
+    flat_keep = keep.reshape(-1)
+    k_unpad = k.reshape(batch * seqlen_k, *k.shape[2:])[flat_keep]
+    v_unpad = v.reshape(batch * seqlen_k, *v.shape[2:])[flat_keep]
+    out = flash_attn_varlen_func(q.reshape(batch * seqlen_q, heads, head_dim), k_unpad, v_unpad, cu_seqlens_q,
+                                 cu_seqlens_k, seqlen_q, seqlen_k, softmax_scale=scale)
+    return out.reshape(batch, seqlen_q, heads, head_dim)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """torch.nn.functional.scaled_dot_product_attention's signature and [b, h, s, d] layout."""
+    reason = _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    if reason is not None:
+        _warn_once(reason)
+        return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                           scale=scale, enable_gqa=enable_gqa)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # views: [b, s, h, d]
+    if attn_mask is not None:
+        out = _padded_keys_attention(q, k, v, _key_padding(attn_mask, q.shape[0], k.shape[1]), scale)
+    else:
+        out = flash_attn_func(q, k, v, softmax_scale=scale, causal=is_causal)
+    return out.transpose(1, 2)
+
+
+def patch_sdpa() -> None:
+    """Routes torch.nn.functional.scaled_dot_product_attention through this module."""
+    F.scaled_dot_product_attention = scaled_dot_product_attention
+
+
+def unpatch_sdpa() -> None:
+    F.scaled_dot_product_attention = _torch_sdpa
+
+
+@contextlib.contextmanager
+def sdpa_patched():
+    """`with sdpa_patched(): model(x)` runs existing SDPA callers on flash_attn_rocm."""
+    previous = F.scaled_dot_product_attention
+    patch_sdpa()
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = previous
