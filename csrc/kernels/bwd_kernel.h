@@ -3,9 +3,9 @@
 // bwd_preprocess: D = rowsum(dO * O) per query row, the term the softmax derivative subtracts.
 //
 // flash_bwd_kernel: one thread block per (kBlockN keys, kv head, batch). K and V stay in shared
-// memory while the block walks every query block of every query head that shares the kv head
-// (GQA sums there, in registers, without expanded K/V). Per query block, with P and dS kept
-// transposed so that the key dimension is the warp's row dimension:
+// memory while the block walks the query blocks whose windows reach its keys, for every query
+// head that shares the kv head (GQA sums there, in registers, without expanded K/V). Per query
+// block, with P and dS kept transposed so that the key dimension is the warp's row dimension:
 //
 //   1. S^T = K Q^T, dP^T = V dO^T; P^T = exp(S^T - lse), dS^T = P^T (dP^T - D) -> shared memory
 //   2. dV += P^T dO, dK += dS^T Q       (accumulated in registers across the whole walk)
@@ -14,8 +14,6 @@
 //
 // Q and dO are double-buffered: the next query block loads while this one computes.
 #pragma once
-
-#include <type_traits>
 
 #include "mask.h"
 #include "mma.h"
