@@ -10,7 +10,8 @@ ops = torch.ops.flash_attn_rocm
 
 
 @torch.library.register_fake("flash_attn_rocm::fwd")
-def _fwd_fake(q, k, v, softmax_scale, is_causal, window_size_left=-1, window_size_right=-1):
+def _fwd_fake(q, k, v, softmax_scale, is_causal, window_size_left=-1, window_size_right=-1, softcap=0.0,
+              alibi_slopes=None):
     batch, seqlen_q, nheads, head_dim = q.shape
     out = q.new_empty((batch, seqlen_q, nheads, head_dim))
     softmax_lse = q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
@@ -19,21 +20,22 @@ def _fwd_fake(q, k, v, softmax_scale, is_causal, window_size_left=-1, window_siz
 
 @torch.library.register_fake("flash_attn_rocm::bwd")
 def _bwd_fake(dout, q, k, v, out, softmax_lse, softmax_scale, is_causal, deterministic, window_size_left=-1,
-              window_size_right=-1):
+              window_size_right=-1, softcap=0.0, alibi_slopes=None):
     # The op returns contiguous gradients whatever the inputs' strides; so must the fake.
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @torch.library.register_fake("flash_attn_rocm::varlen_fwd")
 def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, is_causal,
-                     window_size_left=-1, window_size_right=-1):
+                     window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None):
     total_q, nheads, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((nheads, total_q), dtype=torch.float32)
 
 
 @torch.library.register_fake("flash_attn_rocm::varlen_bwd")
 def _varlen_bwd_fake(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                     softmax_scale, is_causal, deterministic, window_size_left=-1, window_size_right=-1):
+                     softmax_scale, is_causal, deterministic, window_size_left=-1, window_size_right=-1, softcap=0.0,
+                     alibi_slopes=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

@@ -80,6 +80,11 @@ def _check_devices(q, *others) -> None:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}: all must be on one device")
 
 
+def _named(name: str, t):
+    """(name, t) for _check_devices, or nothing when the optional tensor is absent."""
+    return () if t is None else ((name, t),)
+
+
 def _resolve_softmax_scale(softmax_scale, head_dim: int) -> float:
     if softmax_scale is None:
         return 1.0 / math.sqrt(head_dim)
@@ -103,34 +108,52 @@ def _resolve_window(window_size) -> tuple[int, int]:
     return int(left), int(right)
 
 
-def _reject_unimplemented(dropout_p, softcap, alibi_slopes) -> None:
+def _resolve_softcap(softcap) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap must be a float, got {type(softcap).__name__}")
+    if not math.isfinite(softcap) or softcap < 0:
+        raise ValueError(f"softcap must be finite and >= 0 (0: off), got {softcap}")
+    return float(softcap)
+
+
+def _check_alibi_slopes(alibi_slopes, batch: int, nheads: int) -> None:
+    """flash-attn's ALiBi: fp32 [nheads] or [batch, nheads]; the bias is -slope * |i + sk - sq - j|."""
+    if alibi_slopes is None:
+        return
+    if not isinstance(alibi_slopes, torch.Tensor):
+        raise TypeError(f"alibi_slopes must be a torch.Tensor or None, got {type(alibi_slopes).__name__}")
+    if alibi_slopes.dtype != torch.float32:
+        raise TypeError(f"alibi_slopes must be float32, got {alibi_slopes.dtype}")
+    if tuple(alibi_slopes.shape) not in ((nheads,), (batch, nheads)):
+        raise ValueError(f"alibi_slopes must have shape [nheads] = [{nheads}] or [batch, nheads] = [{batch}, {nheads}], "
+                         f"got {tuple(alibi_slopes.shape)}")
+
+
+def _reject_unimplemented(dropout_p) -> None:
     """Arguments of flash-attn's signature that this version does not implement yet: refused,
     never silently ignored."""
     if dropout_p != 0.0:
         raise NotImplementedError("dropout_p > 0 is not implemented yet in flash_attn_rocm")
-    if softcap != 0.0:
-        raise NotImplementedError("softcap is not implemented yet in flash_attn_rocm")
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes is not implemented yet in flash_attn_rocm")
 
 
 class FlashAttnFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, softmax_scale, causal, window, deterministic):
-        out, softmax_lse = ops.fwd(q, k, v, softmax_scale, causal, *window)
-        ctx.save_for_backward(q, k, v, out, softmax_lse)
+    def forward(ctx, q, k, v, softmax_scale, causal, window, softcap, alibi_slopes, deterministic):
+        out, softmax_lse = ops.fwd(q, k, v, softmax_scale, causal, *window, softcap, alibi_slopes)
+        ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes)
         ctx.softmax_scale, ctx.causal, ctx.window, ctx.deterministic = softmax_scale, causal, window, deterministic
+        ctx.softcap = softcap
         ctx.mark_non_differentiable(softmax_lse)
         return out, softmax_lse
 
     @staticmethod
     def backward(ctx, dout, dsoftmax_lse):
-        q, k, v, out, softmax_lse = ctx.saved_tensors
+        q, k, v, out, softmax_lse, alibi_slopes = ctx.saved_tensors
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         dq, dk, dv = ops.bwd(dout, q, k, v, out, softmax_lse, ctx.softmax_scale, ctx.causal, ctx.deterministic,
-                             *ctx.window)
-        return dq, dk, dv, None, None, None, None
+                             *ctx.window, ctx.softcap, alibi_slopes)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def flash_attn_func(
@@ -151,6 +174,8 @@ def flash_attn_func(
     causal masks key j for query i when j > i + sk - sq (aligned to the bottom-right corner);
     window_size = (left, right) keeps keys i + sk - sq - left <= j <= i + sk - sq + right (-1:
     unbounded; causal means right = 0), skipping the key blocks outside the window.
+    softcap > 0 caps the logits: softcap * tanh(q.k * softmax_scale / softcap). alibi_slopes (fp32
+    [h] or [b, h]) adds -slope * |i + sk - sq - j| to the logits.
     Returns out [b, sq, h, d]; with return_attn_probs, (out, softmax_lse [b, h, sq] float32,
     S_dmask), S_dmask being empty while dropout_p is 0. Differentiable in q, k, v; with
     deterministic=True the backward is bitwise reproducible (a little slower).
@@ -158,9 +183,12 @@ def flash_attn_func(
     _check_qkv(q, k, v)
     scale = _resolve_softmax_scale(softmax_scale, q.shape[-1])
     window = _resolve_window(window_size)
-    _reject_unimplemented(dropout_p, softcap, alibi_slopes)
-    _check_devices(q, ("k", k), ("v", v))
-    out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal), window, bool(deterministic))
+    softcap = _resolve_softcap(softcap)
+    _check_alibi_slopes(alibi_slopes, q.shape[0], q.shape[2])
+    _reject_unimplemented(dropout_p)
+    _check_devices(q, ("k", k), ("v", v), *_named("alibi_slopes", alibi_slopes))
+    out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal), window, softcap, alibi_slopes,
+                                           bool(deterministic))
     if return_attn_probs:
         return out, softmax_lse, q.new_empty(0)
     return out
@@ -169,10 +197,11 @@ def flash_attn_func(
 class FlashAttnVarlenFunc(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window,
-                deterministic):
+                softcap, alibi_slopes, deterministic):
         out, softmax_lse = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                          softmax_scale, causal, *window)
-        ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k)
+                                          softmax_scale, causal, *window, softcap, alibi_slopes)
+        ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
+        ctx.softcap = softcap
         ctx.max_seqlen_q, ctx.max_seqlen_k = max_seqlen_q, max_seqlen_k
         ctx.softmax_scale, ctx.causal, ctx.window, ctx.deterministic = softmax_scale, causal, window, deterministic
         ctx.mark_non_differentiable(softmax_lse)
@@ -180,12 +209,13 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dsoftmax_lse):
-        q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes = ctx.saved_tensors
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         dq, dk, dv = ops.varlen_bwd(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen_q,
-                                    ctx.max_seqlen_k, ctx.softmax_scale, ctx.causal, ctx.deterministic, *ctx.window)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+                                    ctx.max_seqlen_k, ctx.softmax_scale, ctx.causal, ctx.deterministic, *ctx.window,
+                                    ctx.softcap, alibi_slopes)
+        return (dq, dk, dv) + (None,) * 10
 
 
 def flash_attn_varlen_func(
@@ -216,12 +246,16 @@ def flash_attn_varlen_func(
     _check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     scale = _resolve_softmax_scale(softmax_scale, q.shape[-1])
     window = _resolve_window(window_size)
-    _reject_unimplemented(dropout_p, softcap, alibi_slopes)
+    softcap = _resolve_softcap(softcap)
+    _check_alibi_slopes(alibi_slopes, cu_seqlens_q.shape[0] - 1, q.shape[1])
+    _reject_unimplemented(dropout_p)
     if block_table is not None:
         raise NotImplementedError("block_table (paged KV) is not implemented yet in flash_attn_rocm")
-    _check_devices(q, ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k))
+    _check_devices(q, ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k),
+                   *_named("alibi_slopes", alibi_slopes))
     out, softmax_lse = FlashAttnVarlenFunc.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                                 scale, bool(causal), window, bool(deterministic))
+                                                 scale, bool(causal), window, softcap, alibi_slopes,
+                                                 bool(deterministic))
     if return_attn_probs:
         return out, softmax_lse, q.new_empty(0)
     return out

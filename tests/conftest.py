@@ -76,7 +76,7 @@ def window_mask(seqlen_q, seqlen_k, window_size, causal=False, device=None):
 
 
 def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True, key_padding_mask=None,
-                  window_size=(-1, -1)):
+                  window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
     """Eager attention, the obvious way.
 
     upcast=True computes in float32 (the accuracy reference); upcast=False computes
@@ -84,6 +84,8 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True, key_pa
     for how much error the dtype itself causes).
     key_padding_mask: optional [b, sk] bool, True for the keys that exist (flash-attn's
     convention); the others are invisible to every query. window_size: see window_mask.
+    softcap > 0: logits softcap * tanh(scores / softcap); alibi_slopes ([h] or [b, h] fp32): bias
+    -slope * |i + sk - sq - j| added after the softcap (flash-attn's order).
     Returns out [b, sq, h, d] (float32 if upcast, else the input dtype) and the
     natural-log softmax_lse [b, h, sq] in float32 (-inf for rows with no visible key).
     """
@@ -96,6 +98,14 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True, key_pa
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
 
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        rows = torch.arange(seqlen_q, device=q.device)[:, None]
+        cols = torch.arange(seqlen_k, device=q.device)[None, :]
+        distance = (rows + seqlen_k - seqlen_q - cols).abs().to(scores.dtype)
+        slopes = alibi_slopes.to(scores.dtype).reshape(-1, q.shape[2], 1, 1)  # [1 or b, h, 1, 1]
+        scores = scores - slopes * distance
     if causal or tuple(window_size) != (-1, -1):
         scores = scores.masked_fill(~window_mask(seqlen_q, seqlen_k, window_size, causal, q.device), float("-inf"))
     if key_padding_mask is not None:

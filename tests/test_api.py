@@ -67,6 +67,11 @@ INVALID_ARGUMENTS = {
     "nheads-k-above-q": ({"q": tensor(nheads=2)}, ValueError, r"(?i)n_?heads"),
     "q-last-dim-strided": ({"q": strided_last_dim()}, ValueError, "contiguous"),
     "v-last-dim-strided": ({"v": strided_last_dim()}, ValueError, "contiguous"),
+    "softcap-negative": ({"softcap": -1.0}, ValueError, "softcap"),
+    "softcap-str": ({"softcap": "30"}, TypeError, "softcap"),
+    "alibi_slopes-fp16": ({"alibi_slopes": torch.ones(NHEADS, dtype=torch.float16)}, TypeError, "alibi_slopes"),
+    "alibi_slopes-wrong-heads": ({"alibi_slopes": torch.ones(NHEADS + 1)}, ValueError, "alibi_slopes"),
+    "alibi_slopes-list": ({"alibi_slopes": [1.0] * NHEADS}, TypeError, "alibi_slopes"),
     "cpu-tensors": ({}, ValueError, "CUDA"),
     "meta-and-cpu": ({"q": tensor(device="meta")}, ValueError, r"(?i)cuda|device"),
 }
@@ -82,8 +87,6 @@ def test_rejects_invalid_arguments(overrides, error, message):
 # Checked after shapes and strides but before the device, so CPU tensors reach them.
 UNIMPLEMENTED_ARGUMENTS = {
     "dropout_p": {"dropout_p": 0.1},
-    "softcap": {"softcap": 30.0},
-    "alibi_slopes": {"alibi_slopes": torch.zeros(NHEADS, dtype=torch.float32)},
 }
 
 
@@ -121,7 +124,7 @@ def test_fwd_schema():
     schema = torch.ops.flash_attn_rocm.fwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"),
-        ("window_size_left", "int"), ("window_size_right", "int"),
+        ("window_size_left", "int"), ("window_size_right", "int"), ("softcap", "float"), ("alibi_slopes", "Optional[Tensor]"),
     ]
     assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor"]
     assert_functional(schema)
@@ -132,7 +135,7 @@ def test_bwd_schema():
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("dout", "Tensor"), ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("out", "Tensor"),
         ("softmax_lse", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"), ("deterministic", "bool"),
-        ("window_size_left", "int"), ("window_size_right", "int"),
+        ("window_size_left", "int"), ("window_size_right", "int"), ("softcap", "float"), ("alibi_slopes", "Optional[Tensor]"),
     ]
     assert [(ret.name, str(ret.type)) for ret in schema.returns] == [("dq", "Tensor"), ("dk", "Tensor"),
                                                                       ("dv", "Tensor")]

@@ -79,6 +79,11 @@ INVALID_ARGUMENTS = {
     "softmax_scale-str": ({"softmax_scale": "0.125"}, TypeError, "softmax_scale"),
     "window_size-below-minus-1": ({"window_size": (-2, 0)}, ValueError, "window_size"),
     "window_size-not-a-pair": ({"window_size": (4,)}, TypeError, "window_size"),
+    "softcap-negative": ({"softcap": -1.0}, ValueError, "softcap"),
+    "softcap-str": ({"softcap": "30"}, TypeError, "softcap"),
+    "alibi_slopes-fp16": ({"alibi_slopes": torch.ones(NHEADS, dtype=torch.float16)}, TypeError, "alibi_slopes"),
+    "alibi_slopes-wrong-heads": ({"alibi_slopes": torch.ones(NHEADS + 1)}, ValueError, "alibi_slopes"),
+    "alibi_slopes-list": ({"alibi_slopes": [1.0] * NHEADS}, TypeError, "alibi_slopes"),
     "cpu-tensors": ({}, ValueError, "CUDA"),
     "cu_seqlens-not-on-q-device": (qkv_tokens(device="meta"), ValueError, rf"(?i){ANY_CU_SEQLENS}|device"),
 }
@@ -92,8 +97,6 @@ def test_rejects_invalid_arguments(overrides, error, message):
 
 UNIMPLEMENTED_ARGUMENTS = {
     "dropout_p": {"dropout_p": 0.1},
-    "softcap": {"softcap": 30.0},
-    "alibi_slopes": {"alibi_slopes": torch.zeros(NHEADS, dtype=torch.float32)},
     "block_table": {"block_table": torch.zeros(len(Q_LENS), 1, dtype=torch.int32)},
 }
 
@@ -121,13 +124,15 @@ def test_strided_but_last_dim_contiguous_is_accepted():
 
 COMMON_ARGUMENTS = [("cu_seqlens_q", "Tensor"), ("cu_seqlens_k", "Tensor"), ("max_seqlen_q", "int"),
                     ("max_seqlen_k", "int"), ("softmax_scale", "float"), ("is_causal", "bool")]
-WINDOW_ARGUMENTS = [("window_size_left", "int"), ("window_size_right", "int")]  # both default to -1
+# Both window sides default to -1, softcap to 0, alibi_slopes to None.
+TRAILING_ARGUMENTS = [("window_size_left", "int"), ("window_size_right", "int"), ("softcap", "float"),
+                    ("alibi_slopes", "Optional[Tensor]")]
 
 
 def test_varlen_fwd_schema():
     schema = torch.ops.flash_attn_rocm.varlen_fwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
-        ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), *COMMON_ARGUMENTS, *WINDOW_ARGUMENTS]
+        ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), *COMMON_ARGUMENTS, *TRAILING_ARGUMENTS]
     assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor"]
     assert_functional(schema)
 
@@ -136,7 +141,7 @@ def test_varlen_bwd_schema():
     schema = torch.ops.flash_attn_rocm.varlen_bwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("dout", "Tensor"), ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("out", "Tensor"),
-        ("softmax_lse", "Tensor"), *COMMON_ARGUMENTS, ("deterministic", "bool"), *WINDOW_ARGUMENTS]
+        ("softmax_lse", "Tensor"), *COMMON_ARGUMENTS, ("deterministic", "bool"), *TRAILING_ARGUMENTS]
     assert [(ret.name, str(ret.type)) for ret in schema.returns] == [("dq", "Tensor"), ("dk", "Tensor"),
                                                                       ("dv", "Tensor")]
     assert_functional(schema)

@@ -7,6 +7,7 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include <cmath>
+#include <optional>
 
 #include "../kernels/api.h"
 #include "checks.h"
@@ -29,7 +30,11 @@ inline void set_attention_params(flash::FwdParams& params, const at::Tensor& q, 
   params.h_k = static_cast<int>(k.size(2));
   params.d = static_cast<int>(q.size(3));
   params.scale_softmax = static_cast<float>(softmax_scale);
+  params.logit_scale = static_cast<float>(softmax_scale);
   params.scale_softmax_log2 = static_cast<float>(softmax_scale * M_LOG2E);
+  params.softcap_prescale = 0.f;
+  params.alibi_slopes = nullptr;
+  params.alibi_batch_stride = 0;
   params.lse_batch_stride = static_cast<int64_t>(params.h) * params.seqlen_q;
   params.lse_head_stride = params.seqlen_q;
   params.cu_seqlens_q = params.cu_seqlens_k = nullptr;
@@ -45,6 +50,30 @@ inline bool set_window_params(flash::FwdParams& params, bool is_causal, int64_t 
   params.window_left = side(window_left);
   params.window_right = is_causal ? 0 : side(window_right);
   return params.window_right != flash::kUnboundedWindow;
+}
+
+// flash-attn's softcap (0: off) and alibi_slopes (fp32 [h] or [batch, h]), after params.b is set.
+// With a softcap the kernels' scores are tanh(q.k * scale / softcap), in units of softcap.
+inline void set_score_mod_params(flash::FwdParams& params, double softcap,
+                                 const std::optional<at::Tensor>& alibi_slopes, const at::Tensor& q) {
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "softcap must be finite and >= 0 (0: off), got ", softcap);
+  if (softcap > 0) {
+    params.logit_scale = static_cast<float>(softcap);
+    params.scale_softmax_log2 = static_cast<float>(softcap * M_LOG2E);
+    params.softcap_prescale = static_cast<float>(params.scale_softmax / softcap);
+  }
+  if (alibi_slopes.has_value()) {
+    const at::Tensor& slopes = *alibi_slopes;
+    TORCH_CHECK(slopes.scalar_type() == at::kFloat, "alibi_slopes must be float32, got ", slopes.scalar_type());
+    TORCH_CHECK(slopes.device() == q.device(), "alibi_slopes must be on the device of q");
+    const bool per_head = slopes.dim() == 1 && slopes.size(0) == params.h;
+    const bool per_batch = slopes.dim() == 2 && slopes.size(0) == params.b && slopes.size(1) == params.h;
+    TORCH_CHECK(per_head || per_batch, "alibi_slopes must have shape [nheads] = [", params.h,
+                "] or [batch, nheads] = [", params.b, ", ", params.h, "], got ", slopes.sizes());
+    TORCH_CHECK(slopes.stride(-1) == 1, "alibi_slopes must be contiguous in its last dimension");
+    params.alibi_slopes = slopes.data_ptr<float>();
+    params.alibi_batch_stride = per_batch ? slopes.stride(0) : 0;
+  }
 }
 
 // After set_attention_params on [1, total, h, d] views: sequences from cu_seqlens, maxima as

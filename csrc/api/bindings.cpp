@@ -18,20 +18,24 @@ std::vector<int64_t> compiled_head_dims() {
 }  // namespace
 
 TORCH_LIBRARY(flash_attn_rocm, m) {
-  m.def("fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool is_causal, int window_size_left=-1, "
-      "int window_size_right=-1) -> (Tensor out, Tensor softmax_lse)");
+  m.def(
+      "fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool is_causal, int window_size_left=-1, "
+      "int window_size_right=-1, float softcap=0.0, Tensor? alibi_slopes=None) -> (Tensor out, Tensor softmax_lse)");
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, float softmax_scale, "
-      "bool is_causal, bool deterministic, int window_size_left=-1, int window_size_right=-1) "
+      "bool is_causal, bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, "
+      "Tensor? alibi_slopes=None) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
   m.def(
       "varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
-      "int max_seqlen_k, float softmax_scale, bool is_causal, int window_size_left=-1, int window_size_right=-1) "
+      "int max_seqlen_k, float softmax_scale, bool is_causal, int window_size_left=-1, int window_size_right=-1, float "
+      "softcap=0.0, Tensor? alibi_slopes=None) "
       "-> (Tensor out, Tensor softmax_lse)");
   m.def(
       "varlen_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, Tensor cu_seqlens_q, "
       "Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool is_causal, "
-      "bool deterministic, int window_size_left=-1, int window_size_right=-1) -> (Tensor dq, Tensor dk, Tensor dv)");
+      "bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, Tensor? "
+      "alibi_slopes=None) -> (Tensor dq, Tensor dk, Tensor dv)");
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
 }
 

@@ -13,10 +13,11 @@
 namespace flash_api {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                                    const at::Tensor& v, const at::Tensor& out,
-                                                    const at::Tensor& softmax_lse, double softmax_scale, bool is_causal,
-                                                    bool deterministic, int64_t window_size_left,
-                                                    int64_t window_size_right) {
+                                                   const at::Tensor& v, const at::Tensor& out,
+                                                   const at::Tensor& softmax_lse, double softmax_scale, bool is_causal,
+                                                   bool deterministic, int64_t window_size_left,
+                                                   int64_t window_size_right, double softcap,
+                                                   const std::optional<at::Tensor>& alibi_slopes) {
   check_bwd_inputs(dout, q, k, v, out, 4);
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h = q.size(2), head_dim = q.size(3);
@@ -42,6 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
   flash::BwdParams params{};
   set_attention_params(params, q, k, v, out, softmax_lse, softmax_scale);
   const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
+  set_score_mod_params(params, softcap, alibi_slopes, q);
   run_backward(params, dout, dq, dk, dv, softmax_lse, has_right_edge, deterministic);
   return {dq, dk, dv};
 }

@@ -13,8 +13,9 @@
 namespace flash_api {
 
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                        double softmax_scale, bool is_causal, int64_t window_size_left,
-                                        int64_t window_size_right) {
+                                       double softmax_scale, bool is_causal, int64_t window_size_left,
+                                       int64_t window_size_right, double softcap,
+                                       const std::optional<at::Tensor>& alibi_slopes) {
   check_qkv(q, k, v, 4);
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h = q.size(2), head_dim = q.size(3);
@@ -35,6 +36,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   set_attention_params(params, q, k, v, out, softmax_lse, softmax_scale);
 
   const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
+  set_score_mod_params(params, softcap, alibi_slopes, q);
   check_launch(flash::run_mha_fwd(params, kernel_dtype(q), has_right_edge, at::cuda::getCurrentCUDAStream().stream()),
                "fwd");
   return {out, softmax_lse};

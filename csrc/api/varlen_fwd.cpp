@@ -14,9 +14,10 @@
 namespace flash_api {
 
 std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                               const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
-                                               int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
-                                               bool is_causal, int64_t window_size_left, int64_t window_size_right) {
+                                              const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                                              int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
+                                              bool is_causal, int64_t window_size_left, int64_t window_size_right,
+                                              double softcap, const std::optional<at::Tensor>& alibi_slopes) {
   check_qkv(q, k, v, 3);
   check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q);
   check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q);
@@ -40,6 +41,7 @@ std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Ten
   set_attention_params(params, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), out.unsqueeze(0), softmax_lse, softmax_scale);
   set_varlen_params(params, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
+  set_score_mod_params(params, softcap, alibi_slopes, q);
   check_launch(flash::run_mha_fwd(params, kernel_dtype(q), has_right_edge, at::cuda::getCurrentCUDAStream().stream()),
                "varlen_fwd");
   return {out, softmax_lse};

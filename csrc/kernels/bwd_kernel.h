@@ -19,6 +19,7 @@
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
+#include "score_mod.h"
 #include "seq_bounds.h"
 #include "smem_tile.h"
 #include "tile_config.h"
@@ -78,7 +79,7 @@ FA_DEVICE void store_tile(T* dst, int64_t row_stride, const float (&acc)[kMT][kN
   }
 }
 
-template <class Traits, bool Is_causal>
+template <class Traits, bool Is_causal, bool Has_score_mod>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) flash_bwd_kernel(const BwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -107,6 +108,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 
   // The rows whose windows reach this block's keys (mask.h): [first_row, last_row].
   const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
+  const bool has_softcap = Has_score_mod && params.softcap_prescale != 0.f;
   const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q) - window.right) : 0;
   const int last_row = min(seqlen_q - 1, key0 + kBlockN - 1 - (seqlen_k - seqlen_q) + window.left);
   const int m_block_begin = first_row / kBlockM;
@@ -196,11 +198,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
               float p[2];
+              [[maybe_unused]] float dtanh[2];
 #pragma unroll
               for (int j = 0; j < 2; ++j) {
                 const int key = key0 + key_row(mt, half), query = row0 + col(nt) + j;
                 const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
+                if constexpr (Has_score_mod) {
+                  const ScoreMod score_mod(params, batch, head, seqlen_q, seqlen_k);
+                  float& x = acc_s[mt][nt][2 * half + j];
+                  x = score_mod.softcap(x);
+                  dtanh[j] = 1.f - x * x;
+                  x += score_mod.bias(query, key);
+                }
                 p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - (j ? lse.y : lse.x)) : 0.f;
+              }
+              if constexpr (Has_score_mod) {
+                if (has_softcap) *reinterpret_cast<uint32_t*>(sdSt + p_offset(mt, nt, half)) = pack2<half_t>(dtanh[0], dtanh[1]);
               }
               p_packed[mt][nt][half] = pack2<T>(p[0], p[1]);
               *reinterpret_cast<uint32_t*>(sPt + p_offset(mt, nt, half)) = p_packed[mt][nt][half];
@@ -218,8 +231,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
           for (int half = 0; half < 2; ++half) {
             const float2 p = unpack2<T>(p_packed[mt][nt][half]);
             const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
-            const float ds0 = p.x * (acc_dp[mt][nt][2 * half] - d.x);
-            const float ds1 = p.y * (acc_dp[mt][nt][2 * half + 1] - d.y);
+            float ds0 = p.x * (acc_dp[mt][nt][2 * half] - d.x);
+            float ds1 = p.y * (acc_dp[mt][nt][2 * half + 1] - d.y);
+            if (has_softcap) {
+              const float2 dtanh = unpack2<half_t>(*reinterpret_cast<const uint32_t*>(sdSt + p_offset(mt, nt, half)));
+              ds0 *= dtanh.x;
+              ds1 *= dtanh.y;
+            }
             *reinterpret_cast<uint32_t*>(sdSt + p_offset(mt, nt, half)) = pack2<T>(ds0, ds1);
           }
         }

@@ -2,7 +2,8 @@
 //
 // Q stays in shared memory for the block's lifetime; K and V blocks stream through one buffer
 // each, walking the key blocks the rows' windows reach from the last to the first; only blocks
-// that cross the sequence end or a window edge pay for masking. The loads overlap the math:
+// that cross the sequence end or a window edge pay for masking, and only the Has_score_mod
+// instantiations pay for softcap and ALiBi. The loads overlap the math:
 //
 //   wait K(n) | issue V(n) | S = Q K(n)^T, mask | wait V(n) | issue K(n-1) | softmax | O += P V(n)
 //
@@ -14,6 +15,7 @@
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
+#include "score_mod.h"
 #include "seq_bounds.h"
 #include "smem_tile.h"
 #include "softmax.h"
@@ -22,7 +24,7 @@
 
 namespace flash {
 
-template <class Traits, bool Is_causal>
+template <class Traits, bool Is_causal, bool Has_score_mod>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -63,6 +65,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   };
 
   const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+  const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
   const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
   const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
 
@@ -82,6 +85,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
 
     float acc_s[kMTiles][kNTiles][4] = {};
     gemm_smem<kMTiles, kNTiles, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
+    if (Has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, n * kBlockN + 2 * (lane % 4));
     if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
       apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
     }
@@ -98,7 +102,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   }
 
   float lse[2 * kMTiles];
-  softmax.finalize(acc_o, params.scale_softmax, lse);
+  softmax.finalize(acc_o, params.logit_scale, lse);
 
   // Epilogue: each thread owns 2 adjacent columns of 2 rows per strip.
   T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +

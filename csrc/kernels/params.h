@@ -29,8 +29,15 @@ struct FwdParams {
   int h_k;        // key/value heads; h % h_k == 0, query head i reads kv head i / (h / h_k)
   int d;          // head dim actually present, <= the kernel's kHeadDim, multiple of 8
 
-  float scale_softmax;       // applied to q.k
-  float scale_softmax_log2;  // scale_softmax * log2(e): the softmax works in base 2
+  float scale_softmax;       // applied to q.k; the gradients' scale
+  float logit_scale;         // the kernels' scores times this are logits: scale_softmax, or softcap (score_mod.h)
+  float scale_softmax_log2;  // logit_scale * log2(e): the softmax works in base 2
+
+  // Score modifiers (score_mod.h): softcap as scale_softmax / softcap (0: off), and ALiBi slopes,
+  // fp32 [b, h] (alibi_batch_stride h) or [h] (stride 0); nullptr: off.
+  float softcap_prescale;
+  const float* __restrict__ alibi_slopes;
+  int64_t alibi_batch_stride;
 
   // Sliding window (flash-attn's window_size): row i sees keys i + sk - sq - window_left ..
   // i + sk - sq + window_right; kUnboundedWindow where a side is open. The right side
@@ -47,6 +54,11 @@ struct FwdParams {
   const int* __restrict__ cu_seqlens_k;  // [b + 1] or nullptr
   int total_q, total_k;                  // rows of the packed tensors: bounds for cu_seqlens
 };
+
+// Whether the kernels need the instantiation with score modifiers.
+inline bool has_score_mod(const FwdParams& params) {
+  return params.softcap_prescale != 0.f || params.alibi_slopes != nullptr;
+}
 
 // The backward reads q, k, v, o (the forward's output) and softmax_lse through FwdParams.
 struct BwdParams : FwdParams {

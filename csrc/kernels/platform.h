@@ -101,6 +101,18 @@ FA_DEVICE float exp2_fast(float x) {
 #endif
 }
 
+// tanh(x) for softcapping: one hardware approximation (about 2^-11 relative error, below the
+// fp16/bf16 rounding the scores go through anyway).
+FA_DEVICE float tanh_fast(float x) {
+#if defined(FA_PLATFORM_HIP)
+  return tanhf(x);
+#else
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
 // The two 16-bit elements of a 32-bit register as floats (low half first).
 template <class T> FA_DEVICE float2 unpack2(uint32_t v);
 template <> FA_DEVICE float2 unpack2<half_t>(uint32_t v) {
