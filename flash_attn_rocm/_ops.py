@@ -11,31 +11,36 @@ ops = torch.ops.flash_attn_rocm
 
 @torch.library.register_fake("flash_attn_rocm::fwd")
 def _fwd_fake(q, k, v, softmax_scale, is_causal, window_size_left=-1, window_size_right=-1, softcap=0.0,
-              alibi_slopes=None):
+              alibi_slopes=None, dropout_p=0.0):
     batch, seqlen_q, nheads, head_dim = q.shape
     out = q.new_empty((batch, seqlen_q, nheads, head_dim))
     softmax_lse = q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
-    return out, softmax_lse
+    return out, softmax_lse, _rng_state_like(q, dropout_p)
+
+
+def _rng_state_like(q, dropout_p):
+    # (seed, offset) with dropout, nothing without.
+    return q.new_empty((2 if dropout_p > 0 else 0,), dtype=torch.int64)
 
 
 @torch.library.register_fake("flash_attn_rocm::bwd")
 def _bwd_fake(dout, q, k, v, out, softmax_lse, softmax_scale, is_causal, deterministic, window_size_left=-1,
-              window_size_right=-1, softcap=0.0, alibi_slopes=None):
+              window_size_right=-1, softcap=0.0, alibi_slopes=None, dropout_p=0.0, rng_state=None):
     # The op returns contiguous gradients whatever the inputs' strides; so must the fake.
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @torch.library.register_fake("flash_attn_rocm::varlen_fwd")
 def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, is_causal,
-                     window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None):
+                     window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None, dropout_p=0.0):
     total_q, nheads, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((nheads, total_q), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((nheads, total_q), dtype=torch.float32), _rng_state_like(q, dropout_p)
 
 
 @torch.library.register_fake("flash_attn_rocm::varlen_bwd")
 def _varlen_bwd_fake(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                      softmax_scale, is_causal, deterministic, window_size_left=-1, window_size_right=-1, softcap=0.0,
-                     alibi_slopes=None):
+                     alibi_slopes=None, dropout_p=0.0, rng_state=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from . import _dropout
 from ._ops import ops
 
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -129,31 +130,32 @@ def _check_alibi_slopes(alibi_slopes, batch: int, nheads: int) -> None:
                          f"got {tuple(alibi_slopes.shape)}")
 
 
-def _reject_unimplemented(dropout_p) -> None:
-    """Arguments of flash-attn's signature that this version does not implement yet: refused,
-    never silently ignored."""
-    if dropout_p != 0.0:
-        raise NotImplementedError("dropout_p > 0 is not implemented yet in flash_attn_rocm")
+def _resolve_dropout_p(dropout_p) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    return float(dropout_p)
 
 
 class FlashAttnFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, softmax_scale, causal, window, softcap, alibi_slopes, deterministic):
-        out, softmax_lse = ops.fwd(q, k, v, softmax_scale, causal, *window, softcap, alibi_slopes)
-        ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes)
+    def forward(ctx, q, k, v, dropout_p, softmax_scale, causal, window, softcap, alibi_slopes, deterministic):
+        out, softmax_lse, rng_state = ops.fwd(q, k, v, softmax_scale, causal, *window, softcap, alibi_slopes, dropout_p)
+        ctx.save_for_backward(q, k, v, out, softmax_lse, alibi_slopes, rng_state)
         ctx.softmax_scale, ctx.causal, ctx.window, ctx.deterministic = softmax_scale, causal, window, deterministic
-        ctx.softcap = softcap
-        ctx.mark_non_differentiable(softmax_lse)
-        return out, softmax_lse
+        ctx.softcap, ctx.dropout_p = softcap, dropout_p
+        ctx.mark_non_differentiable(softmax_lse, rng_state)
+        return out, softmax_lse, rng_state
 
     @staticmethod
-    def backward(ctx, dout, dsoftmax_lse):
-        q, k, v, out, softmax_lse, alibi_slopes = ctx.saved_tensors
+    def backward(ctx, dout, dsoftmax_lse, drng_state):
+        q, k, v, out, softmax_lse, alibi_slopes, rng_state = ctx.saved_tensors
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         dq, dk, dv = ops.bwd(dout, q, k, v, out, softmax_lse, ctx.softmax_scale, ctx.causal, ctx.deterministic,
-                             *ctx.window, ctx.softcap, alibi_slopes)
-        return dq, dk, dv, None, None, None, None, None, None
+                             *ctx.window, ctx.softcap, alibi_slopes, ctx.dropout_p, rng_state)
+        return (dq, dk, dv) + (None,) * 7
 
 
 def flash_attn_func(
@@ -185,37 +187,42 @@ def flash_attn_func(
     window = _resolve_window(window_size)
     softcap = _resolve_softcap(softcap)
     _check_alibi_slopes(alibi_slopes, q.shape[0], q.shape[2])
-    _reject_unimplemented(dropout_p)
+    dropout_p = _resolve_dropout_p(dropout_p)
     _check_devices(q, ("k", k), ("v", v), *_named("alibi_slopes", alibi_slopes))
-    out, softmax_lse = FlashAttnFunc.apply(q, k, v, scale, bool(causal), window, softcap, alibi_slopes,
-                                           bool(deterministic))
-    if return_attn_probs:
+    out, softmax_lse, rng_state = FlashAttnFunc.apply(q, k, v, dropout_p, scale, bool(causal), window, softcap,
+                                                      alibi_slopes, bool(deterministic))
+    if not return_attn_probs:
+        return out
+    if dropout_p == 0.0:
         return out, softmax_lse, q.new_empty(0)
-    return out
+    with torch.no_grad():
+        dmask = _dropout.s_dmask(q, k, softmax_lse, rng_state, dropout_p, scale, bool(causal), window, softcap,
+                                 alibi_slopes)
+    return out, softmax_lse, dmask
 
 
 class FlashAttnVarlenFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, window,
-                softcap, alibi_slopes, deterministic):
-        out, softmax_lse = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                          softmax_scale, causal, *window, softcap, alibi_slopes)
-        ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
-        ctx.softcap = softcap
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                causal, window, softcap, alibi_slopes, deterministic):
+        out, softmax_lse, rng_state = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                     softmax_scale, causal, *window, softcap, alibi_slopes, dropout_p)
+        ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state)
+        ctx.softcap, ctx.dropout_p = softcap, dropout_p
         ctx.max_seqlen_q, ctx.max_seqlen_k = max_seqlen_q, max_seqlen_k
         ctx.softmax_scale, ctx.causal, ctx.window, ctx.deterministic = softmax_scale, causal, window, deterministic
-        ctx.mark_non_differentiable(softmax_lse)
-        return out, softmax_lse
+        ctx.mark_non_differentiable(softmax_lse, rng_state)
+        return out, softmax_lse, rng_state
 
     @staticmethod
-    def backward(ctx, dout, dsoftmax_lse):
-        q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes = ctx.saved_tensors
+    def backward(ctx, dout, dsoftmax_lse, drng_state):
+        q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes, rng_state = ctx.saved_tensors
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
         dq, dk, dv = ops.varlen_bwd(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen_q,
                                     ctx.max_seqlen_k, ctx.softmax_scale, ctx.causal, ctx.deterministic, *ctx.window,
-                                    ctx.softcap, alibi_slopes)
-        return (dq, dk, dv) + (None,) * 10
+                                    ctx.softcap, alibi_slopes, ctx.dropout_p, rng_state)
+        return (dq, dk, dv) + (None,) * 11
 
 
 def flash_attn_varlen_func(
@@ -248,17 +255,40 @@ def flash_attn_varlen_func(
     window = _resolve_window(window_size)
     softcap = _resolve_softcap(softcap)
     _check_alibi_slopes(alibi_slopes, cu_seqlens_q.shape[0] - 1, q.shape[1])
-    _reject_unimplemented(dropout_p)
+    dropout_p = _resolve_dropout_p(dropout_p)
     if block_table is not None:
         raise NotImplementedError("block_table (paged KV) is not implemented yet in flash_attn_rocm")
     _check_devices(q, ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k),
                    *_named("alibi_slopes", alibi_slopes))
-    out, softmax_lse = FlashAttnVarlenFunc.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                                 scale, bool(causal), window, softcap, alibi_slopes,
-                                                 bool(deterministic))
-    if return_attn_probs:
+    out, softmax_lse, rng_state = FlashAttnVarlenFunc.apply(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, scale, bool(causal), window,
+        softcap, alibi_slopes, bool(deterministic))
+    if not return_attn_probs:
+        return out
+    if dropout_p == 0.0:
         return out, softmax_lse, q.new_empty(0)
-    return out
+    with torch.no_grad():
+        dmask = _varlen_s_dmask(q, k, softmax_lse, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                dropout_p, scale, bool(causal), window, softcap, alibi_slopes)
+    return out, softmax_lse, dmask
+
+
+def _varlen_s_dmask(q, k, softmax_lse, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                    scale, causal, window, softcap, alibi_slopes):
+    """S_dmask [batch, h, max_seqlen_q, max_seqlen_k], zero past each sequence's ends (testing only)."""
+    starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    batch = len(starts_q) - 1
+    dmask = q.new_zeros(batch, q.shape[1], max_seqlen_q, max_seqlen_k)
+    for b in range(batch):
+        rows_q, rows_k = slice(starts_q[b], starts_q[b + 1]), slice(starts_k[b], starts_k[b + 1])
+        seqlen_q, seqlen_k = rows_q.stop - rows_q.start, rows_k.stop - rows_k.start
+        if seqlen_q == 0 or seqlen_k == 0:
+            continue
+        slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[b]
+        dmask[b, :, :seqlen_q, :seqlen_k] = _dropout.s_dmask(
+            q[rows_q][None], k[rows_k][None], softmax_lse[:, rows_q][None], rng_state, dropout_p, scale, causal,
+            window, softcap, slopes, batch_index=b)[0]
+    return dmask
 
 
 # Packed layouts: thin views over the packed tensor; autograd routes the gradients back into it.

@@ -2,7 +2,7 @@
 
 Inputs the kernels serve run on them, without copies beyond the [b, h, s, d] -> [b, s, h, d]
 view; anything else falls back to PyTorch's own SDPA with a one-time warning that says why:
-an arbitrary attn_mask, dropout, fp32, CPU tensors, head dims the kernels lack, or a causal mask
+an arbitrary attn_mask, fp32, CPU tensors, head dims the kernels lack, or a causal mask
 with seqlen_q != seqlen_k (PyTorch aligns that one top-left, flash-attn bottom-right).
 A boolean key-padding mask ([b, 1, 1, sk] or [b, sk]) runs through the varlen kernels.
 """
@@ -33,8 +33,6 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, enable_
     head_dim = query.shape[-1]
     if head_dim % 8 != 0 or head_dim > _MAX_HEAD_DIM or key.shape[-1] != head_dim or value.shape[-1] != head_dim:
         return f"head dim {head_dim} (needs a multiple of 8, at most {_MAX_HEAD_DIM}, equal for q, k, v)"
-    if dropout_p != 0.0:
-        return "dropout_p > 0 (not implemented yet)"
     if key.shape != value.shape or query.shape[0] != key.shape[0]:
         return "key/value shapes do not match query's"
     heads, heads_k = query.shape[1], key.shape[1]
@@ -70,7 +68,7 @@ def _warn_once(reason: str) -> None:
                       stacklevel=3)
 
 
-def _padded_keys_attention(q, k, v, keep, scale):
+def _padded_keys_attention(q, k, v, keep, scale, dropout_p):
     """q [b, sq, h, d], k/v [b, sk, h_k, d], keep [b, sk]: every query row attends to the kept keys
     of its batch element, through the varlen kernels."""
     batch, seqlen_q, heads, head_dim = q.shape
@@ -83,7 +81,7 @@ def _padded_keys_attention(q, k, v, keep, scale):
     k_unpad = k.reshape(batch * seqlen_k, *k.shape[2:])[flat_keep]
     v_unpad = v.reshape(batch * seqlen_k, *v.shape[2:])[flat_keep]
     out = flash_attn_varlen_func(q.reshape(batch * seqlen_q, heads, head_dim), k_unpad, v_unpad, cu_seqlens_q,
-                                 cu_seqlens_k, seqlen_q, seqlen_k, softmax_scale=scale)
+                                 cu_seqlens_k, seqlen_q, seqlen_k, dropout_p, softmax_scale=scale)
     return out.reshape(batch, seqlen_q, heads, head_dim)
 
 
@@ -98,9 +96,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # views: [b, s, h, d]
     if attn_mask is not None:
-        out = _padded_keys_attention(q, k, v, _key_padding(attn_mask, q.shape[0], k.shape[1]), scale)
+        out = _padded_keys_attention(q, k, v, _key_padding(attn_mask, q.shape[0], k.shape[1]), scale, dropout_p)
     else:
-        out = flash_attn_func(q, k, v, softmax_scale=scale, causal=is_causal)
+        out = flash_attn_func(q, k, v, dropout_p, softmax_scale=scale, causal=is_causal)
     return out.transpose(1, 2)
 
 

@@ -76,7 +76,7 @@ def window_mask(seqlen_q, seqlen_k, window_size, causal=False, device=None):
 
 
 def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True, key_padding_mask=None,
-                  window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+                  window_size=(-1, -1), softcap=0.0, alibi_slopes=None, dropout_p=0.0, dropout_mask=None):
     """Eager attention, the obvious way.
 
     upcast=True computes in float32 (the accuracy reference); upcast=False computes
@@ -85,7 +85,8 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True, key_pa
     key_padding_mask: optional [b, sk] bool, True for the keys that exist (flash-attn's
     convention); the others are invisible to every query. window_size: see window_mask.
     softcap > 0: logits softcap * tanh(scores / softcap); alibi_slopes ([h] or [b, h] fp32): bias
-    -slope * |i + sk - sq - j| added after the softcap (flash-attn's order).
+    -slope * |i + sk - sq - j| added after the softcap (flash-attn's order). dropout_mask ([b, h, sq,
+    sk] bool, True = kept) zeroes the dropped probabilities and scales the kept by 1 / (1 - dropout_p).
     Returns out [b, sq, h, d] (float32 if upcast, else the input dtype) and the
     natural-log softmax_lse [b, h, sq] in float32 (-inf for rows with no visible key).
     """
@@ -113,6 +114,8 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, upcast=True, key_pa
     lse = torch.logsumexp(scores.float(), dim=-1)
     # softmax of an all -inf row is NaN; such rows are defined to output zeros
     probs = torch.softmax(scores, dim=-1).masked_fill(lse.isneginf()[..., None], 0.0)
+    if dropout_mask is not None:
+        probs = probs.masked_fill(~dropout_mask, 0.0) / (1 - dropout_p)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v)
     return out, lse
 

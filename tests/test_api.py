@@ -67,6 +67,9 @@ INVALID_ARGUMENTS = {
     "nheads-k-above-q": ({"q": tensor(nheads=2)}, ValueError, r"(?i)n_?heads"),
     "q-last-dim-strided": ({"q": strided_last_dim()}, ValueError, "contiguous"),
     "v-last-dim-strided": ({"v": strided_last_dim()}, ValueError, "contiguous"),
+    "dropout_p-one": ({"dropout_p": 1.0}, ValueError, "dropout_p"),
+    "dropout_p-negative": ({"dropout_p": -0.1}, ValueError, "dropout_p"),
+    "dropout_p-str": ({"dropout_p": "0.1"}, TypeError, "dropout_p"),
     "softcap-negative": ({"softcap": -1.0}, ValueError, "softcap"),
     "softcap-str": ({"softcap": "30"}, TypeError, "softcap"),
     "alibi_slopes-fp16": ({"alibi_slopes": torch.ones(NHEADS, dtype=torch.float16)}, TypeError, "alibi_slopes"),
@@ -84,24 +87,11 @@ def test_rejects_invalid_arguments(overrides, error, message):
         call_with(**overrides)
 
 
-# Checked after shapes and strides but before the device, so CPU tensors reach them.
-UNIMPLEMENTED_ARGUMENTS = {
-    "dropout_p": {"dropout_p": 0.1},
-}
-
-
 @pytest.mark.parametrize("window_size, error", [((-2, 0), ValueError), ((4,), TypeError), ("16", TypeError),
                                                 ((1.5, 0), TypeError)])
 def test_rejects_invalid_window_size(window_size, error):
     with pytest.raises(error, match="window_size"):
         call_with(window_size=window_size)
-
-
-@pytest.mark.parametrize("overrides", UNIMPLEMENTED_ARGUMENTS.values(), ids=UNIMPLEMENTED_ARGUMENTS.keys())
-def test_unimplemented_arguments_raise(overrides):
-    (argument,) = overrides
-    with pytest.raises(NotImplementedError, match=argument):
-        call_with(**overrides)
 
 
 def test_default_valued_arguments_are_accepted():
@@ -125,8 +115,9 @@ def test_fwd_schema():
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"),
         ("window_size_left", "int"), ("window_size_right", "int"), ("softcap", "float"), ("alibi_slopes", "Optional[Tensor]"),
+        ("dropout_p", "float"),
     ]
-    assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor"]
+    assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor", "Tensor"]
     assert_functional(schema)
 
 
@@ -136,6 +127,7 @@ def test_bwd_schema():
         ("dout", "Tensor"), ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("out", "Tensor"),
         ("softmax_lse", "Tensor"), ("softmax_scale", "float"), ("is_causal", "bool"), ("deterministic", "bool"),
         ("window_size_left", "int"), ("window_size_right", "int"), ("softcap", "float"), ("alibi_slopes", "Optional[Tensor]"),
+        ("dropout_p", "float"), ("rng_state", "Optional[Tensor]"),
     ]
     assert [(ret.name, str(ret.type)) for ret in schema.returns] == [("dq", "Tensor"), ("dk", "Tensor"),
                                                                       ("dv", "Tensor")]
@@ -186,7 +178,7 @@ def assert_output_metadata(q, out, lse):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fake_impl_of_op_on_meta(shape, dtype):
     q, k, v = meta_qkv(*shape, dtype)
-    out, lse = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
+    out, lse, _ = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
     assert_output_metadata(q, out, lse)
 
 
@@ -240,7 +232,7 @@ def assert_grad_metadata(grads, q, k, v):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fake_impl_of_bwd_on_meta(shape, dtype):
     q, k, v = meta_qkv(*shape, dtype)
-    out, lse = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
+    out, lse, _ = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
     grads = torch.ops.flash_attn_rocm.bwd(torch.empty_like(out), q, k, v, out, lse, 0.125, True, False)
     assert_grad_metadata(grads, q, k, v)
 

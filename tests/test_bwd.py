@@ -191,7 +191,7 @@ def test_strided_dout_matches_contiguous(dout_layout, causal):
 
 def bwd_args(q, k, v, causal):
     """Arguments of the raw bwd op, from a real forward; deterministic=True."""
-    out, lse = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, causal)
+    out, lse, _ = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, causal)
     return random_dout(q), q, k, v, out, lse, 0.125, causal, True
 
 
@@ -220,7 +220,7 @@ def test_fake_impl_strides_match_real_op(layout):
 
 def valid_bwd_args():
     q, k, v = make_qkv(seqlen_q=64, seqlen_k=96, nheads=4, nheads_k=2)
-    out, lse = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
+    out, lse, _ = torch.ops.flash_attn_rocm.fwd(q, k, v, 0.125, True)
     return dict(dout=random_dout(q), q=q, k=k, v=v, out=out, softmax_lse=lse, softmax_scale=0.125,
                 is_causal=True, deterministic=False)
 

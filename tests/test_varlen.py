@@ -399,7 +399,7 @@ def test_opcheck_varlen_fwd(causal):
 def test_opcheck_varlen_bwd(causal):
     """deterministic=True: opcheck compares runs at fp16's assert_close tolerance."""
     q, k, v, *rest = varlen_fwd_args(causal)
-    out, lse = torch.ops.flash_attn_rocm.varlen_fwd(q, k, v, *rest)
+    out, lse, _ = torch.ops.flash_attn_rocm.varlen_fwd(q, k, v, *rest)
     torch.library.opcheck(torch.ops.flash_attn_rocm.varlen_bwd.default,
                           (torch.randn_like(q), q, k, v, out, lse, *rest, True))
 

@@ -79,6 +79,7 @@ INVALID_ARGUMENTS = {
     "softmax_scale-str": ({"softmax_scale": "0.125"}, TypeError, "softmax_scale"),
     "window_size-below-minus-1": ({"window_size": (-2, 0)}, ValueError, "window_size"),
     "window_size-not-a-pair": ({"window_size": (4,)}, TypeError, "window_size"),
+    "dropout_p-one": ({"dropout_p": 1.0}, ValueError, "dropout_p"),
     "softcap-negative": ({"softcap": -1.0}, ValueError, "softcap"),
     "softcap-str": ({"softcap": "30"}, TypeError, "softcap"),
     "alibi_slopes-fp16": ({"alibi_slopes": torch.ones(NHEADS, dtype=torch.float16)}, TypeError, "alibi_slopes"),
@@ -96,7 +97,6 @@ def test_rejects_invalid_arguments(overrides, error, message):
 
 
 UNIMPLEMENTED_ARGUMENTS = {
-    "dropout_p": {"dropout_p": 0.1},
     "block_table": {"block_table": torch.zeros(len(Q_LENS), 1, dtype=torch.int32)},
 }
 
@@ -132,8 +132,9 @@ TRAILING_ARGUMENTS = [("window_size_left", "int"), ("window_size_right", "int"),
 def test_varlen_fwd_schema():
     schema = torch.ops.flash_attn_rocm.varlen_fwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
-        ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), *COMMON_ARGUMENTS, *TRAILING_ARGUMENTS]
-    assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor"]
+        ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), *COMMON_ARGUMENTS, *TRAILING_ARGUMENTS,
+        ("dropout_p", "float")]
+    assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor", "Tensor"]
     assert_functional(schema)
 
 
@@ -141,7 +142,8 @@ def test_varlen_bwd_schema():
     schema = torch.ops.flash_attn_rocm.varlen_bwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("dout", "Tensor"), ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("out", "Tensor"),
-        ("softmax_lse", "Tensor"), *COMMON_ARGUMENTS, ("deterministic", "bool"), *TRAILING_ARGUMENTS]
+        ("softmax_lse", "Tensor"), *COMMON_ARGUMENTS, ("deterministic", "bool"), *TRAILING_ARGUMENTS,
+        ("dropout_p", "float"), ("rng_state", "Optional[Tensor]")]
     assert [(ret.name, str(ret.type)) for ret in schema.returns] == [("dq", "Tensor"), ("dk", "Tensor"),
                                                                       ("dv", "Tensor")]
     assert_functional(schema)
@@ -182,7 +184,7 @@ def assert_grad_metadata(grads, inputs):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fake_impl_of_varlen_fwd_on_meta(shape, dtype):
     args = meta_varlen(*shape, dtype)
-    out, lse = torch.ops.flash_attn_rocm.varlen_fwd(*args, 0.125, True)
+    out, lse, _ = torch.ops.flash_attn_rocm.varlen_fwd(*args, 0.125, True)
     assert_output_metadata(args[0], out, lse)
 
 
@@ -190,7 +192,7 @@ def test_fake_impl_of_varlen_fwd_on_meta(shape, dtype):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fake_impl_of_varlen_bwd_on_meta(shape, dtype):
     q, k, v, *lengths = meta_varlen(*shape, dtype)
-    out, lse = torch.ops.flash_attn_rocm.varlen_fwd(q, k, v, *lengths, 0.125, True)
+    out, lse, _ = torch.ops.flash_attn_rocm.varlen_fwd(q, k, v, *lengths, 0.125, True)
     grads = torch.ops.flash_attn_rocm.varlen_bwd(torch.empty_like(out), q, k, v, out, lse, *lengths, 0.125, True,
                                                  False)
     assert_grad_metadata(grads, (q, k, v))

@@ -5,8 +5,11 @@
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <optional>
 
 #include "../kernels/api.h"
@@ -74,6 +77,62 @@ inline void set_score_mod_params(flash::FwdParams& params, double softcap,
     params.alibi_slopes = slopes.data_ptr<float>();
     params.alibi_batch_stride = per_batch ? slopes.stride(0) : 0;
   }
+}
+
+inline void check_dropout_p(double dropout_p) {
+  TORCH_CHECK(dropout_p >= 0 && dropout_p < 1, "dropout_p must be in [0, 1), got ", dropout_p);
+}
+
+// The forward's rng_state output: int64 [2] with dropout (the kernel fills it), [0] without.
+inline at::Tensor make_rng_state(double dropout_p, const at::Tensor& q) {
+  check_dropout_p(dropout_p);
+  return at::empty({dropout_p > 0 ? 2 : 0}, q.options().dtype(at::kLong));
+}
+
+inline void set_keep_probability(flash::FwdParams& params, double dropout_p) {
+  const double keep = 1.0 - dropout_p;
+  params.has_dropout = true;
+  params.keep_threshold = static_cast<uint32_t>(std::min(keep * 4294967296.0, 4294967295.0));
+  params.rp_keep = static_cast<float>(1.0 / keep);
+}
+
+// flash-attn's dropout_p, forward: a fresh (seed, offset) from the default CUDA generator of
+// q's device (graph-safe: under capture the kernel reads them at replay), recorded in rng_state.
+inline void set_dropout_params(flash::FwdParams& params, double dropout_p, const at::Tensor& rng_state,
+                               const at::Tensor& q) {
+  check_dropout_p(dropout_p);
+  params.has_dropout = false;
+  if (dropout_p == 0) return;
+  set_keep_probability(params, dropout_p);
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      std::nullopt, at::cuda::detail::getDefaultCUDAGenerator(q.device().index()));
+  at::PhiloxCudaState state;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    state = gen->philox_cuda_state(4);  // the kernels use offset / 4 (dropout.h)
+  }
+  if (state.captured_) {
+    params.philox_seed_ptr = state.seed_.ptr;
+    params.philox_offset_ptr = state.offset_.ptr;
+    params.philox_offset = state.offset_intragraph_;
+  } else {
+    params.philox_seed = state.seed_.val;
+    params.philox_offset = state.offset_.val;
+  }
+  params.rng_state = rng_state.data_ptr<int64_t>();
+}
+
+// The backward: the forward's rng_state redraws the same mask.
+inline void set_dropout_params_bwd(flash::FwdParams& params, double dropout_p,
+                                   const std::optional<at::Tensor>& rng_state, const at::Tensor& q) {
+  check_dropout_p(dropout_p);
+  params.has_dropout = false;
+  if (dropout_p == 0) return;
+  TORCH_CHECK(rng_state.has_value() && rng_state->scalar_type() == at::kLong && rng_state->numel() == 2 &&
+                  rng_state->is_contiguous() && rng_state->device() == q.device(),
+              "rng_state must be the int64 [2] tensor that the forward returned with the same dropout_p");
+  set_keep_probability(params, dropout_p);
+  params.rng_state = rng_state->data_ptr<int64_t>();
 }
 
 // After set_attention_params on [1, total, h, d] views: sequences from cu_seqlens, maxima as

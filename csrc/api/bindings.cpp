@@ -18,24 +18,27 @@ std::vector<int64_t> compiled_head_dims() {
 }  // namespace
 
 TORCH_LIBRARY(flash_attn_rocm, m) {
+  // Every op ends in flash-attn's extras: softcap (0: off), alibi_slopes, dropout_p. The forward
+  // returns the (seed, offset) its dropout drew with as rng_state (int64 [2], or [0] without
+  // dropout); the backward takes it back.
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool is_causal, int window_size_left=-1, "
-      "int window_size_right=-1, float softcap=0.0, Tensor? alibi_slopes=None) -> (Tensor out, Tensor softmax_lse)");
+      "int window_size_right=-1, float softcap=0.0, Tensor? alibi_slopes=None, float dropout_p=0.0) "
+      "-> (Tensor out, Tensor softmax_lse, Tensor rng_state)");
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, float softmax_scale, "
       "bool is_causal, bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, "
-      "Tensor? alibi_slopes=None) "
-      "-> (Tensor dq, Tensor dk, Tensor dv)");
+      "Tensor? alibi_slopes=None, float dropout_p=0.0, Tensor? rng_state=None) -> (Tensor dq, Tensor dk, Tensor dv)");
   m.def(
       "varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
-      "int max_seqlen_k, float softmax_scale, bool is_causal, int window_size_left=-1, int window_size_right=-1, float "
-      "softcap=0.0, Tensor? alibi_slopes=None) "
-      "-> (Tensor out, Tensor softmax_lse)");
+      "int max_seqlen_k, float softmax_scale, bool is_causal, int window_size_left=-1, int window_size_right=-1, "
+      "float softcap=0.0, Tensor? alibi_slopes=None, float dropout_p=0.0) "
+      "-> (Tensor out, Tensor softmax_lse, Tensor rng_state)");
   m.def(
       "varlen_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, Tensor cu_seqlens_q, "
       "Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool is_causal, "
-      "bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, Tensor? "
-      "alibi_slopes=None) -> (Tensor dq, Tensor dk, Tensor dv)");
+      "bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, "
+      "Tensor? alibi_slopes=None, float dropout_p=0.0, Tensor? rng_state=None) -> (Tensor dq, Tensor dk, Tensor dv)");
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
 }
 

@@ -17,7 +17,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                                                    const at::Tensor& softmax_lse, double softmax_scale, bool is_causal,
                                                    bool deterministic, int64_t window_size_left,
                                                    int64_t window_size_right, double softcap,
-                                                   const std::optional<at::Tensor>& alibi_slopes) {
+                                                   const std::optional<at::Tensor>& alibi_slopes, double dropout_p,
+                                                   const std::optional<at::Tensor>& rng_state) {
   check_bwd_inputs(dout, q, k, v, out, 4);
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h = q.size(2), head_dim = q.size(3);
@@ -44,6 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
   set_attention_params(params, q, k, v, out, softmax_lse, softmax_scale);
   const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
   set_score_mod_params(params, softcap, alibi_slopes, q);
+  set_dropout_params_bwd(params, dropout_p, rng_state, q);
   run_backward(params, dout, dq, dk, dv, softmax_lse, has_right_edge, deterministic);
   return {dq, dk, dv};
 }

@@ -12,10 +12,10 @@
 
 namespace flash_api {
 
-std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                       double softmax_scale, bool is_causal, int64_t window_size_left,
-                                       int64_t window_size_right, double softcap,
-                                       const std::optional<at::Tensor>& alibi_slopes) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   double softmax_scale, bool is_causal, int64_t window_size_left,
+                                                   int64_t window_size_right, double softcap,
+                                                   const std::optional<at::Tensor>& alibi_slopes, double dropout_p) {
   check_qkv(q, k, v, 4);
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h = q.size(2), head_dim = q.size(3);
@@ -24,11 +24,12 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
 
   auto out = at::empty({batch, seqlen_q, h, head_dim}, q.options());
   auto softmax_lse = at::empty({batch, h, seqlen_q}, q.options().dtype(at::kFloat));
-  if (batch == 0 || seqlen_q == 0 || h == 0) return {out, softmax_lse};
+  auto rng_state = make_rng_state(dropout_p, q);
+  if (batch == 0 || seqlen_q == 0 || h == 0) return {out, softmax_lse, rng_state};
   if (k.size(1) == 0) {  // nothing to attend to: flash-attn's convention for an empty row
     out.zero_();
     softmax_lse.fill_(-std::numeric_limits<float>::infinity());
-    return {out, softmax_lse};
+    return {out, softmax_lse, rng_state};
   }
 
   const c10::cuda::CUDAGuard device_guard(q.device());
@@ -37,9 +38,10 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
 
   const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
   set_score_mod_params(params, softcap, alibi_slopes, q);
+  set_dropout_params(params, dropout_p, rng_state, q);
   check_launch(flash::run_mha_fwd(params, kernel_dtype(q), has_right_edge, at::cuda::getCurrentCUDAStream().stream()),
                "fwd");
-  return {out, softmax_lse};
+  return {out, softmax_lse, rng_state};
 }
 
 }  // namespace flash_api

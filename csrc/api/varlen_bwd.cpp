@@ -16,7 +16,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& softmax_lse, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
     int64_t max_seqlen_k, double softmax_scale, bool is_causal, bool deterministic, int64_t window_size_left,
-    int64_t window_size_right, double softcap, const std::optional<at::Tensor>& alibi_slopes) {
+    int64_t window_size_right, double softcap, const std::optional<at::Tensor>& alibi_slopes, double dropout_p,
+    const std::optional<at::Tensor>& rng_state) {
   check_bwd_inputs(dout, q, k, v, out, 3);
   check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q);
   check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q);
@@ -43,6 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
   set_varlen_params(params, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
   set_score_mod_params(params, softcap, alibi_slopes, q);
+  set_dropout_params_bwd(params, dropout_p, rng_state, q);
   run_backward(params, dout.unsqueeze(0), dq.unsqueeze(0), dk.unsqueeze(0), dv.unsqueeze(0), softmax_lse,
                has_right_edge, deterministic);
   return {dq, dk, dv};

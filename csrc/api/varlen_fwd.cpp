@@ -13,11 +13,13 @@
 
 namespace flash_api {
 
-std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                              const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
-                                              int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
-                                              bool is_causal, int64_t window_size_left, int64_t window_size_right,
-                                              double softcap, const std::optional<at::Tensor>& alibi_slopes) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                          const at::Tensor& cu_seqlens_q,
+                                                          const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                                                          int64_t max_seqlen_k, double softmax_scale, bool is_causal,
+                                                          int64_t window_size_left, int64_t window_size_right,
+                                                          double softcap, const std::optional<at::Tensor>& alibi_slopes,
+                                                          double dropout_p) {
   check_qkv(q, k, v, 3);
   check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q);
   check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q);
@@ -29,11 +31,12 @@ std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Ten
   const int64_t total_q = q.size(0), h = q.size(1);
   auto out = at::empty_like(q, at::MemoryFormat::Contiguous);
   auto softmax_lse = at::empty({h, total_q}, q.options().dtype(at::kFloat));
-  if (total_q == 0 || max_seqlen_q == 0 || cu_seqlens_q.size(0) == 1) return {out, softmax_lse};
+  auto rng_state = make_rng_state(dropout_p, q);
+  if (total_q == 0 || max_seqlen_q == 0 || cu_seqlens_q.size(0) == 1) return {out, softmax_lse, rng_state};
   if (k.size(0) == 0 || max_seqlen_k == 0) {  // no sequence has a key: flash-attn's empty-row convention
     out.zero_();
     softmax_lse.fill_(-std::numeric_limits<float>::infinity());
-    return {out, softmax_lse};
+    return {out, softmax_lse, rng_state};
   }
 
   const c10::cuda::CUDAGuard device_guard(q.device());
@@ -42,9 +45,10 @@ std::tuple<at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Ten
   set_varlen_params(params, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   const bool has_right_edge = set_window_params(params, is_causal, window_size_left, window_size_right);
   set_score_mod_params(params, softcap, alibi_slopes, q);
+  set_dropout_params(params, dropout_p, rng_state, q);
   check_launch(flash::run_mha_fwd(params, kernel_dtype(q), has_right_edge, at::cuda::getCurrentCUDAStream().stream()),
                "varlen_fwd");
-  return {out, softmax_lse};
+  return {out, softmax_lse, rng_state};
 }
 
 }  // namespace flash_api

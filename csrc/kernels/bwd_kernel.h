@@ -8,6 +8,8 @@
 // block, with P and dS kept transposed so that the key dimension is the warp's row dimension:
 //
 //   1. S^T = K Q^T, dP^T = V dO^T; P^T = exp(S^T - lse), dS^T = P^T (dP^T - D) -> shared memory
+//      (with a softcap, dS^T also carries the tanh's derivative, score_mod.h; with dropout P^T
+//      is the kept P / (1 - p) and dS^T = P (dP^T / (1 - p) - D) where kept, -P D where dropped)
 //   2. dV += P^T dO, dK += dS^T Q       (accumulated in registers across the whole walk)
 //   3. dQ += dS K, added to an fp32 accumulator in global memory with atomics
 // Each product's output tile is shared among the warps as BwdTraits' WarpGrids say.
@@ -15,6 +17,7 @@
 // Q and dO are double-buffered: the next query block loads while this one computes.
 #pragma once
 
+#include "dropout.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -79,7 +82,7 @@ FA_DEVICE void store_tile(T* dst, int64_t row_stride, const float (&acc)[kMT][kN
   }
 }
 
-template <class Traits, bool Is_causal, bool Has_score_mod>
+template <class Traits, bool Is_causal, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) flash_bwd_kernel(const BwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -108,7 +111,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 
   // The rows whose windows reach this block's keys (mask.h): [first_row, last_row].
   const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-  const bool has_softcap = Has_score_mod && params.softcap_prescale != 0.f;
+  const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
+  // Dropout redraws the forward's mask from the (seed, offset) it recorded. The P^T that dV
+  // needs is the kept, rescaled one; the P kept for dS^T carries a minus sign where dropped.
+  const bool has_dropout = Has_extras && params.has_dropout;
+  uint64_t seed = 0, offset = 0;
+  if constexpr (Has_extras) {
+    if (has_dropout) {
+      seed = static_cast<uint64_t>(params.rng_state[0]);
+      offset = static_cast<uint64_t>(params.rng_state[1]);
+    }
+  }
   const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q) - window.right) : 0;
   const int last_row = min(seqlen_q - 1, key0 + kBlockN - 1 - (seqlen_k - seqlen_q) + window.left);
   const int m_block_begin = first_row / kBlockM;
@@ -186,6 +199,28 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       auto col = [&](int nt) { return sdp_col0 + 8 * nt + 2 * (lane % 4); };
       auto p_offset = [&](int mt, int nt, int half) { return PTile::offset(key_row(mt, half), col(nt) / 8) + col(nt) % 8; };
 
+      // Keep bits of this thread's scores, bit 4 nt + 2 half + j of word mt (dropout.h's groups:
+      // keys k0, k0 + 8 are the two halves, queries q0, q0 + 8 the n8 tiles nt, nt + 1).
+      static_assert(Grid::kNT * 4 <= 32, "one word of keep bits per strip");
+      [[maybe_unused]] uint32_t keep_bits[Grid::kMT] = {};
+      if constexpr (Has_extras) {
+        if (has_dropout) {
+          const Dropout dropout(params, seed, offset, batch, head);
+#pragma unroll
+          for (int mt = 0; mt < Grid::kMT; ++mt) {
+#pragma unroll
+            for (int nt = 0; nt < Grid::kNT; nt += 2) {
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const uint32_t keep = dropout.keep4(row0 + col(nt) + j, key0 + key_row(mt, 0));
+                keep_bits[mt] |= (keep & 1) << (4 * nt + j) | (keep >> 1 & 1) << (4 * nt + 2 + j) |
+                                 (keep >> 2 & 1) << (4 * nt + 4 + j) | (keep >> 3 & 1) << (4 * nt + 6 + j);
+              }
+            }
+          }
+        }
+      }
+
       uint32_t p_packed[Grid::kMT][Grid::kNT][2];
       {
         float acc_s[Grid::kMT][Grid::kNT][4] = {};
@@ -203,7 +238,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
               for (int j = 0; j < 2; ++j) {
                 const int key = key0 + key_row(mt, half), query = row0 + col(nt) + j;
                 const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
-                if constexpr (Has_score_mod) {
+                if constexpr (Has_extras) {
                   const ScoreMod score_mod(params, batch, head, seqlen_q, seqlen_k);
                   float& x = acc_s[mt][nt][2 * half + j];
                   x = score_mod.softcap(x);
@@ -212,11 +247,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
                 }
                 p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - (j ? lse.y : lse.x)) : 0.f;
               }
-              if constexpr (Has_score_mod) {
+              if constexpr (Has_extras) {
                 if (has_softcap) *reinterpret_cast<uint32_t*>(sdSt + p_offset(mt, nt, half)) = pack2<half_t>(dtanh[0], dtanh[1]);
               }
               p_packed[mt][nt][half] = pack2<T>(p[0], p[1]);
-              *reinterpret_cast<uint32_t*>(sPt + p_offset(mt, nt, half)) = p_packed[mt][nt][half];
+              uint32_t p_dv = p_packed[mt][nt][half];
+              if constexpr (Has_extras) {
+                if (has_dropout) {
+                  float kept[2];
+#pragma unroll
+                  for (int j = 0; j < 2; ++j) {
+                    const bool keep = keep_bits[mt] >> (4 * nt + 2 * half + j) & 1;
+                    kept[j] = keep ? p[j] * params.rp_keep : 0.f;
+                    p[j] = keep ? p[j] : -p[j];
+                  }
+                  p_packed[mt][nt][half] = pack2<T>(p[0], p[1]);
+                  p_dv = pack2<T>(kept[0], kept[1]);
+                }
+              }
+              *reinterpret_cast<uint32_t*>(sPt + p_offset(mt, nt, half)) = p_dv;
             }
           }
         }
@@ -233,6 +282,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
             const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
             float ds0 = p.x * (acc_dp[mt][nt][2 * half] - d.x);
             float ds1 = p.y * (acc_dp[mt][nt][2 * half + 1] - d.y);
+            if constexpr (Has_extras) {
+              if (has_dropout) {  // dropped: dS = -P D, which is the stored -P times D
+                ds0 = signbit(p.x) ? p.x * d.x : p.x * (acc_dp[mt][nt][2 * half] * params.rp_keep - d.x);
+                ds1 = signbit(p.y) ? p.y * d.y : p.y * (acc_dp[mt][nt][2 * half + 1] * params.rp_keep - d.y);
+              }
+            }
             if (has_softcap) {
               const float2 dtanh = unpack2<half_t>(*reinterpret_cast<const uint32_t*>(sdSt + p_offset(mt, nt, half)));
               ds0 *= dtanh.x;

@@ -9,7 +9,7 @@
 
 namespace flash {
 
-template <class T, int kHeadDim, bool Is_causal, bool Has_score_mod>
+template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
 error_t run_bwd(const BwdParams& params, stream_t stream) {
   using Traits = BwdTraits<T, kHeadDim>;
   const dim3 pre_grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
@@ -17,7 +17,7 @@ error_t run_bwd(const BwdParams& params, stream_t stream) {
   error_t err = get_last_error();
   if (err != kSuccess) return err;
 
-  const auto kernel = &flash_bwd_kernel<Traits, Is_causal, Has_score_mod>;
+  const auto kernel = &flash_bwd_kernel<Traits, Is_causal, Has_extras>;
   err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
   if (err != kSuccess) return err;
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);

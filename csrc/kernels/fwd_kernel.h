@@ -2,8 +2,9 @@
 //
 // Q stays in shared memory for the block's lifetime; K and V blocks stream through one buffer
 // each, walking the key blocks the rows' windows reach from the last to the first; only blocks
-// that cross the sequence end or a window edge pay for masking, and only the Has_score_mod
-// instantiations pay for softcap and ALiBi. The loads overlap the math:
+// that cross the sequence end or a window edge pay for masking, and only the Has_extras
+// instantiations pay for softcap, ALiBi and dropout (the sum of a row counts the dropped
+// probabilities too; the kept ones are rescaled at the end). The loads overlap the math:
 //
 //   wait K(n) | issue V(n) | S = Q K(n)^T, mask | wait V(n) | issue K(n-1) | softmax | O += P V(n)
 //
@@ -11,6 +12,7 @@
 // accumulators straight into the second product's A operand.
 #pragma once
 
+#include "dropout.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -24,7 +26,7 @@
 
 namespace flash {
 
-template <class Traits, bool Is_causal, bool Has_score_mod>
+template <class Traits, bool Is_causal, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -44,6 +46,16 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warp_row0 = warp * 16 * kMTiles;  // first of this warp's rows inside the block
   const int row_begin = m_block * kBlockM;
+  uint64_t seed = 0, offset = 0;
+  if constexpr (Has_extras) {
+    if (params.has_dropout) {
+      philox_seed_offset(params, seed, offset);
+      if (blockIdx.x == 0 && head == 0 && batch == 0 && tid == 0) {
+        params.rng_state[0] = static_cast<int64_t>(seed);
+        params.rng_state[1] = static_cast<int64_t>(offset);
+      }
+    }
+  }
   const SeqBounds seq(params, batch);
   if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
@@ -66,6 +78,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
 
   const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
   const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
+  const Dropout dropout(params, seed, offset, batch, head);
   const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
   const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
 
@@ -85,7 +98,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
 
     float acc_s[kMTiles][kNTiles][4] = {};
     gemm_smem<kMTiles, kNTiles, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
-    if (Has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, n * kBlockN + 2 * (lane % 4));
+    if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, n * kBlockN + 2 * (lane % 4));
     if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
       apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
     }
@@ -98,11 +111,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
     }
 
     softmax.update(acc_s, acc_o, params.scale_softmax_log2);
+    if constexpr (Has_extras) {
+      if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, n * kBlockN + 2 * (lane % 4));
+    }
     gemm_regs<kMTiles, kDTiles, kBlockN, Major::kCols, KVTile>(acc_o, acc_s, sV, 0, lane);
   }
 
   float lse[2 * kMTiles];
-  softmax.finalize(acc_o, params.logit_scale, lse);
+  softmax.finalize(acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
 
   // Epilogue: each thread owns 2 adjacent columns of 2 rows per strip.
   T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +

@@ -39,6 +39,19 @@ struct FwdParams {
   const float* __restrict__ alibi_slopes;
   int64_t alibi_batch_stride;
 
+  // Dropout (dropout.h): a score is kept when its Philox draw is below keep_threshold, i.e. with
+  // probability 1 - dropout_p, and kept scores are scaled by rp_keep = 1 / (1 - dropout_p).
+  bool has_dropout;
+  uint32_t keep_threshold;
+  float rp_keep;
+  // PyTorch's generator state: values, or pointers read at replay under CUDA graph capture
+  // (philox_offset is then added to *philox_offset_ptr).
+  uint64_t philox_seed, philox_offset;
+  const int64_t* philox_seed_ptr;
+  const int64_t* philox_offset_ptr;
+  // [2]: the forward writes the (seed, offset) it drew with, the backward reads them back.
+  int64_t* rng_state;
+
   // Sliding window (flash-attn's window_size): row i sees keys i + sk - sq - window_left ..
   // i + sk - sq + window_right; kUnboundedWindow where a side is open. The right side
   // is enforced by the Is_causal instantiations (causal sets it to 0).
@@ -55,9 +68,9 @@ struct FwdParams {
   int total_q, total_k;                  // rows of the packed tensors: bounds for cu_seqlens
 };
 
-// Whether the kernels need the instantiation with score modifiers.
-inline bool has_score_mod(const FwdParams& params) {
-  return params.softcap_prescale != 0.f || params.alibi_slopes != nullptr;
+// Whether the kernels need the instantiation with the extras: softcap, ALiBi, dropout.
+inline bool has_extras(const FwdParams& params) {
+  return params.softcap_prescale != 0.f || params.alibi_slopes != nullptr || params.has_dropout;
 }
 
 // The backward reads q, k, v, o (the forward's output) and softmax_lse through FwdParams.

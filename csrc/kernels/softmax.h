@@ -67,16 +67,17 @@ struct OnlineSoftmax {
     }
   }
 
-  // Divides O by the row sums and returns the natural-log LSE per row (-inf for a row that
-  // saw no key, whose O is then 0).
-  FA_DEVICE void finalize(float (&acc_o)[kMTiles][kDTiles][4], float scale, float (&lse)[kRows]) {
+  // Divides O by the row sums (and multiplies it by out_scale) and returns the natural-log LSE
+  // per row (-inf for a row that saw no key, whose O is then 0).
+  FA_DEVICE void finalize(float (&acc_o)[kMTiles][kDTiles][4], float scale, float (&lse)[kRows],
+                          float out_scale = 1.f) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int r = 2 * mt + half;
         const float sum = quad_sum(row_sum[r]);
-        const float inv = sum == 0.f ? 0.f : 1.f / sum;
+        const float inv = sum == 0.f ? 0.f : out_scale / sum;
         lse[r] = sum == 0.f ? -INFINITY : row_max[r] * scale + logf(sum);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {

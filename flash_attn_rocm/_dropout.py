@@ -1,0 +1,95 @@
+"""The kernels' dropout mask, recomputed in PyTorch (csrc/kernels/dropout.h is the spec).
+
+Used by return_attn_probs (S_dmask) and by the tests, which check the kernels against this
+independent implementation. Memory and time are O(batch * heads * seqlen_q * seqlen_k): for
+testing, not for training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_MUL = (0xD2511F53, 0xCD9E8D57)
+_WEYL = (0x9E3779B9, 0xBB67AE85)
+
+
+def _mulhilo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of a * b for uint32 values held in int64 (split so nothing overflows)."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    low = a_lo * b + ((a_hi * b) & 0xFFFF) * 65536  # < 2^49
+    hi = (a_hi * b >> 16) + (low >> 32)
+    return hi & _MASK32, low & _MASK32
+
+
+def philox4x32_10(c0, c1, c2, c3, key0: int, key1: int):
+    """Philox4x32-10 on int64 tensors holding uint32 values; returns the four output words."""
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(c0, _MUL[0])
+        hi1, lo1 = _mulhilo(c2, _MUL[1])
+        c0, c1, c2, c3 = hi1 ^ c1 ^ key0, lo1, hi0 ^ c3 ^ key1, lo0
+        key0, key1 = (key0 + _WEYL[0]) & _MASK32, (key1 + _WEYL[1]) & _MASK32
+    return c0, c1, c2, c3
+
+
+def keep_mask(rng_state: torch.Tensor, dropout_p: float, batch: int, nheads: int, seqlen_q: int,
+              seqlen_k: int, batch_index: int | None = None) -> torch.Tensor:
+    """bool [batch, nheads, seqlen_q, seqlen_k]: True where the kernels keep the probability.
+    rng_state: the int64 [2] (seed, offset) the forward returned. batch_index: compute one batch
+    element (a varlen sequence) only, as [1, nheads, seqlen_q, seqlen_k]."""
+    seed, offset = (int(x) for x in rng_state.tolist())
+    seed &= (1 << 64) - 1
+    key0, key1 = seed & _MASK32, seed >> 32
+    threshold = min(int((1.0 - dropout_p) * 4294967296.0), _MASK32)
+    device = rng_state.device
+    batches = range(batch) if batch_index is None else [batch_index]
+    # Group (q0, k0): q0 % 16 < 8, k0 % 16 < 8; its words go to (q0, k0), (q0, k0+8), (q0+8, k0), (q0+8, k0+8).
+    pad_q, pad_k = -(-seqlen_q // 16) * 16, -(-seqlen_k // 16) * 16
+    q0 = torch.arange(pad_q, device=device).view(-1, 16)[:, :8].reshape(-1)
+    k0 = torch.arange(pad_k, device=device).view(-1, 16)[:, :8].reshape(-1)
+    heads = torch.tensor([b * nheads + h for b in batches for h in range(nheads)], device=device, dtype=torch.int64)
+    c0 = k0.view(1, 1, -1).expand(len(heads), len(q0), -1)
+    c1 = q0.view(1, -1, 1).expand_as(c0)
+    c2 = heads.view(-1, 1, 1).expand_as(c0)
+    c3 = torch.full_like(c0, (offset // 4) & _MASK32)
+    words = philox4x32_10(c0, c1, c2, c3, key0, key1)
+    keep = torch.empty(len(heads), pad_q, pad_k, dtype=torch.bool, device=device)
+    view = keep.view(len(heads), pad_q // 16, 2, 8, pad_k // 16, 2, 8)  # [h, q16, q+8?, q%8, k16, k+8?, k%8]
+    shape = (len(heads), pad_q // 16, 8, pad_k // 16, 8)
+    for word, (dq, dk) in zip(words, ((0, 0), (0, 1), (1, 0), (1, 1))):
+        view[:, :, dq, :, :, dk, :] = (word < threshold).view(shape)
+    return keep[:, :seqlen_q, :seqlen_k].reshape(len(batches), nheads, seqlen_q, seqlen_k)
+
+
+def attention_probs(q, k, softmax_lse, softmax_scale: float, causal: bool, window: tuple[int, int], softcap: float,
+                    alibi_slopes) -> torch.Tensor:
+    """The probabilities the kernels computed (before dropout), float32 [b, h, sq, sk], from the
+    forward's softmax_lse: q [b, sq, h, d], k [b, sk, h_k, d]."""
+    seqlen_q, seqlen_k, nheads = q.shape[1], k.shape[1], q.shape[2]
+    k = k.float().repeat_interleave(nheads // k.shape[2], dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k) * softmax_scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    rows = torch.arange(seqlen_q, device=q.device)[:, None] + seqlen_k - seqlen_q
+    cols = torch.arange(seqlen_k, device=q.device)[None, :]
+    if alibi_slopes is not None:
+        scores = scores - alibi_slopes.float().reshape(-1, nheads, 1, 1) * (rows - cols).abs()
+    left, right = window
+    right = 0 if causal else right
+    visible = torch.ones_like(cols, dtype=torch.bool) & torch.ones_like(rows, dtype=torch.bool)
+    if left >= 0:
+        visible = visible & (cols >= rows - left)
+    if right >= 0:
+        visible = visible & (cols <= rows + right)
+    probs = torch.exp(scores - softmax_lse.float()[..., None])
+    return probs.masked_fill(~visible | softmax_lse.isneginf()[..., None], 0.0)
+
+
+def s_dmask(q, k, softmax_lse, rng_state, dropout_p: float, softmax_scale: float, causal: bool,
+            window: tuple[int, int], softcap: float, alibi_slopes, batch_index: int | None = None) -> torch.Tensor:
+    """flash-attn's S_dmask: the attention probabilities [b, h, sq, sk] in q's dtype, negated
+    where dropout dropped them. batch_index: q, k are one varlen sequence ([1, s, h, d])."""
+    probs = attention_probs(q, k, softmax_lse, softmax_scale, causal, window, softcap, alibi_slopes)
+    batch, nheads, seqlen_q, seqlen_k = probs.shape
+    keep = keep_mask(rng_state, dropout_p, batch, nheads, seqlen_q, seqlen_k, batch_index)
+    return torch.where(keep, probs, -probs).to(q.dtype)
