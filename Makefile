@@ -21,9 +21,13 @@ build: deps
 test: build
 	$(PYTHON) -m pytest -q tests
 
+# bench_llm.py needs transformers 5 (it switches a built model between attention implementations).
 bench: build
 	@$(PYTHON) -c "import tqdm, matplotlib" 2>/dev/null || $(PIP) install tqdm matplotlib
+	@$(PYTHON) -c "import transformers; assert int(transformers.__version__.split('.')[0]) >= 5" 2>/dev/null || \
+		$(PIP) install "transformers>=5"
 	$(PYTHON) benchmarks/bench_attention.py
+	$(PYTHON) benchmarks/bench_llm.py
 
 # Compiles the kernel library (no torch) for AMD GPUs with Debian's hipcc: compile only, never
 # run here. -O1 keeps the check quick; the scalar fallback MMA layer is what compiles for now.

@@ -1,0 +1,336 @@
+"""The transformers integration: attn_implementation="flash_attn_rocm" against transformers' own
+attention implementations, on tiny random-weight models built from configs (no hub access).
+
+CPU tests run the PyTorch fallback, which shares the routing (padding, packing, windows) with the
+kernel path, against "eager" in float32: they pin the semantics. GPU tests run the kernels in
+fp16/bf16 and hold them to the project's criterion: at most twice the error that transformers'
+own low-precision attention ("sdpa"; "eager" for Gemma-2, since sdpa has no softcapping and
+Gemma-2 sets _supports_sdpa = False) makes against a float32 model, plus one ulp.
+"""
+
+import contextlib
+import copy
+import warnings
+
+import pytest
+import torch
+
+from conftest import DTYPES, assert_within_eager_error, requires_gpu
+
+pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, PhiConfig  # noqa: E402
+from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
+from transformers.modeling_utils import AttentionInterface  # noqa: E402
+
+import flash_attn_rocm.integrations.transformers as hf  # noqa: E402
+
+NAME = "flash_attn_rocm"
+VOCAB = 512
+ARCHS = ["llama", "mistral", "phi", "gemma2"]
+PADDINGS = ["none", "left", "right"]
+FALLBACK_WARNING = "flash_attn_rocm \\(transformers\\)"
+
+# The CPU tests run the fallback on purpose; its one-time warning is checked once, below.
+pytestmark = pytest.mark.filterwarnings(f"ignore:{FALLBACK_WARNING}")
+
+
+def tiny_config(arch):
+    """2 layers, hidden 256-320, every feature of the architecture that reaches the attention call."""
+    common = dict(vocab_size=VOCAB, num_hidden_layers=2, initializer_range=0.02, attention_dropout=0.0,
+                  pad_token_id=0)
+    if arch == "llama":  # GQA 8:2, head dim 32
+        return LlamaConfig(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2,
+                           **common)
+    if arch == "mistral":  # GQA, a sliding window shorter than the test sequences
+        return MistralConfig(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2,
+                             sliding_window=48, **common)
+    if arch == "phi":  # Phi-2's shape: head dim 80 (no kernel of its own), rotary on 32 of the 80 dims
+        return PhiConfig(hidden_size=320, intermediate_size=640, num_attention_heads=4, partial_rotary_factor=0.4,
+                         resid_pdrop=0.0, embd_pdrop=0.0, **common)
+    if arch == "gemma2":  # layers alternate sliding (48) and full; scale from query_pre_attn_scalar != head dim.
+        # Larger weights and a small cap make the softcap bite (at 0.02 and 50 it changes nothing).
+        return Gemma2Config(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=64, query_pre_attn_scalar=48, sliding_window=48, attn_logit_softcapping=2.0,
+                            **{**common, "initializer_range": 0.05})
+    raise ValueError(arch)
+
+
+def low_precision_reference(arch):
+    return "eager" if arch == "gemma2" else "sdpa"
+
+
+def build(config, impl, like=None, dtype=torch.float32, device="cpu"):
+    """A model of `config` with attention `impl`; with `like`, that model's weights."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=impl)
+    if like is not None:
+        model.load_state_dict(like.state_dict())
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def attention_mask(padding, batch=2, seqlen=160, pads=37):
+    """[batch, seqlen] ones; row 1 loses `pads` tokens at the left or right."""
+    mask = torch.ones(batch, seqlen, dtype=torch.long)
+    if padding == "left":
+        mask[1, :pads] = 0
+    elif padding == "right":
+        mask[1, seqlen - pads:] = 0
+    return mask
+
+
+def token_ids(batch, seqlen, seed=1):
+    return torch.randint(1, VOCAB, (batch, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+@contextlib.contextmanager
+def kernels_only():
+    """Fails if any attention call inside falls back to PyTorch (the one-time warnings are re-armed)."""
+    hf._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    fallbacks = [str(w.message) for w in caught if str(w.message).startswith("flash_attn_rocm (transformers)")]
+    assert not fallbacks, fallbacks
+
+
+def greedy(model, ids, mask, new_tokens=16):
+    return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          do_sample=False, output_logits=True, return_dict_in_generate=True)
+
+
+def assert_same_greedy_tokens(ours, ref, prompt_len, tol):
+    """Generated tokens must match the reference's step for step, each step's logits within `tol`.
+    The first step where they differ ends the comparison for that row: it is allowed only when the
+    logits there are within `tol` too (a near-tie that low precision may break either way; random
+    weights make many), and the continuations after it are not comparable."""
+    for row in range(ref.sequences.shape[0]):
+        for step, (logits, ref_logits) in enumerate(zip(ours.logits, ref.logits)):
+            diff = (logits[row].float() - ref_logits[row].float()).abs().max().item()
+            assert diff <= tol, f"row {row} step {step}: logits differ by {diff:.3g} > {tol:.3g}"
+            if ours.sequences[row, prompt_len + step] != ref.sequences[row, prompt_len + step]:
+                break
+
+
+# ---------------------------------------------------------------- registration (CPU)
+
+
+def test_register_is_idempotent():
+    from transformers import modeling_flash_attention_utils as fa_utils
+
+    lazy_imports = getattr(fa_utils, "_lazy_imports", None)
+    hf.register()
+    hf.register()
+    assert AttentionInterface._global_mapping[NAME] is hf.flash_attn_rocm_attention
+    assert AttentionMaskInterface._global_mapping[NAME] is hf.padding_mask
+    assert getattr(fa_utils, "_lazy_imports", None) is lazy_imports  # wrapped once, not once per call
+
+
+def test_both_interfaces_hold_the_name():
+    assert NAME in AttentionInterface() and NAME in AttentionMaskInterface()
+
+
+def test_flash_preload_answers_with_our_functions():
+    """transformers >= 5.0 preloads every implementation with "flash" in its name as a flash-attn build."""
+    from transformers import modeling_flash_attention_utils as fa_utils
+
+    if not hasattr(fa_utils, "lazy_import_flash_attention"):
+        pytest.skip("this transformers does not preload flash implementations")
+    (functions, *_) = fa_utils.lazy_import_flash_attention(NAME)
+    assert functions[0] is hf.flash_attn_func and functions[1] is hf.flash_attn_varlen_func
+
+
+def test_models_accept_the_name():
+    model = build(tiny_config("llama"), NAME)
+    assert model.config._attn_implementation == NAME
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+        model.set_attn_implementation(NAME)
+        assert model.config._attn_implementation == NAME
+
+
+def test_padding_mask_function():
+    ones, mask = torch.ones(2, 6, dtype=torch.bool), torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 0] = False
+    assert hf.padding_mask(kv_length=6, attention_mask=None) is None
+    assert hf.padding_mask(kv_length=6, attention_mask=ones) is None  # nothing padded: plain causal kernels
+    assert torch.equal(hf.padding_mask(kv_length=6, attention_mask=mask), mask)
+    assert hf.padding_mask(kv_length=5, attention_mask=mask) is None  # a sliding cache keeps the newest 5
+    assert torch.equal(hf.padding_mask(kv_length=8, attention_mask=ones), ones)  # static cache: 2 unused slots
+
+
+def test_fallback_warns_once_naming_the_reason():
+    q, k, v = torch.randn(1, 4, 8, 32), torch.randn(1, 2, 8, 32), torch.randn(1, 2, 8, 32)
+    hf._warned.clear()
+    with pytest.warns(UserWarning, match="plain PyTorch.*cpu tensors"):
+        hf.flash_attn_rocm_attention(torch.nn.Module(), q, k, v, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hf.flash_attn_rocm_attention(torch.nn.Module(), q, k, v, None)
+
+
+def test_continuous_batching_is_refused():
+    q = torch.randn(1, 4, 8, 32)
+    with pytest.raises(NotImplementedError, match="continuous batching"):
+        hf.flash_attn_rocm_attention(torch.nn.Module(), q, q, q, None, cache=object())
+
+
+# ---------------------------------------------------------------- semantics through the fallback (CPU, float32)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
+def test_logits_match_eager_cpu(arch, padding):
+    """Mistral and Gemma-2 at seqlen 160 > window 48: the window's convention is checked too."""
+    config = tiny_config(arch)
+    eager = build(config, "eager")
+    ours = build(config, NAME, like=eager)
+    ids, mask = token_ids(2, 160), attention_mask(padding)
+    keep = mask.bool()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, attention_mask=mask).logits[keep],
+                                   eager(ids, attention_mask=mask).logits[keep], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
+def test_generate_left_padded_matches_eager_cpu(arch):
+    """Decoding with a KV cache: one query over a longer, left-padded key range; Mistral's window
+    and Gemma-2's sliding cache layers are crossed (53 real prompt tokens > 48)."""
+    config = tiny_config(arch)
+    eager = build(config, "eager")
+    ours = build(config, NAME, like=eager)
+    ids, mask = token_ids(2, 64), attention_mask("left", seqlen=64, pads=11)
+    assert_same_greedy_tokens(greedy(ours, ids, mask), greedy(eager, ids, mask), prompt_len=64, tol=1e-4)
+
+
+def test_packed_sequences_match_separate_sequences_cpu():
+    """Padding-free training: sequences packed into one row, told apart by position_ids restarting,
+    or by the cu_seq_lens_* kwargs; each must see only itself."""
+    config = tiny_config("mistral")
+    eager = build(config, "eager")
+    ours = build(config, NAME, like=eager)
+    lengths = [13, 70, 25]
+    ids = token_ids(1, sum(lengths))
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    with torch.no_grad():
+        separate = torch.cat([eager(part).logits for part in ids.split(lengths, dim=1)], dim=1)
+        packed = ours(ids, position_ids=position_ids).logits
+        given = ours(ids, position_ids=position_ids, cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
+                     max_length_q=max(lengths), max_length_k=max(lengths)).logits
+    torch.testing.assert_close(packed, separate, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(given, separate, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the kernels (GPU)
+
+
+CALLS = {  # name: (seqlen_q, seqlen_k, padding of the keys)
+    "plain": (200, 200, "none"),
+    "left-padded": (200, 200, "left"),
+    "right-padded": (200, 200, "right"),
+    "chunk-after-cache": (17, 200, "left"),
+    "decode": (1, 200, "left"),
+}
+
+
+@requires_gpu
+@pytest.mark.parametrize("features", ["plain", "window-softcap"])
+@pytest.mark.parametrize("head_dim", [64, 80])
+@pytest.mark.parametrize("call", list(CALLS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_function_on_kernels(dtype, call, head_dim, features, monkeypatch):
+    """The registered function on random [b, h, s, d] inputs (GQA 8:2), forward and backward,
+    against its own float32 PyTorch path."""
+    seqlen_q, seqlen_k, padding = CALLS[call]
+    module = torch.nn.Module()
+    module.is_causal = True
+    kwargs = dict(scaling=0.1, sliding_window=48, softcap=2.0) if features == "window-softcap" else {}
+    mask = attention_mask(padding, seqlen=seqlen_k).bool().cuda()
+    mask = hf.padding_mask(kv_length=seqlen_k, attention_mask=mask)
+    inputs = [torch.randn(2, heads, s, head_dim, device="cuda") for heads, s in ((8, seqlen_q), (2, seqlen_k),
+                                                                                  (2, seqlen_k))]
+    dout = torch.randn(2, seqlen_q, 8, head_dim, device="cuda")
+
+    def run(dtype):
+        q, k, v = (t.to(dtype, copy=True).requires_grad_() for t in inputs)
+        out, weights = hf.flash_attn_rocm_attention(module, q, k, v, mask, **kwargs)
+        assert weights is None and out.shape == (2, seqlen_q, 8, head_dim)
+        out.backward(dout.to(out.dtype))
+        return out, q.grad, k.grad, v.grad
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = run(torch.float32)  # float32 takes the PyTorch path
+    with kernels_only():
+        results = run(dtype)
+    monkeypatch.setattr(hf, "_KERNELS", hf._PYTORCH)  # the yardstick: the PyTorch path in the same dtype
+    yardstick = run(dtype)
+    for name, value, ref, eager in zip(("out", "dq", "dk", "dv"), results, reference, yardstick):
+        assert_within_eager_error(value, ref, eager, name=name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_match_transformers_gpu(arch, dtype, padding):
+    config = tiny_config(arch)
+    reference = build(config, "eager", device="cuda")
+    low_precision = build(config, low_precision_reference(arch), like=reference, dtype=dtype, device="cuda")
+    ours = build(config, NAME, like=reference, dtype=dtype, device="cuda")
+    ids, mask = token_ids(2, 300).cuda(), attention_mask(padding, seqlen=300, pads=71).cuda()
+    keep = mask.bool()
+    with torch.no_grad():
+        ref_logits = reference(ids, attention_mask=mask).logits[keep]
+        eager_logits = low_precision(ids, attention_mask=mask).logits[keep]
+        with kernels_only():
+            logits = ours(ids, attention_mask=mask).logits[keep]
+    assert_within_eager_error(logits, ref_logits, eager_logits, name="logits")
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_matches_transformers_gpu(arch, dtype):
+    """Greedy decoding, batch 2, left padding: the prefill runs varlen, every new token one query
+    over the cache; windows (48) are crossed in the prompt already."""
+    config = tiny_config(arch)
+    reference = build(config, "eager", device="cuda")
+    low_precision = build(config, low_precision_reference(arch), like=reference, dtype=dtype, device="cuda")
+    ours = build(config, NAME, like=reference, dtype=dtype, device="cuda")
+    ids, mask = token_ids(2, 64).cuda(), attention_mask("left", seqlen=64, pads=11).cuda()
+    keep = mask.bool()
+    with torch.no_grad():
+        ref_logits = reference(ids, attention_mask=mask).logits[keep]
+        eager_error = (low_precision(ids, attention_mask=mask).logits[keep].float() - ref_logits).abs().max().item()
+    # Ours within 2x of the yardstick's error (the criterion) and the yardstick within 1x: 3x apart at most.
+    tol = 3 * eager_error + torch.finfo(dtype).eps * ref_logits.abs().max().item()
+    expected = greedy(low_precision, ids, mask)
+    with kernels_only():
+        generated = greedy(ours, ids, mask)
+    assert_same_greedy_tokens(generated, expected, prompt_len=64, tol=tol)
+
+
+@requires_gpu
+@pytest.mark.parametrize("padding", ["none", "right"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_gradients_match_transformers_gpu(arch, padding):
+    """One training step in bf16 (dropout 0): every parameter's gradient within the criterion."""
+    config = tiny_config(arch)
+    ids, mask = token_ids(2, 200).cuda(), attention_mask(padding, seqlen=200, pads=53).cuda()
+    labels = ids.masked_fill(mask == 0, -100)
+
+    def gradients(model):
+        model.train()
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    reference = build(config, "eager", device="cuda")
+    low_precision = build(config, low_precision_reference(arch), like=reference, dtype=torch.bfloat16, device="cuda")
+    ours = build(config, NAME, like=reference, dtype=torch.bfloat16, device="cuda")
+    ref_grads, eager_grads = gradients(reference), gradients(low_precision)
+    with kernels_only():
+        grads = gradients(ours)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert_within_eager_error(grads[name], ref_grads[name], eager_grads[name], name=name)
