@@ -2,7 +2,8 @@
 
 Environment:
   FLASH_ATTN_ROCM_ARCHS      NVIDIA targets, e.g. "sm_80;sm_90" (default: the visible GPU's arch,
-                             else sm_80;sm_90). On ROCm: gfx targets, e.g. "gfx90a;gfx942".
+                             else sm_80;sm_90; sm_90 builds as sm_90a and adds the Hopper forward).
+                             On ROCm: gfx targets, e.g. "gfx90a;gfx942".
   FLASH_ATTN_ROCM_HEAD_DIMS  development filter, e.g. "128" (default: all compiled head dims)
   FLASH_ATTN_ROCM_DTYPES     development filter, e.g. "fp16"
   FLASH_ATTN_ROCM_VERBOSE=1  print ptxas register/spill reports
@@ -35,6 +36,8 @@ def nvidia_arch_flags() -> list[str]:
         number = arch.removeprefix("sm_").replace(".", "")
         if not number.rstrip("a").isdigit() or int(number.rstrip("a")) < 80:
             raise ValueError(f"FLASH_ATTN_ROCM_ARCHS: {arch!r} is not an NVIDIA arch >= sm_80 (mma.sync m16n8k16 needs it)")
+        # sm_90 builds as sm_90a: the Hopper forward's wgmma exists only there.
+        number = "90a" if number == "90" else number
         flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
     return flags
 
@@ -50,12 +53,12 @@ def extension():
 
     is_rocm = torch.version.hip is not None
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "api").glob("*.cpp"))
-    sources += [str(p.relative_to(ROOT)) for p in generate_kernels.generate()]
-    device_flags = ["-O3", "-std=c++17"]
-    if is_rocm:
-        device_flags += rocm_arch_flags()
-    else:
-        device_flags += nvidia_arch_flags() + ["-lineinfo", "--expt-relaxed-constexpr"]
+    arch_flags = rocm_arch_flags() if is_rocm else nvidia_arch_flags()
+    sm90 = any("sm_90a" in flag for flag in arch_flags)
+    sources += [str(p.relative_to(ROOT)) for p in generate_kernels.generate(sm90=sm90)]
+    device_flags = ["-O3", "-std=c++17"] + arch_flags
+    if not is_rocm:
+        device_flags += ["-lineinfo", "--expt-relaxed-constexpr"]
         if os.environ.get("FLASH_ATTN_ROCM_VERBOSE") == "1":
             device_flags += ["-Xptxas=-v"]
     return CUDAExtension(

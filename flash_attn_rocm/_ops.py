@@ -47,3 +47,9 @@ def _varlen_bwd_fake(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k
 def compiled_head_dims() -> list[int]:
     """Head dims with a kernel in this build; other multiples of 8 round up to the next one."""
     return list(ops.compiled_head_dims())
+
+
+def set_hopper_kernels(enabled: bool) -> bool:
+    """Whether the forward may use the Hopper (sm_90a) kernels where they apply (default: yes, when
+    built for sm_90). Returns the previous setting; always False in builds without them."""
+    return bool(ops.set_hopper_kernels(enabled))

@@ -5,6 +5,9 @@ The single source of truth for what is compiled: setup.py and `make hip-check` c
 
 Development filter (fewer instances, faster builds):
     FLASH_ATTN_ROCM_HEAD_DIMS=64,128   FLASH_ATTN_ROCM_DTYPES=fp16
+
+With sm90=True (the build targets sm_90a) the Hopper forward files are added for SM90_HEAD_DIMS
+and the dispatch prefers them on a compute capability 9.0 device for the plain variants.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 from pathlib import Path
 
 HEAD_DIMS = (32, 64, 96, 128, 192, 256)
+SM90_HEAD_DIMS = (64, 128)
 DTYPES = {"fp16": ("half_t", "DType::kFloat16"), "bf16": ("bf16_t", "DType::kBFloat16")}
 GENERATED_DIR = Path(__file__).resolve().parent.parent / "csrc" / "generated"
 
@@ -33,9 +37,18 @@ template error_t {fn}<{ctype}, {hdim}, true, true>(const {params}&, stream_t);
 }}  // namespace flash
 """
 
+SM90_INSTANCE = HEADER + """#include "../kernels/fwd_launch_sm90.h"
+
+namespace flash {{
+template error_t run_fwd_sm90<{ctype}, {hdim}, false>(const FwdParams&, stream_t);
+template error_t run_fwd_sm90<{ctype}, {hdim}, true>(const FwdParams&, stream_t);
+}}  // namespace flash
+"""
+
 DISPATCH = HEADER + """#include "../kernels/api.h"
 
 namespace flash {{
+
 
 template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
 error_t run_fwd(const FwdParams& params, stream_t stream);
@@ -44,6 +57,7 @@ error_t run_bwd(const BwdParams& params, stream_t stream);
 
 std::vector<int> compiled_head_dims() {{ return {{{head_dims}}}; }}
 
+{hopper}
 int kernel_head_dim(int head_dim) {{
   for (int d : compiled_head_dims()) {{
     if (d >= head_dim) return d;
@@ -57,10 +71,41 @@ int kernel_head_dim(int head_dim) {{
 DISPATCH_FUNCTION = """
 error_t run_mha_{name}(const {params}& params, DType dtype, bool is_causal, stream_t stream) {{
   const bool extras = has_extras(params);
-{cases}
+{preamble}{cases}
   return kInvalidConfig;
 }}
 """
+
+HOPPER_ON = """
+template <class T, int kHeadDim, bool Is_causal> error_t run_fwd_sm90(const FwdParams& params, stream_t stream);
+
+namespace {
+bool hopper_kernels_enabled = true;
+
+// Whether the current device runs the Hopper forward for params.
+bool use_hopper_forward(const FwdParams& params) {
+  if (!hopper_kernels_enabled || has_extras(params)) return false;
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  return major == 9;
+}
+}  // namespace
+
+bool set_hopper_kernels(bool enabled) {
+  const bool previous = hopper_kernels_enabled;
+  hopper_kernels_enabled = enabled;
+  return previous;
+}
+"""
+
+HOPPER_OFF = """
+bool set_hopper_kernels(bool) { return false; }  // this build has no sm_90a code
+"""
+
+SM90_CASE = """    if (dtype == {dtype_enum} && kernel_head_dim(params.d) == {hdim}) {{
+      return is_causal ? run_fwd_sm90<{ctype}, {hdim}, true>(params, stream) : run_fwd_sm90<{ctype}, {hdim}, false>(params, stream);
+    }}"""
 
 CASE = """  if (dtype == {dtype_enum} && kernel_head_dim(params.d) == {hdim}) {{
     if (extras) return is_causal ? {fn}<{ctype}, {hdim}, true, true>(params, stream) : {fn}<{ctype}, {hdim}, false, true>(params, stream);
@@ -89,11 +134,16 @@ def _write_if_changed(path: Path, text: str) -> None:
         path.write_text(text)
 
 
-def generate(out_dir: Path = GENERATED_DIR) -> list[Path]:
+def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
     """Writes the files and returns them, instantiations first, dispatch last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     families = selected_families()
+    sm90_families = [(d, t) for d, t in families if d in SM90_HEAD_DIMS] if sm90 else []
     files, functions = [], []
+    for hdim, dtype in sm90_families:
+        path = out_dir / f"fwd_sm90_hdim{hdim}_{dtype}.cu"
+        _write_if_changed(path, SM90_INSTANCE.format(ctype=DTYPES[dtype][0], hdim=hdim))
+        files.append(path)
     for name, (fn, params, launch_header) in PASSES.items():
         for hdim, dtype in families:
             path = out_dir / f"{name}_hdim{hdim}_{dtype}.cu"
@@ -103,10 +153,16 @@ def generate(out_dir: Path = GENERATED_DIR) -> list[Path]:
         cases = "\n".join(
             CASE.format(dtype_enum=DTYPES[t][1], fn=fn, ctype=DTYPES[t][0], hdim=d) for d, t in families
         )
-        functions.append(DISPATCH_FUNCTION.format(name=name, params=params, cases=cases))
+        preamble = ""
+        if name == "fwd" and sm90_families:
+            preamble = "  if (use_hopper_forward(params)) {\n" + "\n".join(
+                SM90_CASE.format(dtype_enum=DTYPES[t][1], ctype=DTYPES[t][0], hdim=d) for d, t in sm90_families
+            ) + "\n  }\n"
+        functions.append(DISPATCH_FUNCTION.format(name=name, params=params, cases=cases, preamble=preamble))
     head_dims = ", ".join(str(d) for d in sorted({d for d, _ in families}))
     dispatch = out_dir / "dispatch.cu"
-    _write_if_changed(dispatch, DISPATCH.format(head_dims=head_dims, functions="".join(functions)))
+    _write_if_changed(dispatch, DISPATCH.format(head_dims=head_dims, functions="".join(functions),
+                                                hopper=HOPPER_ON if sm90_families else HOPPER_OFF))
     files.append(dispatch)
     for path in set(out_dir.glob("*.cu")) - set(files):
         path.unlink()
@@ -116,5 +172,7 @@ def generate(out_dir: Path = GENERATED_DIR) -> list[Path]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=GENERATED_DIR)
-    for path in generate(parser.parse_args().out_dir):
+    parser.add_argument("--sm90", action="store_true", help="add the Hopper (sm_90a) forward files")
+    args = parser.parse_args()
+    for path in generate(args.out_dir, args.sm90):
         print(path)

@@ -40,6 +40,8 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
       "bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, "
       "Tensor? alibi_slopes=None, float dropout_p=0.0, Tensor? rng_state=None) -> (Tensor dq, Tensor dk, Tensor dv)");
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
+  // Tests and benchmarks switch the Hopper forward off to compare it with the portable one.
+  m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
 }
 
 TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) {

@@ -18,6 +18,10 @@ std::vector<int> compiled_head_dims();
 // The smallest compiled head dim >= head_dim, or 0 when there is none.
 int kernel_head_dim(int head_dim);
 
+// Lets the forward use the Hopper (sm_90a) kernels where they apply (the default when the build
+// has them); returns the previous setting. false in builds without them.
+bool set_hopper_kernels(bool enabled);
+
 // Forward for params.d rounded up to kernel_head_dim(params.d).
 error_t run_mha_fwd(const FwdParams& params, DType dtype, bool is_causal, stream_t stream);
 

@@ -1,0 +1,60 @@
+// A tile of kRows rows x kHeadDim 16-bit elements in shared memory, laid out as wgmma's 128-byte
+// swizzle expects: the head dim is cut into 64-element (128-byte) column blocks, each a
+// [kRows][64] array whose 16-byte chunks are XOR-swizzled with row % 8, so 8 rows make one
+// 1024-byte swizzle atom. The hardware applies the XOR to address bits, so tiles start 1024-byte
+// aligned. The same bytes serve as a K-major operand (rows are M or N, the head dim is k: Q, K)
+// and as an N-major one (rows are k, the head dim is N: V, read transposed).
+#pragma once
+
+#include "arch/wgmma_sm90.h"
+#include "mma.h"
+#include "platform.h"
+
+namespace flash {
+
+template <int kRows, int kHeadDim>
+struct GmmaTile {
+  static_assert(kHeadDim % 64 == 0 && kRows % 8 == 0, "whole 128-byte rows and swizzle atoms");
+  static constexpr int kChunks = kHeadDim / 8;   // 16-byte chunks per row
+  static constexpr int kColBlockElems = kRows * 64;
+  static constexpr int kElems = kRows * kHeadDim;
+
+  static FA_HOST_DEVICE int offset(int row, int chunk) {
+    return (chunk / 8) * kColBlockElems + row * 64 + (((chunk % 8) ^ (row % 8)) << 3);
+  }
+
+  // Global -> shared, 16 bytes per copy, all threads cooperating; rows at or past rows_valid and
+  // chunks at or past head_dim read as zeros.
+  template <int kNThreads, class T>
+  static FA_DEVICE void load_async(T* smem, const T* gmem, int64_t row_stride, int rows_valid, int head_dim, int tid) {
+    constexpr int kCopies = kRows * kChunks;
+    static_assert(kCopies % kNThreads == 0 && kNThreads % kChunks == 0, "same copies per thread, fixed chunk");
+    constexpr int kRowStep = kNThreads / kChunks;
+    const int row0 = tid / kChunks, chunk = tid % kChunks;
+    const bool chunk_valid = chunk * 8 < head_dim;
+    const T* src = gmem + row0 * row_stride + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < kCopies / kNThreads; ++i) {
+      const int row = row0 + i * kRowStep;
+      const bool valid = chunk_valid && row < rows_valid;
+      copy_async_16(smem + offset(row, chunk), valid ? src : gmem, valid);
+      src += kRowStep * row_stride;
+    }
+  }
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // K-major operand: rows row0 .. row0 + 63 (A) or all kRows (B), head-dim elements 16 kk .. 16 kk + 15.
+  // Inside an atom the k offset is a plain 32-byte step; the leading byte offset is unused.
+  static FA_DEVICE uint64_t k_major(uint32_t tile_addr, int row0, int kk) {
+    const uint32_t addr = tile_addr + 2 * ((kk / 4) * kColBlockElems + row0 * 64) + (kk % 4) * 32;
+    return gmma_descriptor(addr, 16, 1024);
+  }
+  // N-major operand: rows (k) 16 kk .. 16 kk + 15, every head-dim column (N); the next 64 columns
+  // are a column block away (leading byte offset), the next 8 rows one atom away (stride).
+  static FA_DEVICE uint64_t n_major(uint32_t tile_addr, int kk) {
+    return gmma_descriptor(tile_addr + kk * 16 * 64 * 2, kColBlockElems * 2, 1024);
+  }
+#endif
+};
+
+}  // namespace flash

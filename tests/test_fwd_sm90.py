@@ -1,0 +1,121 @@
+"""The Hopper (sm_90a, wgmma) forward against the float32 reference and against the portable
+forward on the same inputs. The rest of the suite runs it too wherever it applies (head dims up
+to 128 that round to 64 or 128, no softcap, ALiBi or dropout); here the two paths meet."""
+
+import contextlib
+
+import pytest
+import torch
+
+from conftest import CAUSAL, DTYPES, assert_within_eager_error, attention_ref, make_qkv, poison_allocator_cache, requires_gpu
+
+from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
+from flash_attn_rocm._ops import set_hopper_kernels
+
+
+def hopper_available() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        return False
+    previous = set_hopper_kernels(True)
+    set_hopper_kernels(previous)
+    return previous
+
+
+pytestmark = [requires_gpu, pytest.mark.skipif(not hopper_available(), reason="needs an sm_90 GPU and an sm_90a build")]
+
+
+@contextlib.contextmanager
+def hopper(enabled: bool):
+    previous = set_hopper_kernels(enabled)
+    try:
+        yield
+    finally:
+        set_hopper_kernels(previous)
+
+
+def both_paths(fn):
+    with hopper(True):
+        fast = fn()
+    with hopper(False):
+        portable = fn()
+    return fast, portable
+
+
+SEQLENS = [(1, 1), (1, 17), (17, 1), (113, 203), (128, 128), (129, 257), (1000, 1000), (2048, 113), (300, 2100)]
+
+
+@pytest.mark.parametrize("seqlen_q, seqlen_k", SEQLENS)
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("head_dim", [40, 64, 96, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hopper_forward_matches_reference_and_portable(dtype, head_dim, causal, seqlen_q, seqlen_k):
+    q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=6, nheads_k=3, head_dim=head_dim,
+                       dtype=dtype)
+    poison_allocator_cache((q.shape, q.dtype))
+    (out, lse, _), (out_portable, lse_portable, _) = both_paths(
+        lambda: flash_attn_func(q, k, v, causal=causal, return_attn_probs=True))
+    out_ref, lse_ref = attention_ref(q, k, v, causal)
+    out_pt, _ = attention_ref(q, k, v, causal, upcast=False)
+    assert_within_eager_error(out, out_ref, out_pt)
+    seen = lse_ref.isfinite()
+    assert torch.equal(lse.isneginf(), ~seen) and (out.transpose(1, 2)[~seen] == 0).all()
+    torch.testing.assert_close(lse[seen], lse_ref[seen], atol=1e-3, rtol=0)
+    torch.testing.assert_close(out, out_portable, atol=4 * (out_pt.float() - out_ref).abs().max().item() + 1e-3,
+                               rtol=0)
+    torch.testing.assert_close(lse, lse_portable, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("window_size", [(64, 0), (100, 30), (0, 0), (-1, 5)])
+def test_hopper_forward_windows(window_size):
+    q, k, v = make_qkv(batch=1, seqlen_q=700, seqlen_k=900, nheads=4, nheads_k=2, head_dim=128,
+                       dtype=torch.bfloat16)
+    causal = window_size[1] == 0
+    out, out_portable = both_paths(lambda: flash_attn_func(q, k, v, causal=causal, window_size=window_size))
+    out_ref, _ = attention_ref(q, k, v, causal, window_size=window_size)
+    out_pt, _ = attention_ref(q, k, v, causal, window_size=window_size, upcast=False)
+    assert_within_eager_error(out, out_ref, out_pt)
+    assert_within_eager_error(out_portable, out_ref, out_pt)
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_hopper_forward_varlen(causal):
+    lengths = [1, 17, 300, 0, 129, 1000]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    q, k, v = (t[0] for t in make_qkv(batch=1, seqlen_q=sum(lengths), nheads=8, nheads_k=2, head_dim=64))
+    out, out_portable = both_paths(
+        lambda: flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths), causal=causal))
+    for b, length in enumerate(lengths):
+        if length == 0:
+            continue
+        rows = slice(cu[b].item(), cu[b + 1].item())
+        out_ref, _ = attention_ref(q[rows][None], k[rows][None], v[rows][None], causal)
+        out_pt, _ = attention_ref(q[rows][None], k[rows][None], v[rows][None], causal, upcast=False)
+        assert_within_eager_error(out[rows][None], out_ref, out_pt)
+        assert_within_eager_error(out_portable[rows][None], out_ref, out_pt)
+
+
+def test_hopper_forward_strided_inputs_and_backward():
+    # [b, h, s, d] views (as transformers passes them) and the gradients of the portable backward
+    # on the Hopper forward's output.
+    base = [torch.randn(2, 6, 333, 128, device="cuda", dtype=torch.float16) for _ in range(3)]
+    q, k, v = (t.transpose(1, 2).requires_grad_() for t in base)
+    out = flash_attn_func(q, k, v, causal=True)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    out_ref, _ = attention_ref(q, k, v, True)
+    out_pt, _ = attention_ref(q, k, v, True, upcast=False)
+    assert_within_eager_error(out, out_ref, out_pt)
+    grads_ref = torch.autograd.grad(out_ref, (q, k, v), dout.float())
+    grads_pt = torch.autograd.grad(out_pt, (q, k, v), dout)
+    for g, g_ref, g_pt in zip(grads, grads_ref, grads_pt):
+        assert_within_eager_error(g, g_ref, g_pt, floor_magnitude=max(1.0, g_ref.abs().max().item()))
+
+
+@pytest.mark.sanitizer
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_hopper_forward_sanitizer_subset(causal):
+    q, k, v = make_qkv(batch=1, seqlen_q=131, seqlen_k=277, nheads=4, nheads_k=2, head_dim=128)
+    out = flash_attn_func(q, k, v, causal=causal)
+    out_ref, _ = attention_ref(q, k, v, causal)
+    out_pt, _ = attention_ref(q, k, v, causal, upcast=False)
+    assert_within_eager_error(out, out_ref, out_pt)
