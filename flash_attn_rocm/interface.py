@@ -81,6 +81,10 @@ def _check_devices(q, *others) -> None:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}: all must be on one device")
 
 
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _named(name: str, t):
     """(name, t) for _check_devices, or nothing when the optional tensor is absent."""
     return () if t is None else ((name, t),)
@@ -189,8 +193,11 @@ def flash_attn_func(
     _check_alibi_slopes(alibi_slopes, q.shape[0], q.shape[2])
     dropout_p = _resolve_dropout_p(dropout_p)
     _check_devices(q, ("k", k), ("v", v), *_named("alibi_slopes", alibi_slopes))
-    out, softmax_lse, rng_state = FlashAttnFunc.apply(q, k, v, dropout_p, scale, bool(causal), window, softcap,
-                                                      alibi_slopes, bool(deterministic))
+    if _needs_grad(q, k, v):
+        out, softmax_lse, rng_state = FlashAttnFunc.apply(q, k, v, dropout_p, scale, bool(causal), window, softcap,
+                                                          alibi_slopes, bool(deterministic))
+    else:  # inference: the op alone, without autograd's bookkeeping
+        out, softmax_lse, rng_state = ops.fwd(q, k, v, scale, bool(causal), *window, softcap, alibi_slopes, dropout_p)
     if not return_attn_probs:
         return out
     if dropout_p == 0.0:
@@ -260,9 +267,13 @@ def flash_attn_varlen_func(
         raise NotImplementedError("block_table (paged KV) is not implemented yet in flash_attn_rocm")
     _check_devices(q, ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k),
                    *_named("alibi_slopes", alibi_slopes))
-    out, softmax_lse, rng_state = FlashAttnVarlenFunc.apply(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, scale, bool(causal), window,
-        softcap, alibi_slopes, bool(deterministic))
+    if _needs_grad(q, k, v):
+        out, softmax_lse, rng_state = FlashAttnVarlenFunc.apply(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, scale, bool(causal), window,
+            softcap, alibi_slopes, bool(deterministic))
+    else:
+        out, softmax_lse, rng_state = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                     scale, bool(causal), *window, softcap, alibi_slopes, dropout_p)
     if not return_attn_probs:
         return out
     if dropout_p == 0.0:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
@@ -226,12 +227,28 @@ def _given_cu_seqlens(kwargs: dict):
     return (cu_q.to(torch.int32), cu_k.to(torch.int32)), (int(max_q), int(max_k))
 
 
+# The last position_ids inspected (weakly held), its version counter and the answer: every layer
+# of one forward gets the same tensor, so the check (a host sync) runs once per forward, not once
+# per layer as in transformers' own flash path.
+_packed_memo: tuple = (None, -1, None)
+
+
 def _packed_cu_seqlens(position_ids, q, k):
     """The cu_seqlens of sequences packed into one row, told apart by position_ids restarting at
     their minimum, or None when the row is one sequence (the rule of transformers' flash path)."""
+    global _packed_memo
     batch, seqlen = q.shape[:2]
     if position_ids is None or batch != 1 or seqlen == 1 or k.shape[1] != seqlen or position_ids.numel() != seqlen:
         return None
+    memo_ref, memo_version, memo_result = _packed_memo
+    if memo_ref is not None and memo_ref() is position_ids and memo_version == position_ids._version:
+        return memo_result
+    result = _find_packed(position_ids, seqlen)
+    _packed_memo = (weakref.ref(position_ids), position_ids._version, result)
+    return result
+
+
+def _find_packed(position_ids, seqlen: int):
     positions = position_ids.reshape(-1)
     first = positions.min()
     if bool((positions == first + torch.arange(seqlen, device=positions.device)).all()):
