@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build + GPU tests + compute-sanitizer + benchmark in one go, for one lease of the GPU machine.
 # Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
-# GPU_CHECK_STEPS picks steps (default: all): build tests sanitizer bench
+# GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also memory, llm
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -38,6 +38,8 @@ for step in $STEPS; do
       run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests
       run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests ;;
     bench) TAIL_LINES=40 run bench python3 benchmarks/bench_attention.py ${BENCH_ARGS:-} ;;
+    memory) TAIL_LINES=12 run memory python3 benchmarks/bench_memory.py ;;
+    llm) TAIL_LINES=20 run llm python3 benchmarks/bench_llm.py ${LLM_ARGS:-} ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done

@@ -221,6 +221,24 @@ def test_packed_sequences_match_separate_sequences_cpu():
     torch.testing.assert_close(given, separate, atol=1e-4, rtol=1e-4)
 
 
+def test_packed_check_is_remembered_across_layers_and_calls_cpu():
+    """The packed-sequence check syncs with the device: it runs once per position_ids tensor (every
+    layer of a forward shares one), also for inference tensors, which carry no version counter;
+    a new packing in the next call is seen."""
+    config = tiny_config("llama")
+    eager = build(config, "eager")
+    ours = build(config, NAME, like=eager)
+    ids = token_ids(1, 96)
+    lengths = [40, 56]
+    with torch.inference_mode():
+        plain = ours(ids).logits
+        torch.testing.assert_close(plain, eager(ids).logits, atol=1e-4, rtol=1e-4)
+        position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+        packed = ours(ids, position_ids=position_ids).logits
+        separate = torch.cat([eager(part).logits for part in ids.split(lengths, dim=1)], dim=1)
+    torch.testing.assert_close(packed, separate, atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------- the kernels (GPU)
 
 

@@ -240,12 +240,20 @@ def _packed_cu_seqlens(position_ids, q, k):
     batch, seqlen = q.shape[:2]
     if position_ids is None or batch != 1 or seqlen == 1 or k.shape[1] != seqlen or position_ids.numel() != seqlen:
         return None
+    version = _version(position_ids)
     memo_ref, memo_version, memo_result = _packed_memo
-    if memo_ref is not None and memo_ref() is position_ids and memo_version == position_ids._version:
+    if memo_ref is not None and memo_ref() is position_ids and memo_version == version:
         return memo_result
     result = _find_packed(position_ids, seqlen)
-    _packed_memo = (weakref.ref(position_ids), position_ids._version, result)
+    _packed_memo = (weakref.ref(position_ids), version, result)
     return result
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor: no version counter (and no in-place edit between layers)
+        return -1
 
 
 def _find_packed(position_ids, seqlen: int):
