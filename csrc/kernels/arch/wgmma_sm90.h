@@ -9,6 +9,7 @@
 #pragma once
 
 #include "../platform.h"
+#include "mma_sm80.h"  // smem_u32
 
 namespace flash {
 
@@ -44,6 +45,31 @@ template <int kNT> FA_DEVICE void wgmma_fence_operands(float (&d)[kNT][4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) asm volatile("" : "+f"(d[j][i])::"memory");
   }
+}
+
+// Shared-memory barriers (mbarrier) between a producer warpgroup and consumer warpgroups: a
+// phase completes when `count` threads have arrived; waiters name the parity of the phase.
+FA_DEVICE void mbarrier_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+FA_DEVICE void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(smem_u32(bar))
+               : "memory");
+}
+FA_DEVICE void mbarrier_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(smem_u32(bar)), "r"(parity)
+      : "memory");
+}
+
+// Moves this warpgroup's register budget: the producer gives registers up, consumers take them.
+template <int kRegs> FA_DEVICE void warpgroup_registers_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs> FA_DEVICE void warpgroup_registers_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
 // Makes this thread's generic-proxy shared-memory writes (cp.async included) visible to the
