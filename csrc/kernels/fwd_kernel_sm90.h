@@ -2,9 +2,9 @@
 // the loads on a producer warpgroup.
 //
 // Three warpgroups per 128 query rows. The producer copies Q and then K and V key block by key
-// block into two shared-memory stages (cp.async, wgmma's 128-byte swizzle) and publishes each
-// copy on an mbarrier; it runs one block ahead and refills a stage when both consumers have
-// released it. Consumer g owns rows 64 g .. 64 g + 63, its warp w the 16-row strip
+// block into three shared-memory stages (cp.async, wgmma's 128-byte swizzle) and publishes each
+// copy on an mbarrier; it keeps three stages in flight and refills one when both consumers
+// have released it. Consumer g owns rows 64 g .. 64 g + 63, its warp w the 16-row strip
 // 16 (4 g + w), so each thread holds the same fragments as in the sm80 kernel (the online
 // softmax and the masks are shared). Per key block:
 //
@@ -31,7 +31,7 @@ template <class T_, int kHeadDim_>
 struct FwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 2;
+  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 * 40 + 256 * 232 <= 64K
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
@@ -112,26 +112,26 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
                  (seq.q_start + row_begin) * params.q_row_stride;
     QTile::template load_async<128>(sQ, q, params.q_row_stride, min(kBlockM, seq.seqlen_q - row_begin), params.d, tid);
     copy_async_commit();
+    // Keeps up to kStages steps in flight; a stage is refilled once both consumers released it.
+    int issued = 0;
+    auto issue_next = [&]() {
+      if (issued >= kStages) mbarrier_wait(&empty[issued % kStages], (issued / kStages - 1) & 1);
+      load_step(issued++);
+    };
     if (n_blocks > 0) {
-      load_step(0);
-      copy_async_wait<2>();  // Q
+      issue_next();
+      copy_async_wait_at_most(2);  // Q
       publish(q_full);
     }
     for (int i = 0; i < n_blocks; ++i) {
-      const int stage = i % kStages;
-      if (i + 1 < n_blocks) {
-        if (i + 1 >= kStages) mbarrier_wait(&empty[(i + 1) % kStages], ((i + 1) / kStages - 1) & 1);
-        load_step(i + 1);
-        copy_async_wait<3>();  // K(i); V(i), K(i + 1), V(i + 1) may still be in flight
-        publish(&k_full[stage]);
-        copy_async_wait<2>();
-        publish(&v_full[stage]);
-      } else {
-        copy_async_wait<1>();
-        publish(&k_full[stage]);
-        copy_async_wait<0>();
-        publish(&v_full[stage]);
-      }
+      // Publish step i first (its copies were issued long ago), then refill: the refill may wait
+      // for the consumers to release step i - 1, and they will want step i right after.
+      const int later_groups = 1 + 2 * (issued - 1 - i);  // V(i) and the steps after i
+      copy_async_wait_at_most(later_groups);
+      publish(&k_full[i % kStages]);
+      copy_async_wait_at_most(later_groups - 1);
+      publish(&v_full[i % kStages]);
+      while (issued < n_blocks && issued < i + kStages) issue_next();
     }
     copy_async_wait<0>();  // nothing left in flight when the block retires
   } else {

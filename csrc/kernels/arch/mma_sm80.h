@@ -48,4 +48,18 @@ template <int Pending> FA_DEVICE void copy_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" :: "n"(Pending));
 }
 
+// copy_async_wait for a pending count known only at run time (0..7).
+FA_DEVICE void copy_async_wait_at_most(int pending) {
+  switch (pending) {
+    case 0: copy_async_wait<0>(); break;
+    case 1: copy_async_wait<1>(); break;
+    case 2: copy_async_wait<2>(); break;
+    case 3: copy_async_wait<3>(); break;
+    case 4: copy_async_wait<4>(); break;
+    case 5: copy_async_wait<5>(); break;
+    case 6: copy_async_wait<6>(); break;
+    default: copy_async_wait<7>(); break;
+  }
+}
+
 }  // namespace flash
