@@ -33,7 +33,7 @@ struct FwdTraitsSm90 {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
-  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 * 40 + 256 * 232 <= 64K
+  static constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 <= 64K; no spills
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
