@@ -13,6 +13,7 @@
 #pragma once
 
 #include "dropout.h"
+#include "epilogue.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -120,26 +121,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   float lse[2 * kMTiles];
   softmax.finalize(acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
 
-  // Epilogue: each thread owns 2 adjacent columns of 2 rows per strip.
-  T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
-         seq.q_start * params.o_row_stride;
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = thread_row0 + 16 * mt + 8 * half;
-      if (row >= seq.seqlen_q) continue;
-      T* o_row = o + row * params.o_row_stride;
-#pragma unroll
-      for (int dt = 0; dt < kDTiles; ++dt) {
-        const int col = 8 * dt + 2 * (lane % 4);
-        if (col < params.d) {
-          *reinterpret_cast<uint32_t*>(o_row + col) = pack2<T>(acc_o[mt][dt][2 * half], acc_o[mt][dt][2 * half + 1]);
-        }
-      }
-      if (lane % 4 == 0) params.softmax_lse[seq.lse_index(params, batch, head, row)] = lse[2 * mt + half];
-    }
-  }
+  store_output<T>(params, seq, batch, head, thread_row0, lane, acc_o, lse);
 }
 
 }  // namespace flash

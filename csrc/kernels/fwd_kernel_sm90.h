@@ -17,6 +17,7 @@
 #pragma once
 
 #include "arch/wgmma_sm90.h"
+#include "epilogue.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -189,22 +190,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
 
     float lse[2];
     softmax.finalize(acc_o, params.logit_scale, lse);
-    T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
-           seq.q_start * params.o_row_stride;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = thread_row0 + 8 * half;
-      if (row >= seq.seqlen_q) continue;
-      T* o_row = o + row * params.o_row_stride;
-#pragma unroll
-      for (int dt = 0; dt < kDTiles; ++dt) {
-        const int col = 8 * dt + 2 * (lane % 4);
-        if (col < params.d) {
-          *reinterpret_cast<uint32_t*>(o_row + col) = pack2<T>(acc_o[0][dt][2 * half], acc_o[0][dt][2 * half + 1]);
-        }
-      }
-      if (lane % 4 == 0) params.softmax_lse[seq.lse_index(params, batch, head, row)] = lse[half];
-    }
+    store_output<T>(params, seq, batch, head, thread_row0, lane, acc_o, lse);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
