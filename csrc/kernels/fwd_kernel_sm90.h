@@ -35,6 +35,9 @@ struct FwdTraitsSm90 {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 <= 64K; no spills
+  // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
+  // d128, where the registers run out (benchmarks/NOTES.md).
+  static constexpr bool kOverlapSoftmax = kHeadDim <= 64;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
@@ -147,8 +150,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
     if (n_blocks > 0) mbarrier_wait(q_full, 0);
 
-    // S(i + 1) and P(i) V(i) run together; the softmax of S(i + 1) overlaps the second product,
-    // and O is rescaled once it is back.
+    // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps the
+    // second product and O is rescaled once it is back. Otherwise one product at a time.
     float acc_s[1][kNTiles][4];
     uint32_t p[kBlockN / 16][4];
     auto scores = [&](int i) {
@@ -188,26 +191,36 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         p[kk][3] = pack2<T>(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
       }
     };
-    if (n_blocks > 0) {
+    if constexpr (!Traits::kOverlapSoftmax) {  // one product at a time
+      for (int i = 0; i < n_blocks; ++i) {
+        scores(i);
+        wgmma_wait<0>();
+        float o_factor[2];
+        softmax_of(i, o_factor);
+        softmax.rescale(acc_o, o_factor);
+        pack_p();
+        accumulate_pv(i);
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc_o[0]);
+        mbarrier_arrive(&empty[i % kStages]);
+      }
+    } else if (n_blocks > 0) {
       scores(0);
       wgmma_wait<0>();
       float o_factor[2];
       softmax_of(0, o_factor);  // O is still zero
       pack_p();
-    }
-    for (int i = 0; i + 1 < n_blocks; ++i) {
-      scores(i + 1);
-      accumulate_pv(i);
-      wgmma_wait<1>();  // S(i + 1)
-      float o_factor[2];
-      softmax_of(i + 1, o_factor);
-      wgmma_wait<0>();  // P(i) V(i)
-      wgmma_fence_operands(acc_o[0]);
-      mbarrier_arrive(&empty[i % kStages]);
-      softmax.rescale(acc_o, o_factor);
-      pack_p();
-    }
-    if (n_blocks > 0) {
+      for (int i = 0; i + 1 < n_blocks; ++i) {
+        scores(i + 1);
+        accumulate_pv(i);
+        wgmma_wait<1>();  // S(i + 1)
+        softmax_of(i + 1, o_factor);
+        wgmma_wait<0>();  // P(i) V(i)
+        wgmma_fence_operands(acc_o[0]);
+        mbarrier_arrive(&empty[i % kStages]);
+        softmax.rescale(acc_o, o_factor);
+        pack_p();
+      }
       accumulate_pv(n_blocks - 1);
       wgmma_wait<0>();
       wgmma_fence_operands(acc_o[0]);
