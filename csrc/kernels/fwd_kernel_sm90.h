@@ -88,8 +88,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   __syncthreads();
 
   if (warpgroup == 0) {
-    // Producer: cp.async copies one step ahead; each copy is waited for, fenced for the async
-    // proxy that wgmma reads through, and published on its barrier.
+    // Producer: cp.async copies up to kStages steps ahead; each copy is waited for, fenced for
+    // the async proxy that wgmma reads through, and published on its barrier.
     warpgroup_registers_dec<Traits::kProducerRegs>();
     const T* k = static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
                  seq.k_start * params.k_row_stride;
