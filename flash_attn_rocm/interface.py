@@ -181,9 +181,11 @@ def flash_attn_func(
     window_size = (left, right) keeps keys i + sk - sq - left <= j <= i + sk - sq + right (-1:
     unbounded; causal means right = 0), skipping the key blocks outside the window.
     softcap > 0 caps the logits: softcap * tanh(q.k * softmax_scale / softcap). alibi_slopes (fp32
-    [h] or [b, h]) adds -slope * |i + sk - sq - j| to the logits.
+    [h] or [b, h]) adds -slope * |i + sk - sq - j| to the logits. dropout_p drops probabilities
+    (Philox, seeded from torch's CUDA generator) and scales the kept ones by 1 / (1 - dropout_p).
     Returns out [b, sq, h, d]; with return_attn_probs, (out, softmax_lse [b, h, sq] float32,
-    S_dmask), S_dmask being empty while dropout_p is 0. Differentiable in q, k, v; with
+    S_dmask), S_dmask being empty while dropout_p is 0, else the probabilities [b, h, sq, sk],
+    negative where dropped (recomputed in PyTorch: for tests, O(b h sq sk) memory). Differentiable in q, k, v; with
     deterministic=True the backward is bitwise reproducible (a little slower).
     """
     _check_qkv(q, k, v)
