@@ -4,8 +4,10 @@
 // (wgmma_ss) or from registers (wgmma_rs). The accumulator layout per warp is mma.sync's C
 // layout: warp w of the group holds rows 16 w .. 16 w + 15 as d[n8 tile][4].
 //
-// The operand lists are written out because inline asm takes no arrays. Compiled only for
-// sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); other targets see declarations.
+// Beside it, what a producer/consumer kernel on Hopper needs: mbarriers, setmaxnreg and the
+// fence between the generic and the async proxy. The operand lists are written out because
+// inline asm takes no arrays. Compiled only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); other
+// targets see declarations.
 #pragma once
 
 #include "../platform.h"
