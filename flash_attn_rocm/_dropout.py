@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ._masks import window_visible
+
 _MASK32 = 0xFFFFFFFF
 _MUL = (0xD2511F53, 0xCD9E8D57)
 _WEYL = (0x9E3779B9, 0xBB67AE85)
@@ -70,19 +72,16 @@ def attention_probs(q, k, softmax_lse, softmax_scale: float, causal: bool, windo
     scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k) * softmax_scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
-    rows = torch.arange(seqlen_q, device=q.device)[:, None] + seqlen_k - seqlen_q
-    cols = torch.arange(seqlen_k, device=q.device)[None, :]
     if alibi_slopes is not None:
+        rows = torch.arange(seqlen_q, device=q.device)[:, None] + seqlen_k - seqlen_q
+        cols = torch.arange(seqlen_k, device=q.device)[None, :]
         scores = scores - alibi_slopes.float().reshape(-1, nheads, 1, 1) * (rows - cols).abs()
-    left, right = window
-    right = 0 if causal else right
-    visible = torch.ones_like(cols, dtype=torch.bool) & torch.ones_like(rows, dtype=torch.bool)
-    if left >= 0:
-        visible = visible & (cols >= rows - left)
-    if right >= 0:
-        visible = visible & (cols <= rows + right)
     probs = torch.exp(scores - softmax_lse.float()[..., None])
-    return probs.masked_fill(~visible | softmax_lse.isneginf()[..., None], 0.0)
+    hidden = softmax_lse.isneginf()[..., None]
+    visible = window_visible(seqlen_q, seqlen_k, window, causal, q.device)
+    if visible is not None:
+        hidden = hidden | ~visible
+    return probs.masked_fill(hidden, 0.0)
 
 
 def s_dmask(q, k, softmax_lse, rng_state, dropout_p: float, softmax_scale: float, causal: bool,

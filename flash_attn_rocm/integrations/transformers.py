@@ -60,6 +60,7 @@ except ImportError as e:  # transformers missing, or older than 4.53
     raise ImportError("flash_attn_rocm.integrations.transformers needs transformers >= 4.53 "
                       "(pip install 'flash_attn_rocm[transformers]')") from e
 
+from .._masks import window_visible
 from ..bert_padding import index_first_axis, pad_input, unpad_input
 from ..interface import _MAX_HEAD_DIM, flash_attn_func, flash_attn_varlen_func
 
@@ -288,7 +289,7 @@ def _reference_dense(q, k, v, opts: _Options, mask: torch.Tensor | None = None) 
     scores = torch.matmul(qh, kh.transpose(-1, -2)).float() * opts.scale  # [b, h, sq, sk]
     if opts.softcap > 0:
         scores = opts.softcap * torch.tanh(scores / opts.softcap)
-    visible = _visible(scores.shape[-2], scores.shape[-1], opts, q.device)
+    visible = window_visible(scores.shape[-2], scores.shape[-1], opts.window, opts.causal, q.device)
     if mask is not None and mask.dtype == torch.bool:
         visible = mask if visible is None else visible & mask
     elif mask is not None:
@@ -307,23 +308,6 @@ def _reference_dense(q, k, v, opts: _Options, mask: torch.Tensor | None = None) 
     if opts.dropout > 0:
         probs = F.dropout(probs, p=opts.dropout)
     return torch.matmul(probs.to(vh.dtype), vh).transpose(1, 2)
-
-
-def _visible(seqlen_q: int, seqlen_k: int, opts: _Options, device) -> torch.Tensor | None:
-    """[sq, sk] bool, True where query i sees key j: i + sk - sq - left <= j <= i + sk - sq + right
-    (causal: right = 0); None when every key is visible."""
-    left, right = opts.window
-    right = 0 if opts.causal else right
-    if left < 0 and right < 0:
-        return None
-    offset = (torch.arange(seqlen_k, device=device)[None, :] - torch.arange(seqlen_q, device=device)[:, None]
-              - (seqlen_k - seqlen_q))  # j - (i + sk - sq)
-    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
-    if left >= 0:
-        visible &= offset >= -left
-    if right >= 0:
-        visible &= offset <= right
-    return visible
 
 
 def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, opts: _Options) -> torch.Tensor:
