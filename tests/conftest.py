@@ -5,6 +5,7 @@ pytest's default ("prepend") import mode putting tests/ on sys.path.
 """
 
 import zlib
+from itertools import accumulate
 
 import pytest
 import torch
@@ -23,6 +24,11 @@ CAUSAL = [pytest.param(False, id="full"), pytest.param(True, id="causal")]
 
 def seqlen_params(pairs):
     return [pytest.param(sq, sk, id=f"sq{sq}-sk{sk}") for sq, sk in pairs]
+
+
+def cu_seqlens(lengths, device="cuda"):
+    """Varlen offsets of sequences with these lengths: int32 [batch + 1], from 0."""
+    return torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=device)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ seeding, S_dmask, varlen, determinism and CUDA graph replay."""
 import pytest
 import torch
 
-from conftest import DTYPES, assert_within_eager_error, attention_ref, make_qkv, poison_allocator_cache, requires_gpu
+from conftest import (DTYPES, assert_within_eager_error, attention_ref, cu_seqlens, make_qkv, poison_allocator_cache,
+                      requires_gpu)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
 from flash_attn_rocm._dropout import keep_mask
@@ -120,8 +121,8 @@ def test_s_dmask_marks_the_dropped_probabilities():
 @pytest.mark.parametrize("causal", [False, True])
 def test_dropout_varlen_matches_reference_per_sequence(causal):
     q_lens, k_lens = [1, 17, 300, 0, 129], [5, 17, 250, 3, 400]
-    cu_q = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
-    cu_k = torch.tensor([0] + torch.tensor(k_lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    cu_q = cu_seqlens(q_lens)
+    cu_k = cu_seqlens(k_lens)
     q, _, _ = make_qkv(batch=1, seqlen_q=sum(q_lens), nheads=6, nheads_k=3, head_dim=64)
     _, k, v = make_qkv(batch=1, seqlen_q=1, seqlen_k=sum(k_lens), nheads=6, nheads_k=3, head_dim=64)
     q, k, v = (t[0].detach().requires_grad_() for t in (q, k, v))

@@ -7,7 +7,8 @@ import contextlib
 import pytest
 import torch
 
-from conftest import CAUSAL, DTYPES, assert_within_eager_error, attention_ref, make_qkv, poison_allocator_cache, requires_gpu
+from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, cu_seqlens, make_qkv,
+                      poison_allocator_cache, requires_gpu)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
 from flash_attn_rocm._ops import set_hopper_kernels
@@ -80,7 +81,7 @@ def test_hopper_forward_windows(window_size):
 @pytest.mark.parametrize("causal", CAUSAL)
 def test_hopper_forward_varlen(causal):
     lengths = [1, 17, 300, 0, 129, 1000]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    cu = cu_seqlens(lengths)
     q, k, v = (t[0] for t in make_qkv(batch=1, seqlen_q=sum(lengths), nheads=8, nheads_k=2, head_dim=64))
     out, out_portable = both_paths(
         lambda: flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths), causal=causal))

@@ -4,7 +4,7 @@ against the float32 reference, dense and varlen, alone and together with causal,
 import pytest
 import torch
 
-from conftest import (DTYPES, assert_within_eager_error, attention_ref, make_qkv, poison_allocator_cache,
+from conftest import (DTYPES, assert_within_eager_error, attention_ref, cu_seqlens, make_qkv, poison_allocator_cache,
                       requires_gpu, window_mask)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
@@ -106,8 +106,8 @@ def test_score_mod_deterministic_is_bitwise_repeatable(causal):
 def test_score_mod_varlen_matches_per_sequence(causal):
     # Per-batch slopes: sequence b must use row b of alibi_slopes.
     q_lens, k_lens = [1, 17, 300, 0, 129], [5, 17, 250, 3, 400]
-    cu_q = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
-    cu_k = torch.tensor([0] + torch.tensor(k_lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    cu_q = cu_seqlens(q_lens)
+    cu_k = cu_seqlens(k_lens)
     q, _, _ = make_qkv(batch=1, seqlen_q=sum(q_lens), nheads=6, nheads_k=3, head_dim=64)
     _, k, v = make_qkv(batch=1, seqlen_q=1, seqlen_k=sum(k_lens), nheads=6, nheads_k=3, head_dim=64)
     q, k, v = (t[0].detach().requires_grad_() for t in (q, k, v))

@@ -10,13 +10,11 @@ The varlen API is looked up at call time (conftest.api): this module collects wi
 """
 
 from dataclasses import dataclass
-from itertools import accumulate
-
 import pytest
 import torch
 
-from conftest import (CAUSAL, DTYPES, api, assert_within_eager_error, attention_ref, fully_masked_rows, make_qkv,
-                      poison_allocator_cache, requires_gpu)
+from conftest import (CAUSAL, DTYPES, api, assert_within_eager_error, attention_ref, cu_seqlens, fully_masked_rows,
+                      make_qkv, poison_allocator_cache, requires_gpu)
 
 import flash_attn_rocm  # noqa: F401  (registers torch.ops.flash_attn_rocm)
 from flash_attn_rocm import flash_attn_func
@@ -43,8 +41,7 @@ class Lengths:
 
     def cu_seqlens(self, device="cuda"):
         """cu_seqlens_q, cu_seqlens_k: int32 [batch + 1] offsets, from 0."""
-        return tuple(torch.tensor([0, *accumulate(lens)], dtype=torch.int32, device=device)
-                     for lens in (self.q, self.k))
+        return cu_seqlens(self.q, device), cu_seqlens(self.k, device)
 
     def args(self, device="cuda"):
         """cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k: the varlen arguments after q, k, v."""

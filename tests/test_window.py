@@ -4,7 +4,7 @@ backward against the masked float32 reference, dense and varlen, with causal and
 import pytest
 import torch
 
-from conftest import (DTYPES, assert_within_eager_error, attention_ref, make_qkv, poison_allocator_cache,
+from conftest import (DTYPES, assert_within_eager_error, attention_ref, cu_seqlens, make_qkv, poison_allocator_cache,
                       requires_gpu, window_mask)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
@@ -71,7 +71,7 @@ def test_window_deterministic_is_bitwise_repeatable(causal):
 
 def test_window_varlen_causal_gqa_matches_per_sequence():
     lengths = [1, 17, 300, 0, 129]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    cu = cu_seqlens(lengths)
     q, k, v = make_qkv(batch=1, seqlen_q=sum(lengths), nheads=8, nheads_k=2, head_dim=64)
     q, k, v = (t[0].detach().requires_grad_() for t in (q, k, v))
     out = flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths), causal=True, window_size=(32, 0))
