@@ -82,9 +82,9 @@ template <class T, int kHeadDim, bool Is_causal> error_t run_fwd_sm90(const FwdP
 namespace {
 bool hopper_kernels_enabled = true;
 
-// Whether the current device runs the Hopper forward for params.
-bool use_hopper_forward(const FwdParams& params) {
-  if (!hopper_kernels_enabled || has_extras(params)) return false;
+// Whether the current device runs the Hopper forward (which has no extras).
+bool use_hopper_forward(bool extras) {
+  if (!hopper_kernels_enabled || extras) return false;
   int device = 0, major = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
@@ -155,7 +155,7 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
         )
         preamble = ""
         if name == "fwd" and sm90_families:
-            preamble = "  if (use_hopper_forward(params)) {\n" + "\n".join(
+            preamble = "  if (use_hopper_forward(extras)) {\n" + "\n".join(
                 SM90_CASE.format(dtype_enum=DTYPES[t][1], ctype=DTYPES[t][0], hdim=d) for d, t in sm90_families
             ) + "\n  }\n"
         functions.append(DISPATCH_FUNCTION.format(name=name, params=params, cases=cases, preamble=preamble))
