@@ -44,6 +44,16 @@ def _varlen_bwd_fake(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+@torch.library.register_fake("flash_attn_rocm::fwd_kvcache")
+def _fwd_kvcache_fake(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
+                      cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=1.0, is_causal=False,
+                      window_size_left=-1, window_size_right=-1, softcap=0.0, rotary_interleaved=True,
+                      alibi_slopes=None, num_splits=0):
+    # The caches are mutated in place (the schema says so); the outputs are fresh.
+    batch, seqlen_q, nheads, head_dim = q.shape
+    return q.new_empty((batch, seqlen_q, nheads, head_dim)), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+
+
 def compiled_head_dims() -> list[int]:
     """Head dims with a kernel in this build; other multiples of 8 round up to the next one."""
     return list(ops.compiled_head_dims())

@@ -39,6 +39,13 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
       "Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool is_causal, "
       "bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, "
       "Tensor? alibi_slopes=None, float dropout_p=0.0, Tensor? rng_state=None) -> (Tensor dq, Tensor dk, Tensor dv)");
+  // Appends k, v into the caches in place (hence the mutation annotations), then attends.
+  m.def(
+      "fwd_kvcache(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor? k=None, Tensor? v=None, "
+      "Tensor? rotary_cos=None, Tensor? rotary_sin=None, Tensor? cache_seqlens=None, Tensor? cache_batch_idx=None, "
+      "Tensor? cache_leftpad=None, Tensor? block_table=None, float softmax_scale=1.0, bool is_causal=False, "
+      "int window_size_left=-1, int window_size_right=-1, float softcap=0.0, bool rotary_interleaved=True, "
+      "Tensor? alibi_slopes=None, int num_splits=0) -> (Tensor out, Tensor softmax_lse)");
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
   // Tests and benchmarks switch the Hopper forward off to compare it with the portable one.
   m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
@@ -49,6 +56,7 @@ TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) {
   m.impl("bwd", &flash_api::bwd);
   m.impl("varlen_fwd", &flash_api::varlen_fwd);
   m.impl("varlen_bwd", &flash_api::varlen_bwd);
+  m.impl("fwd_kvcache", &flash_api::fwd_kvcache);
 }
 
 // `import flash_attn_rocm._C` loads the library, which runs the registrations above.

@@ -36,4 +36,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
     int64_t window_size_right, double softcap, const std::optional<at::Tensor>& alibi_slopes, double dropout_p,
     const std::optional<at::Tensor>& rng_state);
 
+std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const std::optional<at::Tensor>& k_new,
+    const std::optional<at::Tensor>& v_new, const std::optional<at::Tensor>& rotary_cos,
+    const std::optional<at::Tensor>& rotary_sin, const std::optional<at::Tensor>& cache_seqlens,
+    const std::optional<at::Tensor>& cache_batch_idx, const std::optional<at::Tensor>& cache_leftpad,
+    const std::optional<at::Tensor>& block_table, double softmax_scale, bool is_causal, int64_t window_size_left,
+    int64_t window_size_right, double softcap, bool rotary_interleaved, const std::optional<at::Tensor>& alibi_slopes,
+    int64_t num_splits);
+
 }  // namespace flash_api

@@ -2,6 +2,8 @@
 // (tools/generate_kernels.py writes it together with the instantiations it dispatches to).
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "params.h"
@@ -28,5 +30,37 @@ error_t run_mha_fwd(const FwdParams& params, DType dtype, bool is_causal, stream
 // Backward (preprocess + main kernel); dq_accum must be zeroed, and dq_semaphore too when
 // params.deterministic ([b, h, ceil(seqlen_q / kBwdBlockM)] ints).
 error_t run_mha_bwd(const BwdParams& params, DType dtype, bool is_causal, stream_t stream);
+
+// KV-cache forward (append, rotary, attention, split-KV combine) for params.d rounded up.
+error_t run_mha_fwd_kvcache(const KvCacheParams& params, DType dtype, stream_t stream);
+
+// Split count for the KV-cache forward when the caller asks for the heuristic: 1 when the
+// blocks (batch x heads x row blocks) already fill the GPU, else the fewest splits that fill
+// whole waves to 90% of the best fill, each split keeping >= 2 key blocks, at most 128.
+inline int kvcache_num_splits(int64_t blocks, int key_blocks, int head_dim, int num_sms, int smem_per_sm) {
+  int smem = 0;
+  switch (kernel_head_dim(head_dim)) {
+    case 32: smem = KvCacheTraits<half_t, 32>::kSmemBytes; break;
+    case 64: smem = KvCacheTraits<half_t, 64>::kSmemBytes; break;
+    case 96: smem = KvCacheTraits<half_t, 96>::kSmemBytes; break;
+    case 128: smem = KvCacheTraits<half_t, 128>::kSmemBytes; break;
+    case 192: smem = KvCacheTraits<half_t, 192>::kSmemBytes; break;
+    default: smem = KvCacheTraits<half_t, 256>::kSmemBytes; break;
+  }
+  const int per_sm = std::max(1, std::min(smem_per_sm / (smem + 1024), 8));
+  const int64_t slots = int64_t(num_sms) * per_sm;
+  if (blocks <= 0 || blocks * 10 >= slots * 8) return 1;
+  const int max_splits = std::max(1, std::min(128, key_blocks / 2));
+  auto fill = [&](int splits) {
+    const int64_t work = blocks * splits, waves = (work + slots - 1) / slots;
+    return double(work) / double(waves * slots);
+  };
+  double best = 0;
+  for (int s = 1; s <= max_splits; ++s) best = std::max(best, fill(s));
+  for (int s = 1; s <= max_splits; ++s) {
+    if (fill(s) >= 0.9 * best) return s;
+  }
+  return 1;
+}
 
 }  // namespace flash

@@ -73,6 +73,50 @@ inline bool has_extras(const FwdParams& params) {
   return params.softcap_prescale != 0.f || params.alibi_slopes != nullptr || params.has_dropout;
 }
 
+// Attention over a KV cache (flash_attn_with_kvcache). FwdParams's k and v are the caches and
+// seqlen_k is one sequence's capacity: its cache rows, or block_table_width pages.
+struct KvCacheParams : FwdParams {
+  // Sequence b attends to the cache rows cache_leftpad[b] .. cache_seqlens[b] + seqlen_new - 1;
+  // its keys are numbered from the first of them (the masks and ALiBi count from there).
+  const int* __restrict__ cache_seqlens;    // [b] rows filled before the append; nullptr: all
+  const int* __restrict__ cache_leftpad;    // [b] or nullptr
+  const int* __restrict__ cache_batch_idx;  // [b] or nullptr: which cache batch row b uses
+
+  // Paged caches: [num_pages, 1 << page_shift, h_k, d], k/v_batch_stride step one page; row r
+  // of sequence b lives in page block_table[b][r >> page_shift]. nullptr: contiguous caches.
+  const int* __restrict__ block_table;
+  int64_t block_table_batch_stride;
+  int block_table_width, num_pages, page_shift;
+
+  // New rows k_new, v_new [b, seqlen_new, h_k, d], written into the caches at cache_seqlens[b]
+  // (rotated, for k, when rotary_cos is set) before the attention reads them.
+  const void* __restrict__ k_new;
+  const void* __restrict__ v_new;
+  int64_t knew_batch_stride, knew_row_stride, knew_head_stride;
+  int64_t vnew_batch_stride, vnew_row_stride, vnew_head_stride;
+  int seqlen_new;
+
+  // Rotary embedding, fp32 cos/sin [seqlen_ro, rotary_dim / 2]: new key row t of sequence b sits at
+  // position cache_seqlens[b] - cache_leftpad[b] + t. q_unrotated [b, sq, nheads_q, d] is rotated
+  // into FwdParams's q (contiguous) at that position, + its row when rotary_q_per_row (causal or
+  // local attention), else all rows at the first new position. Interleaved: pairs (2i, 2i + 1);
+  // otherwise (i, i + rotary_dim / 2).
+  const float* __restrict__ rotary_cos;
+  const float* __restrict__ rotary_sin;
+  int rotary_dim, seqlen_ro;
+  bool rotary_interleaved, rotary_q_per_row;
+  const void* __restrict__ q_unrotated;
+  int64_t qsrc_batch_stride, qsrc_row_stride, qsrc_head_stride;
+  int nheads_q, seqlen_q_rows;  // q's own head count and rows (FwdParams's may be a GQA-packed view)
+
+  // Split-KV: each of num_splits blocks per row block takes a slice of the key blocks and writes
+  // fp32 partials o_accum [num_splits, b, h, seqlen_q, kHeadDim] and lse_accum [num_splits, b, h,
+  // seqlen_q]; a combine kernel merges them into o and softmax_lse. num_splits 1: o directly.
+  int num_splits;
+  float* __restrict__ o_accum;
+  float* __restrict__ lse_accum;
+};
+
 // The backward reads q, k, v, o (the forward's output) and softmax_lse through FwdParams.
 struct BwdParams : FwdParams {
   const void* __restrict__ dout;  // [b, seqlen_q, h, d]

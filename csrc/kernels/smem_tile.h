@@ -74,6 +74,21 @@ struct SmemTile {
       }
     }
   }
+
+  // Global -> shared for rows that need not be evenly strided (a paged KV cache): row_ptr(row)
+  // gives row `row`'s address, for row < rows_valid (>= 1); other rows and chunks read as zeros.
+  template <int kNThreads, class T, class RowPtr>
+  static FA_DEVICE void load_rows_async(T* smem, const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
+    constexpr int kCopies = kRows * kChunks;
+#pragma unroll
+    for (int i = 0; i < (kCopies + kNThreads - 1) / kNThreads; ++i) {
+      const int idx = tid + i * kNThreads;
+      if (kCopies % kNThreads != 0 && idx >= kCopies) break;
+      const int row = idx / kChunks, chunk = idx % kChunks;
+      const bool valid = row < rows_valid && chunk * 8 < head_dim;
+      copy_async_16(smem + offset(row, chunk), row_ptr(valid ? row : 0) + (valid ? chunk * 8 : 0), valid);
+    }
+  }
 };
 
 }  // namespace flash

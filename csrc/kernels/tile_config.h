@@ -46,6 +46,30 @@ struct WarpGrid {
   static FA_HOST_DEVICE int col0(int warp) { return (warp / kWarpRows) * kColsPerWarp; }
 };
 
+// KV-cache attention (decode): a handful of query rows against a long cache, so the block is
+// sized for streaming keys, not for math. One 16-row strip of queries; the warps split every key
+// tile between them (kBlockN / kNWarps keys each, with their own softmax state, merged at the end)
+// and kStages tiles of K and V are in flight. Shared memory also has to hold the merge: each
+// warp's O strip in fp32 (rows padded by 4 floats against bank conflicts).
+template <int kHeadDim> struct KvCacheTile {
+  static constexpr int kBlockN = 64, kStages = kHeadDim <= 128 ? 3 : 2;
+};
+
+template <class T_, int kHeadDim_>
+struct KvCacheTraits {
+  using T = T_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 16, kNWarps = 4, kNThreads = kNWarps * kGroupSize;
+  static constexpr int kBlockN = KvCacheTile<kHeadDim>::kBlockN, kStages = KvCacheTile<kHeadDim>::kStages;
+  static constexpr int kWarpKeys = kBlockN / kNWarps;
+  static constexpr int kDTiles = kHeadDim / 8;
+  static constexpr int kMergeRowFloats = kHeadDim + 4;
+  static constexpr int kLoopSmemBytes = (kBlockM + 2 * kStages * kBlockN) * kHeadDim * int(sizeof(T));
+  static constexpr int kMergeSmemBytes = (kNWarps * kBlockM * (2 + kMergeRowFloats) + kBlockM) * int(sizeof(float));
+  static constexpr int kSmemBytes = kLoopSmemBytes > kMergeSmemBytes ? kLoopSmemBytes : kMergeSmemBytes;
+  static_assert(kWarpKeys % 16 == 0 && kHeadDim % 32 == 0, "each warp takes whole k16 steps of keys");
+};
+
 // Backward: a thread block owns kBlockN keys and walks the query blocks of kBlockM rows; dK
 // and dV (fp32) stay in registers throughout, which is why head dims above 128 halve kBlockN.
 // Warps tile each product in near-square pieces: fewer shared-memory fragment loads per mma

@@ -1,0 +1,43 @@
+// Launches the KV-cache forward of one (dtype, head dim) family: the append (and rotary), the
+// attention, and with split-KV the combine. Included only by the generated kvcache files.
+#pragma once
+
+#include "fwd_kvcache_kernel.h"
+#include "kvcache.h"
+#include "params.h"
+#include "platform.h"
+#include "tile_config.h"
+
+namespace flash {
+
+template <class T, int kHeadDim>
+error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream) {
+  using Traits = KvCacheTraits<T, kHeadDim>;
+  constexpr int kWarpsPerBlock = 4;
+  if (params.seqlen_new > 0 || params.rotary_cos != nullptr) {
+    const int q_rows = params.rotary_cos != nullptr ? params.b * params.seqlen_q_rows * params.nheads_q : 0;
+    const int kv_rows = params.b * params.seqlen_new * params.h_k;
+    const dim3 grid((max(q_rows, kv_rows) + kWarpsPerBlock - 1) / kWarpsPerBlock, 3);
+    kvcache_prepare_kernel<T><<<grid, kWarpsPerBlock * kGroupSize, 0, stream>>>(params);
+    const error_t err = get_last_error();
+    if (err != kSuccess) return err;
+  }
+
+  const auto kernel = &flash_fwd_kvcache_kernel<Traits>;
+  if constexpr (Traits::kSmemBytes > 48 * 1024) {
+    const error_t err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
+    if (err != kSuccess) return err;
+  }
+  const int m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  kernel<<<dim3(m_blocks * params.num_splits, params.h, params.b), Traits::kNThreads, Traits::kSmemBytes, stream>>>(
+      params);
+  if (params.num_splits > 1) {
+    const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;
+    flash_kvcache_combine_kernel<T, kHeadDim>
+        <<<static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kWarpsPerBlock * kGroupSize, 0, stream>>>(
+            params);
+  }
+  return get_last_error();
+}
+
+}  // namespace flash

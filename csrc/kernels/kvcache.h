@@ -1,0 +1,118 @@
+// Where a sequence's keys live in a KV cache, and the kernel that appends new rows to it.
+//
+// Every index read from device memory (cache_seqlens, cache_leftpad, cache_batch_idx,
+// block_table) is clamped to the tensors the host sized: bad values give wrong rows, never an
+// access outside the caches.
+#pragma once
+
+#include "params.h"
+#include "platform.h"
+
+namespace flash {
+
+// One batch element's view of the cache: logical key j is cache row first_row + j, for j < seqlen_k.
+struct CacheSeq {
+  int cache_batch;  // batch row of a contiguous cache
+  int filled;       // rows in the cache before the append
+  int first_row;    // cache_leftpad: rows below are padding
+  int seqlen_k;     // keys after the append
+
+  FA_DEVICE CacheSeq(const KvCacheParams& params, int batch) {
+    cache_batch = params.cache_batch_idx == nullptr ? batch : params.cache_batch_idx[batch];
+    const int capacity = params.seqlen_k;
+    filled = params.cache_seqlens == nullptr ? capacity : min(max(params.cache_seqlens[batch], 0), capacity);
+    const int end = min(filled + params.seqlen_new, capacity);
+    first_row = params.cache_leftpad == nullptr ? 0 : min(max(params.cache_leftpad[batch], 0), end);
+    seqlen_k = end - first_row;
+  }
+
+  // Rotary position of new row t (and of query rows): keys count from first_row.
+  FA_DEVICE int position(int t) const { return filled - first_row + t; }
+};
+
+// Address of cache row `row` of one (sequence, kv head) in a contiguous or a paged cache.
+template <class T>
+struct CacheRows {
+  const T* base;           // row 0 of this sequence and head (paged: of page 0)
+  int64_t row_stride, page_stride;
+  const int* page_of;      // this sequence's block_table row; nullptr: contiguous
+  int pages_in_table, num_pages, page_shift;
+
+  FA_DEVICE CacheRows(const KvCacheParams& params, const void* cache, int64_t batch_stride, int64_t row_stride_,
+                      int64_t head_stride, int batch, int cache_batch, int head_k)
+      : row_stride(row_stride_), page_stride(batch_stride), page_of(nullptr), pages_in_table(params.block_table_width),
+        num_pages(params.num_pages), page_shift(params.page_shift) {
+    base = static_cast<const T*>(cache) + head_k * head_stride;
+    if (params.block_table != nullptr) page_of = params.block_table + batch * params.block_table_batch_stride;
+    else base += cache_batch * batch_stride;
+  }
+
+  FA_DEVICE int64_t offset(int row) const {
+    if (page_of == nullptr) return row * row_stride;
+    const int page = min(max(page_of[min(row >> page_shift, pages_in_table - 1)], 0), num_pages - 1);
+    return page * page_stride + (row & ((1 << page_shift) - 1)) * row_stride;
+  }
+  FA_DEVICE const T* operator()(int row) const { return base + offset(row); }
+};
+
+// One row of d elements (16-bit, 4-byte aligned) from src to dst, rotated over its first
+// rotary_dim channels at `position` when cos is set, by one warp.
+template <class T>
+FA_DEVICE void rotate_row(const T* src, T* dst, const KvCacheParams& params, const float* cos, int position,
+                          int lane) {
+  const uint32_t* in = reinterpret_cast<const uint32_t*>(src);
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+  const int words = params.d / 2, rotary_words = cos == nullptr ? 0 : params.rotary_dim / 2;
+  const int half = params.rotary_dim / 2;  // cos/sin entries per position
+  const float* cos_row = cos == nullptr ? nullptr : cos + min(max(position, 0), params.seqlen_ro - 1) * half;
+  const float* sin_row = cos == nullptr ? nullptr : params.rotary_sin + (cos_row - cos);
+  for (int w = lane; w < words; w += kGroupSize) {
+    if (w >= rotary_words) {
+      out[w] = in[w];
+    } else if (params.rotary_interleaved) {  // the pair is this word: angle w
+      const float2 x = unpack2<T>(in[w]);
+      const float c = cos_row[w], s = sin_row[w];
+      out[w] = pack2<T>(x.x * c - x.y * s, x.x * s + x.y * c);
+    } else if (w < rotary_words / 2) {  // channels 2w, 2w + 1 pair with 2w + half, 2w + 1 + half
+      const int partner = w + rotary_words / 2;
+      const float2 a = unpack2<T>(in[w]), b = unpack2<T>(in[partner]);
+      const float c0 = cos_row[2 * w], c1 = cos_row[2 * w + 1], s0 = sin_row[2 * w], s1 = sin_row[2 * w + 1];
+      out[w] = pack2<T>(a.x * c0 - b.x * s0, a.y * c1 - b.y * s1);
+      out[partner] = pack2<T>(a.x * s0 + b.x * c0, a.y * s1 + b.y * c1);
+    }
+  }
+}
+
+// Before the attention: blockIdx.y = 0 rotates q into params.q (when rotary_cos is set),
+// 1 and 2 append k_new (rotated) and v_new to the caches. One warp per row.
+template <class T>
+__global__ void __launch_bounds__(128) kvcache_prepare_kernel(const KvCacheParams params) {
+  const int role = blockIdx.y, lane = threadIdx.x % kGroupSize;
+  const int row_id = blockIdx.x * (blockDim.x / kGroupSize) + threadIdx.x / kGroupSize;
+  const int heads = role == 0 ? params.nheads_q : params.h_k;
+  const int rows = role == 0 ? params.seqlen_q_rows : params.seqlen_new;
+  if (row_id >= params.b * rows * heads) return;
+  const int head = row_id % heads, t = (row_id / heads) % rows, batch = row_id / (heads * rows);
+  const CacheSeq seq(params, batch);
+
+  if (role == 0) {
+    const T* src = static_cast<const T*>(params.q_unrotated) + batch * params.qsrc_batch_stride +
+                   t * params.qsrc_row_stride + head * params.qsrc_head_stride;
+    T* dst = const_cast<T*>(static_cast<const T*>(params.q)) + ((int64_t(batch) * rows + t) * heads + head) * params.d;
+    rotate_row(src, dst, params, params.rotary_cos, seq.position(params.rotary_q_per_row ? t : 0), lane);
+    return;
+  }
+  const int row = seq.filled + t;
+  if (row >= params.seqlen_k) return;  // past the capacity: dropped (the host rejects it when it can tell)
+  const bool is_k = role == 1;
+  const T* src = static_cast<const T*>(is_k ? params.k_new : params.v_new) +
+                 batch * (is_k ? params.knew_batch_stride : params.vnew_batch_stride) +
+                 t * (is_k ? params.knew_row_stride : params.vnew_row_stride) +
+                 head * (is_k ? params.knew_head_stride : params.vnew_head_stride);
+  const CacheRows<T> cache(params, is_k ? params.k : params.v, is_k ? params.k_batch_stride : params.v_batch_stride,
+                           is_k ? params.k_row_stride : params.v_row_stride,
+                           is_k ? params.k_head_stride : params.v_head_stride, batch, seq.cache_batch, head);
+  rotate_row(src, const_cast<T*>(cache(row)), params, is_k ? params.rotary_cos : nullptr, seq.position(t), lane);
+}
+
+}  // namespace flash

@@ -1,0 +1,202 @@
+"""flash_attn_with_kvcache: attention over a KV cache (decode, chunked prefill), flash-attn 2.8's call."""
+
+from __future__ import annotations
+
+import torch
+
+from ._ops import ops
+from .interface import (
+    _DTYPES,
+    _MAX_HEAD_DIM,
+    _check_alibi_slopes,
+    _check_devices,
+    _named,
+    _resolve_softcap,
+    _resolve_softmax_scale,
+    _resolve_window,
+)
+
+_MAX_SPLITS = 128
+
+
+def _check_tensor(name, t, rank, layout):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+
+
+def _check_index_tensor(name, t, batch):
+    """An optional int32 [batch] tensor."""
+    if t is None:
+        return
+    _check_tensor(name, t, 1, f"[batch] = [{batch}]")
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {t.dtype}")
+    if t.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [batch] = [{batch}], got {tuple(t.shape)}")
+
+
+def _check_cache(q, k_cache, v_cache, block_table, cache_batch_idx) -> int:
+    """Checks the caches against q and returns a sequence's capacity in rows."""
+    batch, _, nheads, head_dim = q.shape
+    layout = "[num_pages, page_size, nheads_k, head_dim]" if block_table is not None else \
+        "[batch_cache, seqlen_cache, nheads_k, head_dim]"
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_tensor(name, t, 4, layout)
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}: they must share one dtype")
+        if t.shape[-1] != head_dim:
+            raise ValueError(f"{name} has head dim {t.shape[-1]} but q has {head_dim}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}")
+    nheads_k = k_cache.shape[2]
+    if nheads_k == 0 or nheads % nheads_k != 0:
+        raise ValueError(f"nheads of q ({nheads}) must be divisible by nheads of k_cache and v_cache ({nheads_k})")
+    if block_table is None:
+        if cache_batch_idx is None and k_cache.shape[0] != batch:
+            raise ValueError(f"k_cache has batch size {k_cache.shape[0]} but q has {batch} (pass cache_batch_idx to "
+                             f"pick cache rows)")
+        return k_cache.shape[1]
+    _check_tensor("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
+    if block_table.dtype != torch.int32:
+        raise TypeError(f"block_table must be int32, got {block_table.dtype}")
+    if block_table.shape[0] != batch or block_table.shape[1] == 0:
+        raise ValueError(f"block_table must have shape [batch, max_pages_per_sequence] with batch = {batch} and at "
+                         f"least one page, got {tuple(block_table.shape)}")
+    if cache_batch_idx is not None:
+        raise ValueError("cache_batch_idx cannot be combined with block_table: the table already maps each batch "
+                         "element to its pages")
+    page_size = k_cache.shape[1]
+    if page_size < 16 or page_size & (page_size - 1):
+        raise ValueError(f"the page size (k_cache.shape[1] with block_table) must be a power of two >= 16, got "
+                         f"{page_size}")
+    return block_table.shape[1] * page_size
+
+
+def flash_attn_with_kvcache(
+    q,
+    k_cache,
+    v_cache,
+    k=None,
+    v=None,
+    rotary_cos=None,
+    rotary_sin=None,
+    cache_seqlens=None,
+    cache_batch_idx=None,
+    cache_leftpad=None,
+    block_table=None,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    rotary_interleaved=True,
+    alibi_slopes=None,
+    num_splits=0,
+    return_softmax_lse=False,
+):
+    """Attention of q [b, sq, h, d] over a KV cache, after appending new keys and values to it.
+
+    k_cache, v_cache: [b_cache, s_cache, h_k, d], or with block_table (int32 [b, max_pages]) paged
+    [num_pages, page_size, h_k, d] with page_size a power of two >= 16; row r of sequence i is then
+    in page block_table[i, r // page_size]. cache_seqlens (int or int32 [b]; None: the whole cache)
+    counts the rows already in each sequence's cache; cache_batch_idx (int32 [b]) picks the cache
+    row of each batch element (contiguous caches); cache_leftpad (int32 [b]) marks rows
+    0 .. leftpad - 1 as padding.
+    k, v [b, s_new, h_k, d]: written in place into the caches at rows cache_seqlens ..
+    cache_seqlens + s_new - 1, then attended to. With rotary_cos/rotary_sin ([seqlen_ro,
+    rotary_dim / 2], seqlen_ro >= the cache capacity) the new k is rotated at positions
+    cache_seqlens - leftpad + t, and q at those positions (causal or local attention) or all at
+    the first one; rotary_interleaved pairs channels (2i, 2i + 1), else (i, i + rotary_dim / 2).
+    The keys are numbered from cache_leftpad; causal, window_size, softcap and alibi_slopes are
+    flash_attn_func's on them, aligned to the bottom-right. num_splits splits the keys across
+    thread blocks (0: chosen from the shape, 1: no split, at most 128).
+
+    Values in cache_seqlens, cache_leftpad, cache_batch_idx and block_table are read on the
+    device and clamped to the tensors: bad values give wrong rows, never out-of-bounds accesses;
+    rows appended past the capacity are dropped (an int cache_seqlens is checked here).
+    Returns out [b, sq, h, d], or (out, softmax_lse [b, h, sq] float32) with return_softmax_lse.
+    No backward.
+    """
+    _check_tensor("q", q, 4, "[batch, seqlen_q, nheads, head_dim]")
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"q must be float16 or bfloat16, got {q.dtype}")
+    batch, _, nheads, head_dim = q.shape
+    if head_dim == 0 or head_dim % 8 != 0 or head_dim > _MAX_HEAD_DIM:
+        raise ValueError(f"head dim of q must be a positive multiple of 8 and at most {_MAX_HEAD_DIM}, got {head_dim}")
+    capacity = _check_cache(q, k_cache, v_cache, block_table, cache_batch_idx)
+    nheads_k = k_cache.shape[2]
+
+    if (k is None) != (v is None):
+        raise ValueError("k and v must be given together (the new keys and values to append)")
+    seqlen_new = 0
+    if k is not None:
+        expected = (batch, k.shape[1] if isinstance(k, torch.Tensor) and k.dim() == 4 else -1, nheads_k, head_dim)
+        for name, t in (("k", k), ("v", v)):
+            _check_tensor(name, t, 4, "[batch, seqlen_new, nheads_k, head_dim]")
+            if t.dtype != q.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
+            if tuple(t.shape) != expected:
+                raise ValueError(f"{name} must have shape [batch, seqlen_new, nheads_k, head_dim] = {expected}, got "
+                                 f"{tuple(t.shape)}")
+        seqlen_new = k.shape[1]
+        if cache_seqlens is None:
+            raise ValueError("cache_seqlens is needed to append k and v: it says where the new rows go")
+        if seqlen_new > capacity:
+            raise ValueError(f"k has {seqlen_new} new rows but the cache holds {capacity} per sequence")
+
+    if isinstance(cache_seqlens, bool) or not (cache_seqlens is None or isinstance(cache_seqlens, (int, torch.Tensor))):
+        raise TypeError(f"cache_seqlens must be an int, an int32 tensor or None, got {type(cache_seqlens).__name__}")
+    if isinstance(cache_seqlens, int):
+        if cache_seqlens < 0 or cache_seqlens + seqlen_new > capacity:
+            raise ValueError(f"cache_seqlens ({cache_seqlens}) + new rows ({seqlen_new}) must be within the cache "
+                             f"capacity {capacity}")
+    else:
+        _check_index_tensor("cache_seqlens", cache_seqlens, batch)
+    _check_index_tensor("cache_batch_idx", cache_batch_idx, batch)
+    _check_index_tensor("cache_leftpad", cache_leftpad, batch)
+
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos and rotary_sin must be given together")
+    if rotary_cos is not None:
+        if k is None:
+            raise ValueError("rotary_cos/rotary_sin rotate the new k: pass k and v too")
+        for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+            _check_tensor(name, t, 2, "[seqlen_ro, rotary_dim / 2]")
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if rotary_cos.shape != rotary_sin.shape:
+            raise ValueError(f"rotary_cos and rotary_sin must have one shape, got {tuple(rotary_cos.shape)} and "
+                             f"{tuple(rotary_sin.shape)}")
+        rotary_dim = 2 * rotary_cos.shape[1]
+        if rotary_dim == 0 or rotary_dim % 16 != 0 or rotary_dim > head_dim:
+            raise ValueError(f"rotary_dim (2 * rotary_cos.shape[1] = {rotary_dim}) must be a positive multiple of 16 "
+                             f"and at most the head dim {head_dim}")
+        if rotary_cos.shape[0] < capacity:
+            raise ValueError(f"rotary_cos must have a row per cache position ({capacity}), got {rotary_cos.shape[0]}")
+
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int):
+        raise TypeError(f"num_splits must be an int, got {type(num_splits).__name__}")
+    if not 0 <= num_splits <= _MAX_SPLITS:
+        raise ValueError(f"num_splits must be in [0, {_MAX_SPLITS}] (0: heuristic, 1: no split), got {num_splits}")
+    scale = _resolve_softmax_scale(softmax_scale, head_dim)
+    window = _resolve_window(window_size)
+    softcap = _resolve_softcap(softcap)
+    _check_alibi_slopes(alibi_slopes, batch, nheads)
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
+        if t is not None and t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension (stride(-1) == 1), got {t.stride(-1)}")
+    seqlens_tensor = cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None
+    _check_devices(q, ("k_cache", k_cache), ("v_cache", v_cache), *_named("k", k), *_named("v", v),
+                   *_named("rotary_cos", rotary_cos), *_named("rotary_sin", rotary_sin),
+                   *_named("cache_seqlens", seqlens_tensor), *_named("cache_batch_idx", cache_batch_idx),
+                   *_named("cache_leftpad", cache_leftpad), *_named("block_table", block_table),
+                   *_named("alibi_slopes", alibi_slopes))
+    if isinstance(cache_seqlens, int):
+        seqlens_tensor = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+
+    out, softmax_lse = ops.fwd_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens_tensor,
+                                       cache_batch_idx, cache_leftpad, block_table, scale, bool(causal), *window,
+                                       softcap, bool(rotary_interleaved), alibi_slopes, num_splits)
+    return (out, softmax_lse) if return_softmax_lse else out
