@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build + GPU tests + compute-sanitizer + benchmark in one go, for one lease of the GPU machine.
 # Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
-# GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also memory, llm
+# GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also memory, llm, decode
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -40,6 +40,7 @@ for step in $STEPS; do
     bench) TAIL_LINES=40 run bench python3 benchmarks/bench_attention.py ${BENCH_ARGS:-} ;;
     memory) TAIL_LINES=12 run memory python3 benchmarks/bench_memory.py ;;
     llm) TAIL_LINES=20 run llm python3 benchmarks/bench_llm.py ${LLM_ARGS:-} ;;
+    decode) TAIL_LINES=40 run decode python3 benchmarks/bench_decode.py ${DECODE_ARGS:-} ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done
