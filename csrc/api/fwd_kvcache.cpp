@@ -175,8 +175,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
   int splits = static_cast<int>(num_splits);
   if (splits == 0) {
     const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-    splits = flash::kvcache_num_splits(int64_t(params.b) * params.h * m_blocks, key_blocks, params.d,
-                                       props->multiProcessorCount, static_cast<int>(props->sharedMemPerMultiprocessor));
+    splits = flash::kvcache_num_splits(int64_t(params.b) * params.h * m_blocks, key_blocks, props->multiProcessorCount);
   }
   params.num_splits = std::max(1, std::min(splits, key_blocks));
   at::Tensor o_accum, lse_accum;

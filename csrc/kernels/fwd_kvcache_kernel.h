@@ -37,6 +37,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   auto stage_k = [&](int stage) { return sKV + 2 * stage * kBlockN * kHeadDim; };
   auto stage_v = [&](int stage) { return sKV + (2 * stage + 1) * kBlockN * kHeadDim; };
 
+  allow_dependents();        // the combine kernel may take its place on the SMs already
+  wait_for_previous_grid();  // the append must have landed
   const int m_blocks = (params.seqlen_q + kBlockM - 1) / kBlockM;
   const int m_block = blockIdx.x % m_blocks, split = blockIdx.x / m_blocks;
   const int head = blockIdx.y, batch = blockIdx.z;
@@ -178,6 +180,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
 //   lse = log sum_s exp(lse_s),   o = sum_s exp(lse_s - lse) o_s
 template <class T, int kHeadDim>
 __global__ void __launch_bounds__(128) flash_kvcache_combine_kernel(const KvCacheParams params) {
+  wait_for_previous_grid();  // every split's partial is written
   const int lane = threadIdx.x % kGroupSize;
   const int64_t row_id = int64_t(blockIdx.x) * (blockDim.x / kGroupSize) + threadIdx.x / kGroupSize;
   const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;  // one split's partials

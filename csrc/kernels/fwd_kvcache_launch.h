@@ -23,21 +23,21 @@ error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream) {
     if (err != kSuccess) return err;
   }
 
+  // Each kernel after the first overlaps its launch with the tail of the one before (decode
+  // steps are short enough for the gap between kernels to show).
   const auto kernel = &flash_fwd_kvcache_kernel<Traits>;
   if constexpr (Traits::kSmemBytes > 48 * 1024) {
     const error_t err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
     if (err != kSuccess) return err;
   }
   const int m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
-  kernel<<<dim3(m_blocks * params.num_splits, params.h, params.b), Traits::kNThreads, Traits::kSmemBytes, stream>>>(
-      params);
-  if (params.num_splits > 1) {
-    const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;
-    flash_kvcache_combine_kernel<T, kHeadDim>
-        <<<static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kWarpsPerBlock * kGroupSize, 0, stream>>>(
-            params);
-  }
-  return get_last_error();
+  error_t err = launch_overlapped(kernel, dim3(m_blocks * params.num_splits, params.h, params.b), dim3(Traits::kNThreads),
+                                  Traits::kSmemBytes, stream, params);
+  if (err != kSuccess || params.num_splits == 1) return err;
+  const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;
+  return launch_overlapped(&flash_kvcache_combine_kernel<T, kHeadDim>,
+                           dim3(static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock)),
+                           dim3(kWarpsPerBlock * kGroupSize), 0, stream, params);
 }
 
 }  // namespace flash

@@ -88,6 +88,8 @@ FA_DEVICE void rotate_row(const T* src, T* dst, const KvCacheParams& params, con
 template <class T>
 __global__ void __launch_bounds__(128) kvcache_prepare_kernel(const KvCacheParams params) {
   const int role = blockIdx.y, lane = threadIdx.x % kGroupSize;
+  allow_dependents();  // the attention kernel may start; it waits for this grid before reading
+  if (role == 0 && params.rotary_cos == nullptr) return;  // q is read as it is
   const int row_id = blockIdx.x * (blockDim.x / kGroupSize) + threadIdx.x / kGroupSize;
   const int heads = role == 0 ? params.nheads_q : params.h_k;
   const int rows = role == 0 ? params.seqlen_q_rows : params.seqlen_new;

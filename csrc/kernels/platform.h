@@ -155,6 +155,38 @@ template <> FA_DEVICE uint32_t pack2<bf16_t>(float lo, float hi) {
 }
 #endif
 
+// Programmatic dependent launch (sm_90): a kernel started by launch_overlapped() may begin while
+// the one before it on the stream still runs, and must call wait_for_previous_grid() before
+// touching memory that kernel writes; allow_dependents() lets the next kernel start early.
+// Elsewhere both are no-ops (and launch_overlapped a plain launch).
+FA_DEVICE void wait_for_previous_grid() {
+#if defined(FA_PLATFORM_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+FA_DEVICE void allow_dependents() {
+#if defined(FA_PLATFORM_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <class... Params, class... Args>
+error_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, stream_t stream,
+                          Args&&... args) {
+#if defined(FA_PLATFORM_CUDA)
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = stream;
+  config.attrs = attribute, config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Args&&>(args)...);
+#else
+  kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
+  return get_last_error();
+#endif
+}
+
 #endif  // device-side helpers
 
 }  // namespace flash
