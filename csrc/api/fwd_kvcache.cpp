@@ -175,7 +175,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
   int splits = static_cast<int>(num_splits);
   if (splits == 0) {
     const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-    splits = flash::kvcache_num_splits(int64_t(params.b) * params.h * m_blocks, key_blocks, props->multiProcessorCount);
+    const int slots = props->multiProcessorCount * (params.block_table != nullptr ? 2 : 1);
+    splits = flash::kvcache_num_splits(int64_t(params.b) * params.h * m_blocks, key_blocks, slots);
   }
   params.num_splits = std::max(1, std::min(splits, key_blocks));
   at::Tensor o_accum, lse_accum;

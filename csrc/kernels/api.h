@@ -35,17 +35,17 @@ error_t run_mha_bwd(const BwdParams& params, DType dtype, bool is_causal, stream
 error_t run_mha_fwd_kvcache(const KvCacheParams& params, DType dtype, stream_t stream);
 
 // Split count for the KV-cache forward when the caller asks for the heuristic: 1 when the
-// blocks (batch x heads x row blocks) already fill the SMs, else the fewest splits that fill
-// whole waves of one block per SM to 90% of the best fill, each split keeping >= 2 key blocks,
-// at most 128. One block per SM: on an H100, 16 splits of a 64k cache (128 blocks) stream 7%
-// faster than 32 (256 blocks, two per SM): longer splits amortise filling the pipeline
-// (benchmarks/NOTES.md).
-inline int kvcache_num_splits(int64_t blocks, int key_blocks, int num_sms) {
-  if (blocks <= 0 || blocks * 10 >= int64_t(num_sms) * 8) return 1;
+// blocks (batch x heads x row blocks) already fill the slots, else the fewest splits that fill
+// whole waves of `slots` blocks to 90% of the best fill, each split keeping >= 2 key blocks, at
+// most 128. Measured on an H100 (benchmarks/NOTES.md): a contiguous cache streams fastest with
+// one long split per SM (slots = SMs), a paged one with two blocks per SM (slots = 2 x SMs),
+// whose extra loads in flight hide the scattered pages.
+inline int kvcache_num_splits(int64_t blocks, int key_blocks, int slots) {
+  if (blocks <= 0 || blocks * 10 >= int64_t(slots) * 8) return 1;
   const int max_splits = std::max(1, std::min(128, key_blocks / 2));
   auto fill = [&](int splits) {
-    const int64_t work = blocks * splits, waves = (work + num_sms - 1) / num_sms;
-    return double(work) / double(waves * num_sms);
+    const int64_t work = blocks * splits, waves = (work + slots - 1) / slots;
+    return double(work) / double(waves * slots);
   };
   double best = 0;
   for (int s = 1; s <= max_splits; ++s) best = std::max(best, fill(s));
