@@ -1,12 +1,12 @@
 // Attention over a KV cache (decode and chunked prefill): one thread block per (16 query rows,
 // head, batch, split). Decode is a stream of K and V through the chip, so the block keeps
-// params.kv_stages key tiles in flight and its warps split every tile between them instead of the
+// kStages key tiles in flight and its warps split every tile between them instead of the
 // query rows (there are few): warp w multiplies the 16 rows by keys [w kWarpKeys, (w + 1)
 // kWarpKeys) of the tile with its own online softmax, and the warps merge their states at the
 // end. With split-KV (num_splits > 1) a block takes a slice of the key blocks and writes fp32
 // partials with their lse; flash_kvcache_combine_kernel merges the slices.
 //
-//   wait tile n | issue tile n + stages - 1 | S = Q K(n)^T, mask | softmax | O += P V(n)
+//   wait tile n | issue tile n + kStages - 1 | S = Q K(n)^T, mask | softmax | O += P V(n)
 #pragma once
 
 #include "kvcache.h"
@@ -26,8 +26,7 @@ template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(const KvCacheParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
-  constexpr int kNWarps = Traits::kNWarps, kNThreads = Traits::kNThreads;
-  const int stages = params.kv_stages;
+  constexpr int kNWarps = Traits::kNWarps, kNThreads = Traits::kNThreads, kStages = Traits::kStages;
   constexpr int kWarpKeys = Traits::kWarpKeys, kDTiles = Traits::kDTiles;
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
@@ -86,7 +85,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
     KVTile::template load_rows_async<kNThreads>(stage_v(stage), v_rows.base, tile.v, keys_in(n), params.d, tid);
   };
   TileOffsets next;
-  for (int s = 0; s + 1 < stages; ++s) {
+#pragma unroll
+  for (int s = 0; s + 1 < kStages; ++s) {
     if (n_begin + s < n_end) {
       locate(n_begin + s, next);
       load_kv(n_begin + s, next, s);
@@ -98,12 +98,13 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   OnlineSoftmax<1, kWarpKeys / 8, kDTiles> softmax;
   const int thread_row0 = row_begin + lane / 4;
 
-  for (int n = n_begin, stage = 0; n < n_end; ++n, stage = stage + 1 == stages ? 0 : stage + 1) {
-    const bool refill = n + stages - 1 < n_end;
-    if (refill) locate(n + stages - 1, next);
-    copy_async_wait_at_most(stages - 2);
+  for (int n = n_begin; n < n_end; ++n) {
+    const int i = n - n_begin, stage = i % kStages;
+    const bool refill = n + kStages - 1 < n_end;
+    if (refill) locate(n + kStages - 1, next);
+    copy_async_wait<kStages - 2>();
     __syncthreads();  // tile n visible to all; every warp is done with the stage refilled next
-    if (refill) load_kv(n + stages - 1, next, stage == 0 ? stages - 1 : stage - 1);
+    if (refill) load_kv(n + kStages - 1, next, (i + kStages - 1) % kStages);
     copy_async_commit();
 
     const int key0 = n * kBlockN + warp * kWarpKeys;

@@ -26,17 +26,13 @@ error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream) {
   // Each kernel after the first overlaps its launch with the tail of the one before (decode
   // steps are short enough for the gap between kernels to show).
   const auto kernel = &flash_fwd_kvcache_kernel<Traits>;
-  const int m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
-  const int64_t blocks = int64_t(m_blocks) * params.num_splits * params.h * params.b;
-  KvCacheParams launch = params;  // a block with its SM to itself keeps more tiles in flight
-  launch.kv_stages = blocks <= multiprocessor_count() ? Traits::kMaxStages : Traits::kStages;
-  const int smem = Traits::smem_bytes(launch.kv_stages);
-  if (smem > 48 * 1024) {
-    const error_t err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
+  if constexpr (Traits::kSmemBytes > 48 * 1024) {
+    const error_t err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
     if (err != kSuccess) return err;
   }
-  error_t err = launch_overlapped(kernel, dim3(m_blocks * params.num_splits, params.h, params.b),
-                                  dim3(Traits::kNThreads), smem, stream, launch);
+  const int m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  error_t err = launch_overlapped(kernel, dim3(m_blocks * params.num_splits, params.h, params.b), dim3(Traits::kNThreads),
+                                  Traits::kSmemBytes, stream, params);
   if (err != kSuccess || params.num_splits == 1) return err;
   const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;
   return launch_overlapped(&flash_kvcache_combine_kernel<T, kHeadDim>,

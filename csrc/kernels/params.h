@@ -113,7 +113,6 @@ struct KvCacheParams : FwdParams {
   // fp32 partials o_accum [num_splits, b, h, seqlen_q, kHeadDim] and lse_accum [num_splits, b, h,
   // seqlen_q]; a combine kernel merges them into o and softmax_lse. num_splits 1: o directly.
   int num_splits;
-  int kv_stages;  // K and V tiles in flight (set by the launch: tile_config.h)
   float* __restrict__ o_accum;
   float* __restrict__ lse_accum;
 };

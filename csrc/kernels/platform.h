@@ -33,11 +33,6 @@ inline error_t get_last_error() { return hipGetLastError(); }
 inline error_t set_max_dynamic_smem(const void* kernel, int bytes) {
   return hipFuncSetAttribute(kernel, hipFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
-inline int multiprocessor_count() {
-  int device = 0, count = 0;
-  if (hipGetDevice(&device) != hipSuccess) return 1;
-  return hipDeviceGetAttribute(&count, hipDeviceAttributeMultiprocessorCount, device) == hipSuccess ? count : 1;
-}
 #else
 using stream_t = cudaStream_t;
 using error_t = cudaError_t;
@@ -49,11 +44,6 @@ inline const char* error_string(error_t e) { return cudaGetErrorString(e); }
 inline error_t get_last_error() { return cudaGetLastError(); }
 inline error_t set_max_dynamic_smem(const void* kernel, int bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-}
-inline int multiprocessor_count() {  // of the current device
-  int device = 0, count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 1;
-  return cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess ? count : 1;
 }
 #endif
 

@@ -48,13 +48,11 @@ struct WarpGrid {
 
 // KV-cache attention (decode): a handful of query rows against a long cache, so the block is
 // sized for streaming keys, not for math. One 16-row strip of queries; the warps split every key
-// tile between them (kBlockN / kNWarps keys each, with their own softmax state, merged at the end).
-// The number of K and V tiles in flight is chosen at launch: kStages where two blocks share an
-// SM, up to kMaxStages where a block has its SM alone (split-KV), since then its own tiles in
-// flight are all that hides the memory latency. Shared memory also has to hold the merge: each
+// tile between them (kBlockN / kNWarps keys each, with their own softmax state, merged at the end)
+// and kStages tiles of K and V are in flight. Shared memory also has to hold the merge: each
 // warp's O strip in fp32 (rows padded by 4 floats against bank conflicts).
 template <int kHeadDim> struct KvCacheTile {
-  static constexpr int kBlockN = 64, kStages = kHeadDim <= 128 ? 3 : 2, kMaxStages = kHeadDim <= 128 ? 6 : 3;
+  static constexpr int kBlockN = 64, kStages = kHeadDim <= 128 ? 3 : 2;
 };
 
 template <class T_, int kHeadDim_>
@@ -62,18 +60,14 @@ struct KvCacheTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 16, kNWarps = 4, kNThreads = kNWarps * kGroupSize;
-  static constexpr int kBlockN = KvCacheTile<kHeadDim>::kBlockN;
-  static constexpr int kStages = KvCacheTile<kHeadDim>::kStages, kMaxStages = KvCacheTile<kHeadDim>::kMaxStages;
+  static constexpr int kBlockN = KvCacheTile<kHeadDim>::kBlockN, kStages = KvCacheTile<kHeadDim>::kStages;
   static constexpr int kWarpKeys = kBlockN / kNWarps;
   static constexpr int kDTiles = kHeadDim / 8;
   static constexpr int kMergeRowFloats = kHeadDim + 4;
+  static constexpr int kLoopSmemBytes = (kBlockM + 2 * kStages * kBlockN) * kHeadDim * int(sizeof(T));
   static constexpr int kMergeSmemBytes = (kNWarps * kBlockM * (2 + kMergeRowFloats) + kBlockM) * int(sizeof(float));
-  static constexpr int smem_bytes(int stages) {
-    const int loop = (kBlockM + 2 * stages * kBlockN) * kHeadDim * int(sizeof(T));
-    return loop > kMergeSmemBytes ? loop : kMergeSmemBytes;
-  }
+  static constexpr int kSmemBytes = kLoopSmemBytes > kMergeSmemBytes ? kLoopSmemBytes : kMergeSmemBytes;
   static_assert(kWarpKeys % 16 == 0 && kHeadDim % 32 == 0, "each warp takes whole k16 steps of keys");
-  static_assert(kStages >= 2 && kMaxStages <= 8, "copy_async_wait_at_most counts up to 7 pending groups");
 };
 
 // Backward: a thread block owns kBlockN keys and walks the query blocks of kBlockM rows; dK

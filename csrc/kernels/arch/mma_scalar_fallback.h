@@ -60,6 +60,5 @@ FA_DEVICE void copy_async_16(void* smem, const void* gmem, bool pred) {
 }
 FA_DEVICE void copy_async_commit() {}
 template <int Pending> FA_DEVICE void copy_async_wait() {}
-FA_DEVICE void copy_async_wait_at_most(int) {}
 
 }  // namespace flash
