@@ -65,32 +65,18 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
 
   const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
                row_begin * params.q_row_stride;
-  const int q_rows = row_end - row_begin;
-  typename QTile::template RowOffsets<kNThreads> q_offsets;
-  q_offsets.fetch([&](int row) { return row * params.q_row_stride; }, q_rows, tid);
-  QTile::template load_rows_async<kNThreads>(sQ, q, q_offsets, q_rows, params.d, tid);
-
-  // Where this thread's rows of key block n lie in the caches; fetched an iteration before the
-  // copies, so that a page-table lookup waits alongside the tile in flight, not in front of the math.
-  using Offsets = typename KVTile::template RowOffsets<kNThreads>;
-  struct TileOffsets { Offsets k, v; };
-  auto keys_in = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
-  auto locate = [&](int n, TileOffsets& tile) {
-    const int first = seq.first_row + n * kBlockN;
-    tile.k.fetch([&](int r) { return k_rows.offset(first + r); }, keys_in(n), tid);
-    tile.v.fetch([&](int r) { return v_rows.offset(first + r); }, keys_in(n), tid);
+  QTile::template load_rows_async<kNThreads>(
+      sQ, [&](int row) { return q + row * params.q_row_stride; }, row_end - row_begin, params.d, tid);
+  auto load_kv = [&](int n, int stage) {
+    const int first = seq.first_row + n * kBlockN, keys = min(kBlockN, seq.seqlen_k - n * kBlockN);
+    KVTile::template load_rows_async<kNThreads>(stage_k(stage), [&](int r) { return k_rows(first + r); }, keys,
+                                                params.d, tid);
+    KVTile::template load_rows_async<kNThreads>(stage_v(stage), [&](int r) { return v_rows(first + r); }, keys,
+                                                params.d, tid);
   };
-  auto load_kv = [&](int n, const TileOffsets& tile, int stage) {
-    KVTile::template load_rows_async<kNThreads>(stage_k(stage), k_rows.base, tile.k, keys_in(n), params.d, tid);
-    KVTile::template load_rows_async<kNThreads>(stage_v(stage), v_rows.base, tile.v, keys_in(n), params.d, tid);
-  };
-  TileOffsets next;
 #pragma unroll
   for (int s = 0; s + 1 < kStages; ++s) {
-    if (n_begin + s < n_end) {
-      locate(n_begin + s, next);
-      load_kv(n_begin + s, next, s);
-    }
+    if (n_begin + s < n_end) load_kv(n_begin + s, s);
     copy_async_commit();  // one group per stage, empty or not: the waits count groups
   }
 
@@ -100,11 +86,9 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
 
   for (int n = n_begin; n < n_end; ++n) {
     const int i = n - n_begin, stage = i % kStages;
-    const bool refill = n + kStages - 1 < n_end;
-    if (refill) locate(n + kStages - 1, next);
     copy_async_wait<kStages - 2>();
     __syncthreads();  // tile n visible to all; every warp is done with the stage refilled next
-    if (refill) load_kv(n + kStages - 1, next, (i + kStages - 1) % kStages);
+    if (n + kStages - 1 < n_end) load_kv(n + kStages - 1, (i + kStages - 1) % kStages);
     copy_async_commit();
 
     const int key0 = n * kBlockN + warp * kWarpKeys;

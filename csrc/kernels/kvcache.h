@@ -47,7 +47,6 @@ struct CacheRows {
     else base += cache_batch * batch_stride;
   }
 
-  // Of row `row` from base.
   FA_DEVICE int64_t offset(int row) const {
     if (page_of == nullptr) return row * row_stride;
     const int page = min(max(page_of[min(row >> page_shift, pages_in_table - 1)], 0), num_pages - 1);

@@ -75,32 +75,18 @@ struct SmemTile {
     }
   }
 
-  // Global -> shared for rows at arbitrary offsets from one base (a paged KV cache), in two steps
-  // so that offsets that take a page-table lookup can be fetched before the copies are due:
-  // RowOffsets::fetch asks row_offset(row) for this thread's rows (row < rows_valid, >= 1), then
-  // load_rows_async copies; rows at or past rows_valid and chunks past head_dim read as zeros.
-  template <int kNThreads>
-  struct RowOffsets {
-    static constexpr int kCopies = kRows * kChunks, kPerThread = (kCopies + kNThreads - 1) / kNThreads;
-    int64_t at[kPerThread];
-
-    template <class RowOffset>
-    FA_DEVICE void fetch(const RowOffset& row_offset, int rows_valid, int tid) {
+  // Global -> shared for rows that need not be evenly strided (a paged KV cache): row_ptr(row)
+  // gives row `row`'s address, for row < rows_valid (>= 1); other rows and chunks read as zeros.
+  template <int kNThreads, class T, class RowPtr>
+  static FA_DEVICE void load_rows_async(T* smem, const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
+    constexpr int kCopies = kRows * kChunks;
 #pragma unroll
-      for (int i = 0; i < kPerThread; ++i) at[i] = row_offset(min((tid + i * kNThreads) / kChunks, rows_valid - 1));
-    }
-  };
-
-  template <int kNThreads, class T>
-  static FA_DEVICE void load_rows_async(T* smem, const T* base, const RowOffsets<kNThreads>& offsets, int rows_valid,
-                                        int head_dim, int tid) {
-#pragma unroll
-    for (int i = 0; i < RowOffsets<kNThreads>::kPerThread; ++i) {
+    for (int i = 0; i < (kCopies + kNThreads - 1) / kNThreads; ++i) {
       const int idx = tid + i * kNThreads;
-      if (RowOffsets<kNThreads>::kCopies % kNThreads != 0 && idx >= RowOffsets<kNThreads>::kCopies) break;
+      if (kCopies % kNThreads != 0 && idx >= kCopies) break;
       const int row = idx / kChunks, chunk = idx % kChunks;
       const bool valid = row < rows_valid && chunk * 8 < head_dim;
-      copy_async_16(smem + offset(row, chunk), base + offsets.at[i] + (valid ? chunk * 8 : 0), valid);
+      copy_async_16(smem + offset(row, chunk), row_ptr(valid ? row : 0) + (valid ? chunk * 8 : 0), valid);
     }
   }
 };
