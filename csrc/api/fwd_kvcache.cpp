@@ -170,8 +170,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
   }
 
   // Split-KV: partials in fp32, merged by the combine kernel.
-  const int64_t m_blocks = (params.seqlen_q + 15) / 16;
-  const int key_blocks = static_cast<int>((capacity + 63) / 64);
+  const int64_t m_blocks = (params.seqlen_q + flash::kKvCacheBlockM - 1) / flash::kKvCacheBlockM;
+  const int key_blocks = static_cast<int>((capacity + flash::kKvCacheBlockN - 1) / flash::kKvCacheBlockN);
   int splits = static_cast<int>(num_splits);
   if (splits == 0) {
     const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();

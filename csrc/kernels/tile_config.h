@@ -51,15 +51,16 @@ struct WarpGrid {
 // tile between them (kBlockN / kNWarps keys each, with their own softmax state, merged at the end)
 // and kStages tiles of K and V are in flight. Shared memory also has to hold the merge: each
 // warp's O strip in fp32 (rows padded by 4 floats against bank conflicts).
+inline constexpr int kKvCacheBlockM = 16, kKvCacheBlockN = 64;  // every head dim: the host sizes splits by them
 template <int kHeadDim> struct KvCacheTile {
-  static constexpr int kBlockN = 64, kStages = kHeadDim <= 128 ? 3 : 2;
+  static constexpr int kBlockN = kKvCacheBlockN, kStages = kHeadDim <= 128 ? 3 : 2;
 };
 
 template <class T_, int kHeadDim_>
 struct KvCacheTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = 16, kNWarps = 4, kNThreads = kNWarps * kGroupSize;
+  static constexpr int kBlockM = kKvCacheBlockM, kNWarps = 4, kNThreads = kNWarps * kGroupSize;
   static constexpr int kBlockN = KvCacheTile<kHeadDim>::kBlockN, kStages = KvCacheTile<kHeadDim>::kStages;
   static constexpr int kWarpKeys = kBlockN / kNWarps;
   static constexpr int kDTiles = kHeadDim / 8;
