@@ -1,6 +1,6 @@
 """The kernel library compiles for AMD GPUs (gfx90a, gfx940) with hipcc: compile only, never run.
 
-Compiles one generated family (d128 fp16, forward and backward) and the dispatch, so CI proves the sources stay
+Compiles one generated family (d128 fp16: forward, backward, KV-cache forward) and the dispatch, so CI proves the sources stay
 HIP-clean; `make hip-check` compiles every family. Skips where hipcc is missing, except in CI
 (CI=true), where .ci/run installs it and a missing compiler is a failure.
 """
@@ -31,7 +31,8 @@ def generate(out_dir):
 def test_kernel_library_compiles_for_amd(tmp_path):
     assert hipcc is not None, "CI must have hipcc (.ci/run installs it)"
     files = generate(tmp_path / "generated")
-    assert [f.name for f in files] == ["fwd_hdim128_fp16.cu", "bwd_hdim128_fp16.cu", "dispatch.cu"]
+    assert [f.name for f in files] == ["fwd_hdim128_fp16.cu", "bwd_hdim128_fp16.cu", "fwd_kvcache_hdim128_fp16.cu",
+                                       "dispatch.cu"]
     for source in files:
         cmd = [hipcc, "-x", "hip", "-std=c++17", "-O1", "-Werror", *(f"--offload-arch={a}" for a in ARCHS),
                "-I", str(ROOT / "csrc" / "kernels"), "-c", str(source), "-o", str(tmp_path / (source.stem + ".o"))]
