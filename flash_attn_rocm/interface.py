@@ -45,6 +45,11 @@ def _check_qkv(q, k, v, varlen: bool = False) -> None:
     nheads_k = k.shape[-2]
     if nheads_k == 0 or nheads % nheads_k != 0:
         raise ValueError(f"nheads of q ({nheads}) must be divisible by nheads of k and v ({nheads_k})")
+    _check_last_dim_contiguous(*named)
+
+
+def _check_last_dim_contiguous(*named) -> None:
+    """named: (name, tensor) pairs; the kernels read rows in 16-byte chunks."""
     for name, t in named:
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dimension (stride(-1) == 1), got {t.stride(-1)}")

@@ -10,6 +10,7 @@ from .interface import (
     _MAX_HEAD_DIM,
     _check_alibi_slopes,
     _check_devices,
+    _check_last_dim_contiguous,
     _named,
     _resolve_softcap,
     _resolve_softmax_scale,
@@ -132,9 +133,10 @@ def flash_attn_with_kvcache(
         raise ValueError("k and v must be given together (the new keys and values to append)")
     seqlen_new = 0
     if k is not None:
-        expected = (batch, k.shape[1] if isinstance(k, torch.Tensor) and k.dim() == 4 else -1, nheads_k, head_dim)
         for name, t in (("k", k), ("v", v)):
             _check_tensor(name, t, 4, "[batch, seqlen_new, nheads_k, head_dim]")
+        expected = (batch, k.shape[1], nheads_k, head_dim)
+        for name, t in (("k", k), ("v", v)):
             if t.dtype != q.dtype:
                 raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
             if tuple(t.shape) != expected:
@@ -184,9 +186,7 @@ def flash_attn_with_kvcache(
     window = _resolve_window(window_size)
     softcap = _resolve_softcap(softcap)
     _check_alibi_slopes(alibi_slopes, batch, nheads)
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v)):
-        if t is not None and t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in its last dimension (stride(-1) == 1), got {t.stride(-1)}")
+    _check_last_dim_contiguous(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *_named("k", k), *_named("v", v))
     seqlens_tensor = cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None
     _check_devices(q, ("k_cache", k_cache), ("v_cache", v_cache), *_named("k", k), *_named("v", v),
                    *_named("rotary_cos", rotary_cos), *_named("rotary_sin", rotary_sin),
