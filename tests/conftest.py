@@ -4,6 +4,7 @@ Test modules import the helpers with `from conftest import ...`, which relies on
 pytest's default ("prepend") import mode putting tests/ on sys.path.
 """
 
+import contextlib
 import zlib
 from itertools import accumulate
 
@@ -11,6 +12,41 @@ import pytest
 import torch
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def hopper_available() -> bool:
+    """An sm_90 GPU and a build with the Hopper (sm_90a) kernels."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        return False
+    from flash_attn_rocm._ops import set_hopper_kernels
+
+    previous = set_hopper_kernels(True)
+    set_hopper_kernels(previous)
+    return previous
+
+
+requires_hopper = pytest.mark.skipif(not hopper_available(), reason="needs an sm_90 GPU and an sm_90a build")
+
+
+@contextlib.contextmanager
+def hopper(enabled: bool):
+    """Lets the dispatch use the Hopper kernels (or not) inside the block."""
+    from flash_attn_rocm._ops import set_hopper_kernels
+
+    previous = set_hopper_kernels(enabled)
+    try:
+        yield
+    finally:
+        set_hopper_kernels(previous)
+
+
+def both_paths(fn):
+    """fn() with the Hopper kernels, then with the portable ones."""
+    with hopper(True):
+        fast = fn()
+    with hopper(False):
+        portable = fn()
+    return fast, portable
 
 # The float32 reference must really be float32: TF32 matmuls would make it less
 # accurate than the fp16 kernel it judges.

@@ -2,45 +2,15 @@
 forward on the same inputs. The rest of the suite runs it too wherever it applies (head dims up
 to 128 that round to 64 or 128, no softcap, ALiBi or dropout); here the two paths meet."""
 
-import contextlib
-
 import pytest
 import torch
 
-from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, cu_seqlens, make_qkv,
-                      poison_allocator_cache, requires_gpu)
+from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, both_paths, cu_seqlens, make_qkv,
+                      poison_allocator_cache, requires_gpu, requires_hopper)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
-from flash_attn_rocm._ops import set_hopper_kernels
 
-
-def hopper_available() -> bool:
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
-        return False
-    previous = set_hopper_kernels(True)
-    set_hopper_kernels(previous)
-    return previous
-
-
-pytestmark = [requires_gpu, pytest.mark.skipif(not hopper_available(), reason="needs an sm_90 GPU and an sm_90a build")]
-
-
-@contextlib.contextmanager
-def hopper(enabled: bool):
-    previous = set_hopper_kernels(enabled)
-    try:
-        yield
-    finally:
-        set_hopper_kernels(previous)
-
-
-def both_paths(fn):
-    with hopper(True):
-        fast = fn()
-    with hopper(False):
-        portable = fn()
-    return fast, portable
-
+pytestmark = [requires_gpu, requires_hopper]
 
 SEQLENS = [(1, 1), (1, 17), (17, 1), (113, 203), (128, 128), (129, 257), (1000, 1000), (2048, 113), (300, 2100)]
 

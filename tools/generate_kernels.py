@@ -6,8 +6,8 @@ The single source of truth for what is compiled: setup.py and `make hip-check` c
 Development filter (fewer instances, faster builds):
     FLASH_ATTN_ROCM_HEAD_DIMS=64,128   FLASH_ATTN_ROCM_DTYPES=fp16
 
-With sm90=True (the build targets sm_90a) the Hopper forward files are added for SM90_HEAD_DIMS
-and the dispatch prefers them on a compute capability 9.0 device for the plain variants.
+With sm90=True (the build targets sm_90a) the Hopper forward and backward files are added for
+SM90_HEAD_DIMS and the dispatch prefers them on a compute capability 9.0 device for the plain variants.
 """
 
 from __future__ import annotations
@@ -46,11 +46,15 @@ template error_t run_fwd_kvcache<{ctype}, {hdim}>(const KvCacheParams&, stream_t
 }}  // namespace flash
 """
 
-SM90_INSTANCE = HEADER + """#include "../kernels/fwd_launch_sm90.h"
+# The Hopper passes: the plain variants only (no extras), causal or not.
+SM90_PASSES = {"fwd": ("run_fwd_sm90", "FwdParams", "fwd_launch_sm90.h"),
+               "bwd": ("run_bwd_sm90", "BwdParams", "bwd_launch_sm90.h")}
+
+SM90_INSTANCE = HEADER + """#include "../kernels/{launch_header}"
 
 namespace flash {{
-template error_t run_fwd_sm90<{ctype}, {hdim}, false>(const FwdParams&, stream_t);
-template error_t run_fwd_sm90<{ctype}, {hdim}, true>(const FwdParams&, stream_t);
+template error_t {fn}<{ctype}, {hdim}, false>(const {params}&, stream_t);
+template error_t {fn}<{ctype}, {hdim}, true>(const {params}&, stream_t);
 }}  // namespace flash
 """
 
@@ -89,12 +93,13 @@ error_t run_mha_{name}(const {params}& params, DType dtype, bool is_causal, stre
 
 HOPPER_ON = """
 template <class T, int kHeadDim, bool Is_causal> error_t run_fwd_sm90(const FwdParams& params, stream_t stream);
+template <class T, int kHeadDim, bool Is_causal> error_t run_bwd_sm90(const BwdParams& params, stream_t stream);
 
 namespace {
 bool hopper_kernels_enabled = true;
 
-// Whether the current device runs the Hopper forward (which has no extras).
-bool use_hopper_forward(bool extras) {
+// Whether the current device runs the Hopper kernels (which have no extras).
+bool use_hopper(bool extras) {
   if (!hopper_kernels_enabled || extras) return false;
   int device = 0, major = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
@@ -115,7 +120,7 @@ bool set_hopper_kernels(bool) { return false; }  // this build has no sm_90a cod
 """
 
 SM90_CASE = """    if (dtype == {dtype_enum} && kernel_head_dim(params.d) == {hdim}) {{
-      return is_causal ? run_fwd_sm90<{ctype}, {hdim}, true>(params, stream) : run_fwd_sm90<{ctype}, {hdim}, false>(params, stream);
+      return is_causal ? {fn}<{ctype}, {hdim}, true>(params, stream) : {fn}<{ctype}, {hdim}, false>(params, stream);
     }}"""
 
 KVCACHE_FUNCTION = """
@@ -160,10 +165,12 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
     families = selected_families()
     sm90_families = [(d, t) for d, t in families if d in SM90_HEAD_DIMS] if sm90 else []
     files, functions = [], []
-    for hdim, dtype in sm90_families:
-        path = out_dir / f"fwd_sm90_hdim{hdim}_{dtype}.cu"
-        _write_if_changed(path, SM90_INSTANCE.format(ctype=DTYPES[dtype][0], hdim=hdim))
-        files.append(path)
+    for name, (fn, params, launch_header) in SM90_PASSES.items():
+        for hdim, dtype in sm90_families:
+            path = out_dir / f"{name}_sm90_hdim{hdim}_{dtype}.cu"
+            _write_if_changed(path, SM90_INSTANCE.format(launch_header=launch_header, fn=fn, params=params,
+                                                         ctype=DTYPES[dtype][0], hdim=hdim))
+            files.append(path)
     for name, (fn, params, launch_header) in PASSES.items():
         for hdim, dtype in families:
             path = out_dir / f"{name}_hdim{hdim}_{dtype}.cu"
@@ -174,9 +181,10 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
             CASE.format(dtype_enum=DTYPES[t][1], fn=fn, ctype=DTYPES[t][0], hdim=d) for d, t in families
         )
         preamble = ""
-        if name == "fwd" and sm90_families:
-            preamble = "  if (use_hopper_forward(extras)) {\n" + "\n".join(
-                SM90_CASE.format(dtype_enum=DTYPES[t][1], ctype=DTYPES[t][0], hdim=d) for d, t in sm90_families
+        if sm90_families:
+            preamble = "  if (use_hopper(extras)) {\n" + "\n".join(
+                SM90_CASE.format(dtype_enum=DTYPES[t][1], fn=SM90_PASSES[name][0], ctype=DTYPES[t][0], hdim=d)
+                for d, t in sm90_families
             ) + "\n  }\n"
         functions.append(DISPATCH_FUNCTION.format(name=name, params=params, cases=cases, preamble=preamble))
     for hdim, dtype in families:
@@ -198,7 +206,7 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=GENERATED_DIR)
-    parser.add_argument("--sm90", action="store_true", help="add the Hopper (sm_90a) forward files")
+    parser.add_argument("--sm90", action="store_true", help="add the Hopper (sm_90a) forward and backward files")
     args = parser.parse_args()
     for path in generate(args.out_dir, args.sm90):
         print(path)

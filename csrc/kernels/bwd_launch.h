@@ -9,12 +9,17 @@
 
 namespace flash {
 
+template <class T, int kHeadDim>
+error_t run_bwd_preprocess(const BwdParams& params, stream_t stream) {
+  const dim3 grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
+  bwd_preprocess_kernel<T, kHeadDim><<<grid, kPreprocessRows * kGroupSize, 0, stream>>>(params);
+  return get_last_error();
+}
+
 template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
 error_t run_bwd(const BwdParams& params, stream_t stream) {
   using Traits = BwdTraits<T, kHeadDim>;
-  const dim3 pre_grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
-  bwd_preprocess_kernel<T, kHeadDim><<<pre_grid, kPreprocessRows * kGroupSize, 0, stream>>>(params);
-  error_t err = get_last_error();
+  error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
   const auto kernel = &flash_bwd_kernel<Traits, Is_causal, Has_extras>;

@@ -3,7 +3,8 @@
 // [kRows][64] array whose 16-byte chunks are XOR-swizzled with row % 8, so 8 rows make one
 // 1024-byte swizzle atom. The hardware applies the XOR to address bits, so tiles start 1024-byte
 // aligned. The same bytes serve as a K-major operand (rows are M or N, the head dim is k: Q, K)
-// and as an N-major one (rows are k, the head dim is N: V, read transposed).
+// and as an N-major one (rows are k, the head dim is N: V, read transposed). The columns need
+// not be a head dim: the backward keeps dS^T (keys x queries) in one too.
 #pragma once
 
 #include "arch/wgmma_sm90.h"
@@ -49,10 +50,11 @@ struct GmmaTile {
     const uint32_t addr = tile_addr + 2 * ((kk / 4) * kColBlockElems + row0 * 64) + (kk % 4) * 32;
     return gmma_descriptor(addr, 16, 1024);
   }
-  // N-major operand: rows (k) 16 kk .. 16 kk + 15, every head-dim column (N); the next 64 columns
-  // are a column block away (leading byte offset), the next 8 rows one atom away (stride).
-  static FA_DEVICE uint64_t n_major(uint32_t tile_addr, int kk) {
-    return gmma_descriptor(tile_addr + kk * 16 * 64 * 2, kColBlockElems * 2, 1024);
+  // N-major operand: rows (k) 16 kk .. 16 kk + 15, the columns (N) from column block col_block
+  // on; the next 64 columns are a column block away (leading byte offset), the next 8 rows one
+  // atom away (stride). An M-major A operand (64 columns) is read the same way.
+  static FA_DEVICE uint64_t n_major(uint32_t tile_addr, int kk, int col_block = 0) {
+    return gmma_descriptor(tile_addr + 2 * (col_block * kColBlockElems + kk * 16 * 64), kColBlockElems * 2, 1024);
   }
 #endif
 };

@@ -1,0 +1,279 @@
+// The Hopper backward (sm_90a): the sm80 backward's algorithm (bwd_kernel.h) with all five
+// products on wgmma.
+//
+// A thread block owns kBlockN = 128 keys of one kv head and walks the query blocks (kBlockM
+// rows) whose windows reach them, for every query head of the group. Two warpgroups; warpgroup
+// g owns keys 64 g .. 64 g + 63, so S and dP come out transposed (rows are keys) and are in
+// registers exactly as the next products want their A operand:
+//
+//   S^T = K_g Q^T, dP^T = V_g dO^T        (smem x smem, issued together)
+//   P^T = exp(S^T - lse), dS^T = P^T (dP^T - D)          (registers; dS^T also to smem)
+//   dV_g += P^T dO, dK_g += dS^T Q        (A from registers, dO / Q read N-major)
+//   dQ += dS K                            (both operands MN-major: dS^T and K as stored)
+//
+// dQ needs every key of the block, so the two warpgroups meet at a barrier after writing dS^T;
+// warpgroup g computes dQ's columns 64 g .. (kBlockM 64, head dim 128) or its rows 64 g ..
+// (kBlockM 128, head dim 64) and adds them to the fp32 accumulator with atomics (in key-block
+// order behind a semaphore when deterministic). Q, dO, lse and D are double-buffered with
+// cp.async: the next query block loads while this one computes.
+//
+// Only the plain variants (no softcap, ALiBi or dropout) run here; the dispatch sends the rest
+// to the sm80 kernels.
+#pragma once
+
+#include "arch/wgmma_sm90.h"
+#include "bwd_kernel.h"  // store_tile
+#include "mask.h"
+#include "mma.h"
+#include "params.h"
+#include "platform.h"
+#include "seq_bounds.h"
+#include "smem_tile_sm90.h"
+
+namespace flash {
+
+template <class T_, int kHeadDim_>
+struct BwdTraitsSm90 {
+  using T = T_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "dQ's split between the warpgroups assumes these");
+  // Each warpgroup's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows.
+  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128;
+  static constexpr int kNThreads = 256;
+  static constexpr bool kDqSplitsRows = kBlockM == 128;
+  using QTile = GmmaTile<kBlockM, kHeadDim>;   // Q, dO
+  using KVTile = GmmaTile<kBlockN, kHeadDim>;  // K, V
+  using DsTile = GmmaTile<kBlockN, kBlockM>;   // dS^T: rows are keys
+  static constexpr int kTileBytes = (2 * KVTile::kElems + 4 * QTile::kElems + DsTile::kElems) * int(sizeof(T));
+  static constexpr int kSmemBytes = kTileBytes + 4 * kBlockM * int(sizeof(float));  // lse, D; two buffers each
+};
+
+template <class Traits, bool Is_causal>
+__global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(const BwdParams params) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using T = typename Traits::T;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  constexpr int kNThreads = Traits::kNThreads;
+  constexpr int kMTiles = kBlockM / 8;  // n8 tiles of S^T per warpgroup row strip (queries)
+  using QTile = typename Traits::QTile;
+  using KVTile = typename Traits::KVTile;
+  using DsTile = typename Traits::DsTile;
+
+  extern __shared__ __align__(1024) char smem[];
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + KVTile::kElems;
+  T* sQ = sV + KVTile::kElems;           // [2][QTile::kElems]
+  T* sdO = sQ + 2 * QTile::kElems;       // [2][QTile::kElems]
+  T* sdSt = sdO + 2 * QTile::kElems;
+  float* sLse = reinterpret_cast<float*>(smem + Traits::kTileBytes);  // [2][kBlockM], log2 units
+  float* sD = sLse + 2 * kBlockM;                                     // [2][kBlockM]
+
+  const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
+  const int warpgroup = warp / 4, group_warp = warp % 4;
+  const int key0 = n_block * kBlockN;
+  const int group = params.h / params.h_k;
+  const SeqBounds seq(params, batch);
+  const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
+  if (key0 >= seqlen_k) return;
+
+  const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
+  const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q) - window.right) : 0;
+  const int last_row = min(seqlen_q - 1, key0 + kBlockN - 1 - (seqlen_k - seqlen_q) + window.left);
+  const int m_block_begin = first_row / kBlockM;
+  const int m_block_end = last_row < first_row ? m_block_begin : last_row / kBlockM + 1;
+  const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
+  const int m_per_head = m_block_end - m_block_begin;
+  const int steps = group * m_per_head;
+
+  const int keys_valid = min(kBlockN, seqlen_k - key0);
+  KVTile::template load_async<kNThreads>(
+      sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
+              (seq.k_start + key0) * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
+  KVTile::template load_async<kNThreads>(
+      sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
+              (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
+
+  // Starts the loads of step `step`'s Q, dO, lse and D into buffer `buf`.
+  auto load_step = [&](int step, int buf) {
+    const int head = head_k * group + step / m_per_head;
+    const int row0 = (m_block_begin + step % m_per_head) * kBlockM;
+    const int rows_valid = min(kBlockM, seqlen_q - row0);
+    QTile::template load_async<kNThreads>(
+        sQ + buf * QTile::kElems, static_cast<const T*>(params.q) + batch * params.q_batch_stride +
+            head * params.q_head_stride + (seq.q_start + row0) * params.q_row_stride, params.q_row_stride, rows_valid,
+        params.d, tid);
+    QTile::template load_async<kNThreads>(
+        sdO + buf * QTile::kElems, static_cast<const T*>(params.dout) + batch * params.do_batch_stride +
+            head * params.do_head_stride + (seq.q_start + row0) * params.do_row_stride, params.do_row_stride,
+        rows_valid, params.d, tid);
+    if (tid < kBlockM) {
+      const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
+      // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
+      const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
+      sLse[buf * kBlockM + tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+      sD[buf * kBlockM + tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
+    }
+  };
+  if (steps > 0) load_step(0, 0);
+  copy_async_commit();
+
+  // This thread's rows of S^T (keys): key_row(half); its columns (queries): col(nt) + j.
+  const int wg_key0 = 64 * warpgroup;
+  auto key_row = [&](int half) { return wg_key0 + 16 * group_warp + lane / 4 + 8 * half; };
+  auto col = [&](int nt) { return 8 * nt + 2 * (lane % 4); };
+  const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV), ds_addr = smem_u32(sdSt);
+  constexpr uint32_t kQBytes = QTile::kElems * sizeof(T);
+
+  float acc_dk[1][kHeadDim / 8][4] = {}, acc_dv[1][kHeadDim / 8][4] = {};  // store_tile's [strip][n8 tile]
+
+  for (int step = 0; step < steps; ++step) {
+    const int buf = step & 1;
+    const int head = head_k * group + step / m_per_head;
+    const int m_block = m_block_begin + step % m_per_head;
+    const int row0 = m_block * kBlockM;
+    const uint32_t q_addr = smem_u32(sQ) + buf * kQBytes, do_addr = smem_u32(sdO) + buf * kQBytes;
+    const float* sLseb = sLse + buf * kBlockM;
+    const float* sDb = sD + buf * kBlockM;
+
+    copy_async_wait<0>();
+    fence_proxy_async_shared();  // the copies (and last step's reads of the other buffer) vs wgmma
+    __syncthreads();             // this step's tiles are visible; every warp is done with the last step
+    if (step + 1 < steps) load_step(step + 1, buf ^ 1);
+    copy_async_commit();
+
+    // S^T and dP^T for this warpgroup's 64 keys x the block's queries.
+    float acc_s[kMTiles][4], acc_dp[kMTiles][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      wgmma_ss<kBlockM, T>(acc_s, KVTile::k_major(k_addr, wg_key0, kk), QTile::k_major(q_addr, 0, kk), kk > 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      wgmma_ss<kBlockM, T>(acc_dp, KVTile::k_major(v_addr, wg_key0, kk), QTile::k_major(do_addr, 0, kk), kk > 0);
+    }
+    wgmma_commit();
+
+    // P^T while dP^T is still running. Keys past the end must give P = 0 too: with K = 0 there,
+    // S = 0 and exp(0 - lse) can overflow, and inf * 0 would poison dQ.
+    wgmma_wait<1>();
+    wgmma_fence_operands(acc_s);
+    const bool needs_mask = key0 + wg_key0 + 64 > seqlen_k ||
+                            window.block_needs_mask(row0, row0 + kBlockM, key0 + wg_key0, key0 + wg_key0 + 64);
+#pragma unroll
+    for (int nt = 0; nt < kMTiles; ++nt) {
+      const float2 lse = *reinterpret_cast<const float2*>(sLseb + col(nt));
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int key = key0 + key_row(half), query = row0 + col(nt) + j;
+          const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
+          float& s = acc_s[nt][2 * half + j];
+          s = visible ? exp2_fast(s * params.scale_softmax_log2 - (j ? lse.y : lse.x)) : 0.f;
+        }
+      }
+    }
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc_dp);
+#pragma unroll
+    for (int nt = 0; nt < kMTiles; ++nt) {
+      const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        acc_dp[nt][2 * half] = acc_s[nt][2 * half] * (acc_dp[nt][2 * half] - d.x);
+        acc_dp[nt][2 * half + 1] = acc_s[nt][2 * half + 1] * (acc_dp[nt][2 * half + 1] - d.y);
+      }
+    }
+
+    // Two adjacent n8 tiles (queries) are one k16 A fragment of P^T or dS^T; dS^T also goes to
+    // shared memory for dQ.
+    uint32_t p[kBlockM / 16][4], ds[kBlockM / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int nt = 2 * kk + i / 2, e = 2 * (i % 2);
+        p[kk][i] = pack2<T>(acc_s[nt][e], acc_s[nt][e + 1]);
+        ds[kk][i] = pack2<T>(acc_dp[nt][e], acc_dp[nt][e + 1]);
+        *reinterpret_cast<uint32_t*>(sdSt + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
+      }
+    }
+    wgmma_fence_operands(acc_dv[0]);
+    wgmma_fence_operands(acc_dk[0]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv[0], p[kk], QTile::n_major(do_addr, kk), 1);
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dk[0], ds[kk], QTile::n_major(q_addr, kk), 1);
+    wgmma_commit();
+
+    fence_proxy_async_shared();
+    __syncthreads();  // dS^T complete: both warpgroups' keys
+
+    // dQ (this warpgroup's 64 x 64 piece) = dS K over the block's keys.
+    const int dq_row0 = Traits::kDqSplitsRows ? 64 * warpgroup : 0;
+    const int dq_col0 = Traits::kDqSplitsRows ? 0 : 64 * warpgroup;
+    float acc_dq[8][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      wgmma_ss_mn_major<64, T>(acc_dq, DsTile::n_major(ds_addr, kk, dq_row0 / 64),
+                               KVTile::n_major(k_addr, kk, dq_col0 / 64), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc_dq);
+    wgmma_fence_operands(acc_dv[0]);
+    wgmma_fence_operands(acc_dk[0]);
+    wgmma_fence_operands(p);
+    wgmma_fence_operands(ds);
+
+    int* semaphore = nullptr;
+    if (params.deterministic) {
+      semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
+      // The key blocks that touch this query block are a contiguous run from the one holding
+      // its first row's first key; those before us add first.
+      const int n_block_first = window.begin(row0) / kBlockN;
+      if (tid == 0) {
+        while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
+      }
+      __syncthreads();
+      __threadfence();
+    }
+    float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
+                (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
+    const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
+      if (row0 + row >= seqlen_q) continue;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int c = dq_col0 + col(nt);
+        if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
+      }
+    }
+    if (params.deterministic) {
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) atomicAdd(semaphore, 1);
+    }
+  }
+
+  // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
+  const int key_base = key0 + wg_key0 + 16 * group_warp;
+  store_tile<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride +
+                    seq.k_start * params.dk_row_stride,
+                params.dk_row_stride, acc_dk, key_base, 0,
+                seqlen_k, params.d, params.scale_softmax, lane);
+  store_tile<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride +
+                    seq.k_start * params.dv_row_stride,
+                params.dv_row_stride, acc_dv, key_base, 0,
+                seqlen_k, params.d, 1.f, lane);
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+}  // namespace flash

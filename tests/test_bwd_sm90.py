@@ -1,0 +1,115 @@
+"""The Hopper (sm_90a, wgmma) backward against the float32 reference and against the portable
+backward on the same inputs. The rest of the suite runs it too wherever it applies (head dims up
+to 128 that round to 64 or 128, no softcap, ALiBi or dropout); here the two paths meet."""
+
+import pytest
+import torch
+
+from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, both_paths, cu_seqlens, hopper,
+                      make_qkv, poison_allocator_cache, requires_gpu, requires_hopper)
+
+from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
+
+pytestmark = [requires_gpu, requires_hopper]
+
+SEQLENS = [(1, 1), (1, 17), (17, 1), (113, 203), (128, 128), (129, 257), (1000, 1000), (2048, 113), (300, 2100)]
+
+
+def grads_of(attention, q, k, v, dout):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = attention(q, k, v)
+    poison_allocator_cache(*[(t.shape, dtype) for t in (q, k, v) for dtype in (t.dtype, torch.float32)])
+    return torch.autograd.grad(out, (q, k, v), dout)
+
+
+def reference_grads(q, k, v, dout, upcast=True, **kwargs):
+    if upcast:
+        q, k, v, dout = (t.float() for t in (q, k, v, dout))
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out, _ = attention_ref(q, k, v, upcast=upcast, **kwargs)
+    return torch.autograd.grad(out, (q, k, v), dout)
+
+
+def check_both_paths(q, k, v, attention, **ref_kwargs):
+    """Gradients of both paths within flash-attn's criterion of the float32 reference, and of
+    each other."""
+    dout = torch.randn_like(q)
+    fast, portable = both_paths(lambda: grads_of(attention, q, k, v, dout))
+    refs = reference_grads(q, k, v, dout, **ref_kwargs)
+    eagers = reference_grads(q, k, v, dout, upcast=False, **ref_kwargs)
+    for name, g, g_portable, ref, eager in zip(("dq", "dk", "dv"), fast, portable, refs, eagers):
+        assert g.isfinite().all(), name
+        floor = max(1.0, ref.abs().max().item())
+        assert_within_eager_error(g, ref, eager, name, floor_magnitude=floor)
+        assert_within_eager_error(g, g_portable.float(), eager, name + " vs portable", floor_magnitude=floor)
+
+
+@pytest.mark.parametrize("seqlen_q, seqlen_k", SEQLENS)
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("head_dim", [40, 64, 96, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hopper_backward_matches_reference_and_portable(dtype, head_dim, causal, seqlen_q, seqlen_k):
+    q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=6, nheads_k=3, head_dim=head_dim,
+                       dtype=dtype)
+    check_both_paths(q, k, v, lambda q, k, v: flash_attn_func(q, k, v, causal=causal), causal=causal)
+
+
+@pytest.mark.parametrize("window_size", [(64, 0), (100, 30), (0, 0), (-1, 5)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_backward_windows(head_dim, window_size):
+    q, k, v = make_qkv(batch=1, seqlen_q=700, seqlen_k=900, nheads=4, nheads_k=2, head_dim=head_dim,
+                       dtype=torch.bfloat16)
+    causal = window_size[1] == 0
+    check_both_paths(q, k, v, lambda q, k, v: flash_attn_func(q, k, v, causal=causal, window_size=window_size),
+                     causal=causal, window_size=window_size)
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_backward_varlen(head_dim, causal):
+    lengths = [1, 17, 300, 0, 129, 1000]
+    cu = cu_seqlens(lengths)
+    q, k, v = (t[0] for t in make_qkv(batch=1, seqlen_q=sum(lengths), nheads=8, nheads_k=2, head_dim=head_dim))
+    dout = torch.randn_like(q)
+    attention = lambda q, k, v: flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths), causal=causal)
+    fast, portable = both_paths(lambda: grads_of(attention, q, k, v, dout))
+    for b, length in enumerate(lengths):
+        if length == 0:
+            continue
+        rows = slice(cu[b].item(), cu[b + 1].item())
+        args = [t[rows][None] for t in (q, k, v, dout)]
+        refs = reference_grads(*args, causal=causal)
+        eagers = reference_grads(*args, upcast=False, causal=causal)
+        for name, g, g_portable, ref, eager in zip(("dq", "dk", "dv"), fast, portable, refs, eagers):
+            floor = max(1.0, ref.abs().max().item())
+            assert_within_eager_error(g[rows][None], ref, eager, f"{name}[{b}]", floor_magnitude=floor)
+            assert_within_eager_error(g_portable[rows][None], ref, eager, f"{name}[{b}] portable",
+                                      floor_magnitude=floor)
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_backward_deterministic(head_dim, causal):
+    q, k, v = make_qkv(batch=2, seqlen_q=1000, nheads=8, nheads_k=2, head_dim=head_dim, dtype=torch.bfloat16)
+    dout = torch.randn_like(q)
+    attention = lambda q, k, v: flash_attn_func(q, k, v, causal=causal, deterministic=True)
+    with hopper(True):
+        first = grads_of(attention, q, k, v, dout)
+        for _ in range(5):
+            for name, g, want in zip(("dq", "dk", "dv"), grads_of(attention, q, k, v, dout), first):
+                assert torch.equal(g, want), name
+    check_both_paths(q, k, v, attention, causal=causal)
+
+
+@pytest.mark.sanitizer
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_hopper_backward_sanitizer_subset(head_dim, causal):
+    q, k, v = make_qkv(batch=1, seqlen_q=131, seqlen_k=277, nheads=4, nheads_k=2, head_dim=head_dim)
+    dout = torch.randn_like(q)
+    with hopper(True):
+        grads = grads_of(lambda q, k, v: flash_attn_func(q, k, v, causal=causal), q, k, v, dout)
+    refs = reference_grads(q, k, v, dout, causal=causal)
+    eagers = reference_grads(q, k, v, dout, upcast=False, causal=causal)
+    for name, g, ref, eager in zip(("dq", "dk", "dv"), grads, refs, eagers):
+        assert_within_eager_error(g, ref, eager, name, floor_magnitude=max(1.0, ref.abs().max().item()))
