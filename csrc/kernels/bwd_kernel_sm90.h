@@ -13,8 +13,9 @@
 //
 // dQ needs every key of the block, so the two warpgroups meet at a barrier after writing dS^T;
 // warpgroup g computes dQ's columns 64 g .. (kBlockM 64, head dim 128) or its rows 64 g ..
-// (kBlockM 128, head dim 64) and adds them to the fp32 accumulator with atomics (in key-block
-// order behind a semaphore when deterministic). Q, dO, lse and D are double-buffered with
+// (kBlockM 128, head dim 64) and adds them to the fp32 accumulator by bulk reductions from shared
+// memory (cp.reduce.async.bulk: the TMA unit does the adds), or with atomics in key-block order
+// behind a semaphore when deterministic. Q, dO, lse and D are double-buffered with
 // cp.async: the next query block loads while this one computes.
 //
 // Only the plain variants (no softcap, ALiBi or dropout) run here; the dispatch sends the rest
@@ -45,7 +46,10 @@ struct BwdTraitsSm90 {
   using KVTile = GmmaTile<kBlockN, kHeadDim>;  // K, V
   using DsTile = GmmaTile<kBlockN, kBlockM>;   // dS^T: rows are keys
   static constexpr int kTileBytes = (2 * KVTile::kElems + 4 * QTile::kElems + DsTile::kElems) * int(sizeof(T));
-  static constexpr int kSmemBytes = kTileBytes + 4 * kBlockM * int(sizeof(float));  // lse, D; two buffers each
+  // Each warpgroup's 64 x 64 fp32 dQ piece is staged for the bulk reduction; rows padded by 8
+  // floats so that the fragment stores hit distinct banks.
+  static constexpr int kDqRowFloats = 64 + 8, kDqFloats = 2 * 64 * kDqRowFloats;
+  static constexpr int kSmemBytes = kTileBytes + (kDqFloats + 4 * kBlockM) * int(sizeof(float));  // + lse, D x 2
 };
 
 template <class Traits, bool Is_causal>
@@ -65,7 +69,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
   T* sQ = sV + KVTile::kElems;           // [2][QTile::kElems]
   T* sdO = sQ + 2 * QTile::kElems;       // [2][QTile::kElems]
   T* sdSt = sdO + 2 * QTile::kElems;
-  float* sLse = reinterpret_cast<float*>(smem + Traits::kTileBytes);  // [2][kBlockM], log2 units
+  float* sdQ = reinterpret_cast<float*>(smem + Traits::kTileBytes);   // [2 warpgroups][64][kDqRowFloats]
+  float* sLse = sdQ + Traits::kDqFloats;                               // [2][kBlockM], log2 units
   float* sD = sLse + 2 * kBlockM;                                     // [2][kBlockM]
 
   const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
@@ -231,21 +236,45 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
     wgmma_fence_operands(p);
     wgmma_fence_operands(ds);
 
-    int* semaphore = nullptr;
-    if (params.deterministic) {
-      semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
-      // The key blocks that touch this query block are a contiguous run from the one holding
-      // its first row's first key; those before us add first.
-      const int n_block_first = window.begin(row0) / kBlockN;
-      if (tid == 0) {
-        while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
-      }
-      __syncthreads();
-      __threadfence();
-    }
     float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
                 (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
     const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
+    if (!params.deterministic) {
+      // Through shared memory to the TMA unit: thread t < 64 of the warpgroup adds row t.
+      const int wg_tid = tid % 128;
+      float* sdQ_wg = sdQ + warpgroup * 64 * Traits::kDqRowFloats;
+      if (wg_tid < 64) bulk_wait_read();  // the last step's reduction has read the staging rows
+      named_barrier_sync(1 + warpgroup, 128);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = 16 * group_warp + lane / 4 + 8 * half;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          *reinterpret_cast<float2*>(sdQ_wg + row * Traits::kDqRowFloats + col(nt)) =
+              make_float2(acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
+        }
+      }
+      fence_proxy_async_shared();
+      named_barrier_sync(1 + warpgroup, 128);
+      const int cols = min(64, params.d - dq_col0);
+      if (wg_tid < 64 && row0 + dq_row0 + wg_tid < seqlen_q && cols > 0) {
+        bulk_reduce_add_f32(dq + (dq_row0 + wg_tid) * dq_row_stride + dq_col0, sdQ_wg + wg_tid * Traits::kDqRowFloats,
+                            cols * int(sizeof(float)));
+        bulk_commit();
+      }
+      continue;
+    }
+
+    // Deterministic: atomics in key-block order behind a semaphore.
+    // The key blocks that touch this query block are a contiguous run from the one holding its
+    // first row's first key; those before us add first.
+    int* semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
+    const int n_block_first = window.begin(row0) / kBlockN;
+    if (tid == 0) {
+      while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
+    }
+    __syncthreads();
+    __threadfence();
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
@@ -256,12 +285,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
         if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
       }
     }
-    if (params.deterministic) {
-      __threadfence();
-      __syncthreads();
-      if (tid == 0) atomicAdd(semaphore, 1);
-    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) atomicAdd(semaphore, 1);
   }
+  if (tid % 128 < 64) bulk_wait();  // the staging rows must outlive the reductions
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
   const int key_base = key0 + wg_key0 + 16 * group_warp;

@@ -88,6 +88,26 @@ template <int kRegs> FA_DEVICE void warpgroup_registers_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
+// Barrier `id` (1..15; 0 is __syncthreads) among `threads` threads, whole warps: lets one
+// warpgroup synchronise without stopping the others.
+FA_DEVICE void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Adds `bytes` (a multiple of 16) of fp32 from shared to global memory (both 16-byte aligned)
+// in the TMA unit, asynchronously: the SM issues one instruction instead of an atomic per
+// element. Completion is tracked per thread in bulk groups.
+FA_DEVICE void bulk_reduce_add_f32(float* gmem, const float* smem, int bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem),
+               "r"(smem_u32(smem)), "r"(bytes)
+               : "memory");
+}
+FA_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until this thread's bulk groups have read their shared-memory source (it may be reused).
+FA_DEVICE void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// Waits until this thread's bulk groups are complete.
+FA_DEVICE void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 // Makes this thread's generic-proxy shared-memory writes (cp.async included) visible to the
 // async proxy that wgmma reads through; a barrier after it publishes them to the warpgroup.
 FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
