@@ -181,36 +181,49 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
         }
       }
     }
-    wgmma_wait<0>();
+    // Two adjacent n8 tiles (queries) are one k16 A fragment of P^T or dS^T. dV's product
+    // starts as soon as P^T is packed, and runs while dS^T is computed.
+    uint32_t p[kBlockM / 16][4], ds[kBlockM / 16][4];
+    auto fragment = [](const float (&acc)[kMTiles][4], int kk, int i) {
+      const int nt = 2 * kk + i / 2, e = 2 * (i % 2);
+      return pack2<T>(acc[nt][e], acc[nt][e + 1]);
+    };
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) p[kk][i] = fragment(acc_s, kk, i);
+    }
+    wgmma_fence_operands(acc_dv[0]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv[0], p[kk], QTile::n_major(do_addr, kk), 1);
+    wgmma_commit();
+
+    wgmma_wait<1>();  // dP^T
     wgmma_fence_operands(acc_dp);
+    // dS^T = P^T (dP^T - D), P^T as packed (acc_s is free by now).
 #pragma unroll
     for (int nt = 0; nt < kMTiles; ++nt) {
       const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        acc_dp[nt][2 * half] = acc_s[nt][2 * half] * (acc_dp[nt][2 * half] - d.x);
-        acc_dp[nt][2 * half + 1] = acc_s[nt][2 * half + 1] * (acc_dp[nt][2 * half + 1] - d.y);
+        const float2 pv = unpack2<T>(p[nt / 2][2 * (nt % 2) + half]);
+        acc_dp[nt][2 * half] = pv.x * (acc_dp[nt][2 * half] - d.x);
+        acc_dp[nt][2 * half + 1] = pv.y * (acc_dp[nt][2 * half + 1] - d.y);
       }
     }
-
-    // Two adjacent n8 tiles (queries) are one k16 A fragment of P^T or dS^T; dS^T also goes to
-    // shared memory for dQ.
-    uint32_t p[kBlockM / 16][4], ds[kBlockM / 16][4];
+    // dS^T also goes to shared memory for dQ.
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int nt = 2 * kk + i / 2, e = 2 * (i % 2);
-        p[kk][i] = pack2<T>(acc_s[nt][e], acc_s[nt][e + 1]);
-        ds[kk][i] = pack2<T>(acc_dp[nt][e], acc_dp[nt][e + 1]);
+        ds[kk][i] = fragment(acc_dp, kk, i);
+        const int nt = 2 * kk + i / 2;
         *reinterpret_cast<uint32_t*>(sdSt + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
       }
     }
-    wgmma_fence_operands(acc_dv[0]);
     wgmma_fence_operands(acc_dk[0]);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv[0], p[kk], QTile::n_major(do_addr, kk), 1);
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dk[0], ds[kk], QTile::n_major(q_addr, kk), 1);
     wgmma_commit();
