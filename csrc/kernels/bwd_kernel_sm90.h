@@ -73,7 +73,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
   float* sLse = sdQ + Traits::kDqFloats;                               // [2][kBlockM], log2 units
   float* sD = sLse + 2 * kBlockM;                                     // [2][kBlockM]
 
-  const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+  // Causal blocks differ in length (the first keys see the most queries): they run longest
+  // first, a group of kHeadGroup (batch, kv head) pairs at a time so that the blocks running
+  // together share their Q and dO in L2. Other masks keep the launch order.
+  int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+  if constexpr (Is_causal) {
+    constexpr int kHeadGroup = 8;
+    const int heads = gridDim.y * gridDim.z;
+    const int linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const int group_first = linear / (kHeadGroup * gridDim.x) * kHeadGroup;
+    const int group_size = min(kHeadGroup, heads - group_first);
+    const int rest = linear - group_first * gridDim.x;
+    n_block = rest / group_size;
+    const int pair = group_first + rest % group_size;
+    head_k = pair % gridDim.y;
+    batch = pair / gridDim.y;
+  }
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warp / 4, group_warp = warp % 4;
   const int key0 = n_block * kBlockN;
@@ -99,10 +114,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
       sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
               (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
 
+  // Step `step` works on (query head, query block) number work(step). Blocks start their walks
+  // at different query blocks: the dQ rows they add to at one time then differ (all starting at
+  // the first would pile their reductions onto the same addresses). The deterministic order
+  // needs the plain walk.
+  const int work_offset = params.deterministic || steps == 0 ? 0 : n_block % steps;
+  auto work = [&](int step) {
+    const int w = step + work_offset;
+    return w >= steps ? w - steps : w;
+  };
+
   // Starts the loads of step `step`'s Q, dO, lse and D into buffer `buf`.
   auto load_step = [&](int step, int buf) {
-    const int head = head_k * group + step / m_per_head;
-    const int row0 = (m_block_begin + step % m_per_head) * kBlockM;
+    const int head = head_k * group + work(step) / m_per_head;
+    const int row0 = (m_block_begin + work(step) % m_per_head) * kBlockM;
     const int rows_valid = min(kBlockM, seqlen_q - row0);
     QTile::template load_async<kNThreads>(
         sQ + buf * QTile::kElems, static_cast<const T*>(params.q) + batch * params.q_batch_stride +
@@ -134,8 +159,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
 
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    const int head = head_k * group + step / m_per_head;
-    const int m_block = m_block_begin + step % m_per_head;
+    const int head = head_k * group + work(step) / m_per_head;
+    const int m_block = m_block_begin + work(step) % m_per_head;
     const int row0 = m_block * kBlockM;
     const uint32_t q_addr = smem_u32(sQ) + buf * kQBytes, do_addr = smem_u32(sdO) + buf * kQBytes;
     const float* sLseb = sLse + buf * kBlockM;
