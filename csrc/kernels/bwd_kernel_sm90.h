@@ -31,6 +31,8 @@
 #include "seq_bounds.h"
 #include "smem_tile_sm90.h"
 
+#include <type_traits>
+
 namespace flash {
 
 template <class T_, int kHeadDim_>
@@ -73,22 +75,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
   float* sLse = sdQ + Traits::kDqFloats;                               // [2][kBlockM], log2 units
   float* sD = sLse + 2 * kBlockM;                                     // [2][kBlockM]
 
-  // Causal blocks differ in length (the first keys see the most queries): they run longest
-  // first, a group of kHeadGroup (batch, kv head) pairs at a time so that the blocks running
-  // together share their Q and dO in L2. Other masks keep the launch order.
-  int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
-  if constexpr (Is_causal) {
-    constexpr int kHeadGroup = 8;
-    const int heads = gridDim.y * gridDim.z;
-    const int linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-    const int group_first = linear / (kHeadGroup * gridDim.x) * kHeadGroup;
-    const int group_size = min(kHeadGroup, heads - group_first);
-    const int rest = linear - group_first * gridDim.x;
-    n_block = rest / group_size;
-    const int pair = group_first + rest % group_size;
-    head_k = pair % gridDim.y;
-    batch = pair / gridDim.y;
-  }
+  const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warp / 4, group_warp = warp % 4;
   const int key0 = n_block * kBlockN;
@@ -192,19 +179,29 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
     wgmma_fence_operands(acc_s);
     const bool needs_mask = key0 + wg_key0 + 64 > seqlen_k ||
                             window.block_needs_mask(row0, row0 + kBlockM, key0 + wg_key0, key0 + wg_key0 + 64);
+    auto exponentiate = [&](auto masked) {
 #pragma unroll
-    for (int nt = 0; nt < kMTiles; ++nt) {
-      const float2 lse = *reinterpret_cast<const float2*>(sLseb + col(nt));
+      for (int nt = 0; nt < kMTiles; ++nt) {
+        const float2 lse = *reinterpret_cast<const float2*>(sLseb + col(nt));
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
+        for (int half = 0; half < 2; ++half) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int key = key0 + key_row(half), query = row0 + col(nt) + j;
-          const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
-          float& s = acc_s[nt][2 * half + j];
-          s = visible ? exp2_fast(s * params.scale_softmax_log2 - (j ? lse.y : lse.x)) : 0.f;
+          for (int j = 0; j < 2; ++j) {
+            float& s = acc_s[nt][2 * half + j];
+            s = exp2_fast(s * params.scale_softmax_log2 - (j ? lse.y : lse.x));
+            if constexpr (decltype(masked)::value) {
+              const int key = key0 + key_row(half), query = row0 + col(nt) + j;
+              if (key >= seqlen_k || !window.visible(query, key)) s = 0.f;
+            }
+          }
         }
       }
+    };
+    // Most steps see every score: they skip the per-element test.
+    if (needs_mask) {
+      exponentiate(std::true_type{});
+    } else {
+      exponentiate(std::false_type{});
     }
     // Two adjacent n8 tiles (queries) are one k16 A fragment of P^T or dS^T. dV's product
     // starts as soon as P^T is packed, and runs while dS^T is computed.
