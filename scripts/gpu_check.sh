@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build + GPU tests + compute-sanitizer + benchmark in one go, for one lease of the GPU machine.
 # Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
-# GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also memory, llm, decode
+# GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also memory, llm, decode, varlen
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -41,6 +41,7 @@ for step in $STEPS; do
     memory) TAIL_LINES=12 run memory python3 benchmarks/bench_memory.py ;;
     llm) TAIL_LINES=20 run llm python3 benchmarks/bench_llm.py ${LLM_ARGS:-} ;;
     decode) TAIL_LINES=40 run decode python3 benchmarks/bench_decode.py ${DECODE_ARGS:-} ;;
+    varlen) TAIL_LINES=20 run varlen python3 benchmarks/bench_varlen_window.py ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done
