@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.flash_attn_rocm.*)
@@ -60,6 +62,11 @@ def compiled_head_dims() -> list[int]:
 
 
 def set_hopper_kernels(enabled: bool) -> bool:
-    """Whether the forward may use the Hopper (sm_90a) kernels where they apply (default: yes, when
-    built for sm_90). Returns the previous setting; always False in builds without them."""
+    """Whether the forward and backward may use the Hopper (sm_90a) kernels where they apply
+    (default: yes, when built for sm_90; FLASH_ATTN_ROCM_HOPPER=0 in the environment turns them off
+    at import). Returns the previous setting; always False in builds without them."""
     return bool(ops.set_hopper_kernels(enabled))
+
+
+if os.environ.get("FLASH_ATTN_ROCM_HOPPER", "1").strip() == "0":
+    set_hopper_kernels(False)

@@ -2,6 +2,10 @@
 backward on the same inputs. The rest of the suite runs it too wherever it applies (head dims up
 to 128 that round to 64 or 128, no softcap, ALiBi or dropout); here the two paths meet."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -113,3 +117,11 @@ def test_hopper_backward_sanitizer_subset(head_dim, causal):
     eagers = reference_grads(q, k, v, dout, upcast=False, causal=causal)
     for name, g, ref, eager in zip(("dq", "dk", "dv"), grads, refs, eagers):
         assert_within_eager_error(g, ref, eager, name, floor_magnitude=max(1.0, ref.abs().max().item()))
+
+
+def test_environment_variable_turns_the_hopper_kernels_off():
+    code = "from flash_attn_rocm._ops import set_hopper_kernels; print(set_hopper_kernels(True))"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, FLASH_ATTN_ROCM_HOPPER=value)
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == expected, (value, result.stdout, result.stderr)

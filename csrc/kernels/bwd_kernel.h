@@ -28,6 +28,8 @@
 #include "tile_config.h"
 #include "warp_gemm.h"
 
+#include <type_traits>
+
 namespace flash {
 
 inline constexpr int kPreprocessRows = 8;  // one warp per query row
@@ -222,9 +224,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       }
 
       uint32_t p_packed[Grid::kMT][Grid::kNT][2];
-      {
-        float acc_s[Grid::kMT][Grid::kNT][4] = {};
-        gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
+      float acc_s[Grid::kMT][Grid::kNT][4] = {};
+      gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
+      // Two bodies: steps off every mask edge skip the per-element test (the compiler would
+      // otherwise evaluate it for every score and only predicate the result).
+      auto exponentiate = [&](auto masked) {
 #pragma unroll
         for (int nt = 0; nt < Grid::kNT; ++nt) {
           const float2 lse = *reinterpret_cast<const float2*>(sLseb + col(nt));
@@ -237,7 +241,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 #pragma unroll
               for (int j = 0; j < 2; ++j) {
                 const int key = key0 + key_row(mt, half), query = row0 + col(nt) + j;
-                const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
+                const bool visible = !decltype(masked)::value || (key < seqlen_k && window.visible(query, key));
                 if constexpr (Has_extras) {
                   const ScoreMod score_mod(params, batch, head, seqlen_q, seqlen_k);
                   float& x = acc_s[mt][nt][2 * half + j];
@@ -269,6 +273,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
             }
           }
         }
+      };
+      if (needs_mask) {
+        exponentiate(std::true_type{});
+      } else {
+        exponentiate(std::false_type{});
       }
       float acc_dp[Grid::kMT][Grid::kNT][4] = {};
       gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, sdp_row0, sdOb, sdp_col0, lane);
