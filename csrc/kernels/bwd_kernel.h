@@ -61,6 +61,10 @@ __global__ void __launch_bounds__(kPreprocessRows * kGroupSize) bwd_preprocess_k
   if (lane == 0) params.softmax_d[seq.lse_index(params, batch, head, row)] = dot;
 }
 
+// A mask flag known at run time (bool) or at compile time (std::true_type / std::false_type).
+FA_DEVICE constexpr bool flag_value(bool flag) { return flag; }
+template <bool kFlag> FA_DEVICE constexpr bool flag_value(std::integral_constant<bool, kFlag>) { return kFlag; }
+
 // Writes a warp's fp32 accumulator tile (kMT strips from row0, kNT n8 tiles from col0) to a
 // [rows, d] tensor, scaled and rounded to T, skipping rows >= rows_valid and cols >= head_dim.
 template <class T, int kMT, int kNT>
@@ -226,8 +230,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       uint32_t p_packed[Grid::kMT][Grid::kNT][2];
       float acc_s[Grid::kMT][Grid::kNT][4] = {};
       gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
-      // Two bodies: steps off every mask edge skip the per-element test (the compiler would
-      // otherwise evaluate it for every score and only predicate the result).
+      // Causal blocks get two bodies: steps off every mask edge skip the per-element test (the
+      // compiler would otherwise evaluate it for every score and only predicate the result).
+      // Without causal only the last key block has an edge; there the second body's registers
+      // cost more than the test (measured, benchmarks/NOTES.md).
       auto exponentiate = [&](auto masked) {
 #pragma unroll
         for (int nt = 0; nt < Grid::kNT; ++nt) {
@@ -241,7 +247,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 #pragma unroll
               for (int j = 0; j < 2; ++j) {
                 const int key = key0 + key_row(mt, half), query = row0 + col(nt) + j;
-                const bool visible = !decltype(masked)::value || (key < seqlen_k && window.visible(query, key));
+                const bool visible = !flag_value(masked) || (key < seqlen_k && window.visible(query, key));
                 if constexpr (Has_extras) {
                   const ScoreMod score_mod(params, batch, head, seqlen_q, seqlen_k);
                   float& x = acc_s[mt][nt][2 * half + j];
@@ -274,10 +280,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
           }
         }
       };
-      if (needs_mask) {
-        exponentiate(std::true_type{});
+      if constexpr (Is_causal) {
+        if (needs_mask) {
+          exponentiate(std::true_type{});
+        } else {
+          exponentiate(std::false_type{});
+        }
       } else {
-        exponentiate(std::false_type{});
+        exponentiate(needs_mask);
       }
       float acc_dp[Grid::kMT][Grid::kNT][4] = {};
       gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, sdp_row0, sdOb, sdp_col0, lane);
