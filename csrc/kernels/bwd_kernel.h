@@ -17,6 +17,7 @@
 // Q and dO are double-buffered: the next query block loads while this one computes.
 #pragma once
 
+#include "bwd_walk.h"
 #include "dropout.h"
 #include "mask.h"
 #include "mma.h"
@@ -115,7 +116,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
   const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
-  // The rows whose windows reach this block's keys (mask.h): [first_row, last_row].
+  // Which keys each query row sees (mask.h).
   const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
   const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
   // Dropout redraws the forward's mask from the (seed, offset) it recorded. The P^T that dV
@@ -128,42 +129,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       offset = static_cast<uint64_t>(params.rng_state[1]);
     }
   }
-  const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q) - window.right) : 0;
-  const int last_row = min(seqlen_q - 1, key0 + kBlockN - 1 - (seqlen_k - seqlen_q) + window.left);
-  const int m_block_begin = first_row / kBlockM;
-  const int m_block_end = last_row < first_row ? m_block_begin : last_row / kBlockM + 1;
-  const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
-  const int m_per_head = m_block_end - m_block_begin;
-  const int steps = group * m_per_head;
-
-  const int keys_valid = min(kBlockN, seqlen_k - key0);
-  KVTile::template load_async<Traits::kNThreads>(
-      sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
-              (seq.k_start + key0) * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
-  KVTile::template load_async<Traits::kNThreads>(
-      sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
-              (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
+  const BwdQueryWalk<kBlockM, kBlockN, Is_causal> walk(window, key0, group);
+  const int steps = walk.steps;
+  load_key_block<KVTile, kBlockN, Traits::kNThreads>(params, seq, batch, head_k, key0, sK, sV, tid);
 
   // Starts the loads of step `step`'s Q, dO, lse and D into buffer `buf`.
   auto load_step = [&](int step, int buf) {
-    const int head = head_k * group + step / m_per_head;
-    const int row0 = (m_block_begin + step % m_per_head) * kBlockM;
-    const int rows_valid = min(kBlockM, seqlen_q - row0);
-    QTile::template load_async<Traits::kNThreads>(
-        sQ + buf * Traits::kQElems, static_cast<const T*>(params.q) + batch * params.q_batch_stride +
-            head * params.q_head_stride + (seq.q_start + row0) * params.q_row_stride, params.q_row_stride, rows_valid,
-        params.d, tid);
-    QTile::template load_async<Traits::kNThreads>(
-        sdO + buf * Traits::kQElems, static_cast<const T*>(params.dout) + batch * params.do_batch_stride +
-            head * params.do_head_stride + (seq.q_start + row0) * params.do_row_stride, params.do_row_stride,
-        rows_valid, params.d, tid);
-    if (tid < kBlockM) {
-      const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
-      // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
-      const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
-      sLse[buf * kBlockM + tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-      sD[buf * kBlockM + tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
-    }
+    const int head = head_k * group + step / walk.m_per_head;
+    const int row0 = (walk.m_block_begin + step % walk.m_per_head) * kBlockM;
+    load_query_block<QTile, kBlockM, Traits::kNThreads>(params, seq, batch, head, row0, sQ + buf * Traits::kQElems,
+                                                        sdO + buf * Traits::kQElems, sLse + buf * kBlockM,
+                                                        sD + buf * kBlockM, tid);
   };
   if (steps > 0) load_step(0, 0);
   copy_async_commit();
@@ -179,8 +155,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    const int head = head_k * group + step / m_per_head;
-    const int m_block = m_block_begin + step % m_per_head;
+    const int head = head_k * group + step / walk.m_per_head;
+    const int m_block = walk.m_block_begin + step % walk.m_per_head;
     const int row0 = m_block * kBlockM;
     const T* sQb = sQ + buf * Traits::kQElems;
     const T* sdOb = sdO + buf * Traits::kQElems;
@@ -326,15 +302,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     // 3. dQ += dS K for this warp's queries x head-dim columns, into the fp32 accumulator.
     int* semaphore = nullptr;
     if (params.deterministic) {
-      semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
-      // The key blocks that touch this query block are a contiguous run from the one holding
-      // its first row's first key; those before us add first.
-      const int n_block_first = window.begin(row0) / kBlockN;
-      if (tid == 0) {
-        while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
-      }
-      __syncthreads();
-      __threadfence();
+      semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid);
     }
     float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
                 (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
@@ -358,11 +326,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
         }
       }
     }
-    if (params.deterministic) {
-      __threadfence();
-      __syncthreads();
-      if (tid == 0) atomicAdd(semaphore, 1);
-    }
+    if (params.deterministic) dq_semaphore_release(semaphore, tid);
   }
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.

@@ -24,6 +24,7 @@
 
 #include "arch/wgmma_sm90.h"
 #include "bwd_kernel.h"  // store_tile
+#include "bwd_walk.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -85,21 +86,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
   if (key0 >= seqlen_k) return;
 
   const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-  const int first_row = Is_causal ? max(0, key0 - (seqlen_k - seqlen_q) - window.right) : 0;
-  const int last_row = min(seqlen_q - 1, key0 + kBlockN - 1 - (seqlen_k - seqlen_q) + window.left);
-  const int m_block_begin = first_row / kBlockM;
-  const int m_block_end = last_row < first_row ? m_block_begin : last_row / kBlockM + 1;
-  const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
-  const int m_per_head = m_block_end - m_block_begin;
-  const int steps = group * m_per_head;
-
-  const int keys_valid = min(kBlockN, seqlen_k - key0);
-  KVTile::template load_async<kNThreads>(
-      sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
-              (seq.k_start + key0) * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
-  KVTile::template load_async<kNThreads>(
-      sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
-              (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
+  const BwdQueryWalk<kBlockM, kBlockN, Is_causal> walk(window, key0, group);
+  const int steps = walk.steps;
+  load_key_block<KVTile, kBlockN, kNThreads>(params, seq, batch, head_k, key0, sK, sV, tid);
 
   // Step `step` works on (query head, query block) number work(step). Blocks start their walks
   // at different query blocks: the dQ rows they add to at one time then differ (all starting at
@@ -113,24 +102,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
 
   // Starts the loads of step `step`'s Q, dO, lse and D into buffer `buf`.
   auto load_step = [&](int step, int buf) {
-    const int head = head_k * group + work(step) / m_per_head;
-    const int row0 = (m_block_begin + work(step) % m_per_head) * kBlockM;
-    const int rows_valid = min(kBlockM, seqlen_q - row0);
-    QTile::template load_async<kNThreads>(
-        sQ + buf * QTile::kElems, static_cast<const T*>(params.q) + batch * params.q_batch_stride +
-            head * params.q_head_stride + (seq.q_start + row0) * params.q_row_stride, params.q_row_stride, rows_valid,
-        params.d, tid);
-    QTile::template load_async<kNThreads>(
-        sdO + buf * QTile::kElems, static_cast<const T*>(params.dout) + batch * params.do_batch_stride +
-            head * params.do_head_stride + (seq.q_start + row0) * params.do_row_stride, params.do_row_stride,
-        rows_valid, params.d, tid);
-    if (tid < kBlockM) {
-      const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
-      // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
-      const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
-      sLse[buf * kBlockM + tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-      sD[buf * kBlockM + tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
-    }
+    const int head = head_k * group + work(step) / walk.m_per_head;
+    const int row0 = (walk.m_block_begin + work(step) % walk.m_per_head) * kBlockM;
+    load_query_block<QTile, kBlockM, kNThreads>(params, seq, batch, head, row0, sQ + buf * QTile::kElems,
+                                                sdO + buf * QTile::kElems, sLse + buf * kBlockM, sD + buf * kBlockM,
+                                                tid);
   };
   if (steps > 0) load_step(0, 0);
   copy_async_commit();
@@ -146,8 +122,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
 
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    const int head = head_k * group + work(step) / m_per_head;
-    const int m_block = m_block_begin + work(step) % m_per_head;
+    const int head = head_k * group + work(step) / walk.m_per_head;
+    const int m_block = walk.m_block_begin + work(step) % walk.m_per_head;
     const int row0 = m_block * kBlockM;
     const uint32_t q_addr = smem_u32(sQ) + buf * kQBytes, do_addr = smem_u32(sdO) + buf * kQBytes;
     const float* sLseb = sLse + buf * kBlockM;
@@ -301,15 +277,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
     }
 
     // Deterministic: atomics in key-block order behind a semaphore.
-    // The key blocks that touch this query block are a contiguous run from the one holding its
-    // first row's first key; those before us add first.
-    int* semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
-    const int n_block_first = window.begin(row0) / kBlockN;
-    if (tid == 0) {
-      while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
-    }
-    __syncthreads();
-    __threadfence();
+    int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
@@ -320,9 +288,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
         if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
       }
     }
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) atomicAdd(semaphore, 1);
+    dq_semaphore_release(semaphore, tid);
   }
   if (tid % 128 < 64) bulk_wait();  // the staging rows must outlive the reductions
 
