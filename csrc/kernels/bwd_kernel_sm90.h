@@ -48,8 +48,7 @@ struct BwdTraitsSm90 {
   using QTile = GmmaTile<kBlockM, kHeadDim>;   // Q, dO
   using KVTile = GmmaTile<kBlockN, kHeadDim>;  // K, V
   using DsTile = GmmaTile<kBlockN, kBlockM>;   // dS^T: rows are keys
-  // dS^T is double-buffered: a step's dQ product may still read it while the next step writes.
-  static constexpr int kTileBytes = (2 * KVTile::kElems + 4 * QTile::kElems + 2 * DsTile::kElems) * int(sizeof(T));
+  static constexpr int kTileBytes = (2 * KVTile::kElems + 4 * QTile::kElems + DsTile::kElems) * int(sizeof(T));
   // Each warpgroup's 64 x 64 fp32 dQ piece is staged for the bulk reduction; rows padded by 8
   // floats so that the fragment stores hit distinct banks.
   static constexpr int kDqRowFloats = 64 + 8, kDqFloats = 2 * 64 * kDqRowFloats;
@@ -72,7 +71,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
   T* sV = sK + KVTile::kElems;
   T* sQ = sV + KVTile::kElems;           // [2][QTile::kElems]
   T* sdO = sQ + 2 * QTile::kElems;       // [2][QTile::kElems]
-  T* sdSt = sdO + 2 * QTile::kElems;     // [2][DsTile::kElems]
+  T* sdSt = sdO + 2 * QTile::kElems;
   float* sdQ = reinterpret_cast<float*>(smem + Traits::kTileBytes);   // [2 warpgroups][64][kDqRowFloats]
   float* sLse = sdQ + Traits::kDqFloats;                               // [2][kBlockM], log2 units
   float* sD = sLse + 2 * kBlockM;                                     // [2][kBlockM]
@@ -121,61 +120,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
 
   float acc_dk[1][kHeadDim / 8][4] = {}, acc_dv[1][kHeadDim / 8][4] = {};  // store_tile's [strip][n8 tile]
 
-  // Adds acc_dq, this warpgroup's piece of dQ for (head, m_block), to the fp32 accumulator.
-  const int dq_row0 = Traits::kDqSplitsRows ? 64 * warpgroup : 0;
-  const int dq_col0 = Traits::kDqSplitsRows ? 0 : 64 * warpgroup;
-  float acc_dq[8][4];
-  auto add_dq = [&](int head, int m_block) {
-    const int row0 = m_block * kBlockM;
-    float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
-                (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
-    const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
-    if (!params.deterministic) {
-      // Through shared memory to the TMA unit: thread t < 64 of the warpgroup adds row t.
-      const int wg_tid = tid % 128;
-      float* sdQ_wg = sdQ + warpgroup * 64 * Traits::kDqRowFloats;
-      if (wg_tid < 64) bulk_wait_read();  // the last step's reduction has read the staging rows
-      named_barrier_sync(1 + warpgroup, 128);
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = 16 * group_warp + lane / 4 + 8 * half;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          *reinterpret_cast<float2*>(sdQ_wg + row * Traits::kDqRowFloats + col(nt)) =
-              make_float2(acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
-        }
-      }
-      fence_proxy_async_shared();
-      named_barrier_sync(1 + warpgroup, 128);
-      const int cols = min(64, params.d - dq_col0);
-      if (wg_tid < 64 && row0 + dq_row0 + wg_tid < seqlen_q && cols > 0) {
-        bulk_reduce_add_f32(dq + (dq_row0 + wg_tid) * dq_row_stride + dq_col0, sdQ_wg + wg_tid * Traits::kDqRowFloats,
-                            cols * int(sizeof(float)));
-        bulk_commit();
-      }
-      return;
-    }
-
-    // Deterministic: atomics in key-block order behind a semaphore.
-    int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid);
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
-      if (row0 + row >= seqlen_q) continue;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int c = dq_col0 + col(nt);
-        if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
-      }
-    }
-    dq_semaphore_release(semaphore, tid);
-  };
-
-  int pending_head = 0, pending_m_block = 0;  // whose dQ acc_dq holds
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    const uint32_t ds_stage = ds_addr + buf * DsTile::kElems * uint32_t(sizeof(T));
-    T* sdSt_stage = sdSt + buf * DsTile::kElems;
     const int head = head_k * group + work(step) / walk.m_per_head;
     const int m_block = walk.m_block_begin + work(step) % walk.m_per_head;
     const int row0 = m_block * kBlockM;
@@ -202,12 +148,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
       wgmma_ss<kBlockM, T>(acc_dp, KVTile::k_major(v_addr, wg_key0, kk), QTile::k_major(do_addr, 0, kk), kk > 0);
     }
     wgmma_commit();
-
-    if (step > 0) {  // the last step's dQ, while S^T and dP^T run
-      wgmma_wait<2>();
-      wgmma_fence_operands(acc_dq);
-      add_dq(pending_head, pending_m_block);
-    }
 
     // P^T while dP^T is still running. Keys past the end must give P = 0 too: with K = 0 there,
     // S = 0 and exp(0 - lse) can overflow, and inf * 0 would poison dQ.
@@ -277,7 +217,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
       for (int i = 0; i < 4; ++i) {
         ds[kk][i] = fragment(acc_dp, kk, i);
         const int nt = 2 * kk + i / 2;
-        *reinterpret_cast<uint32_t*>(sdSt_stage + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
+        *reinterpret_cast<uint32_t*>(sdSt + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
       }
     }
     wgmma_fence_operands(acc_dk[0]);
@@ -289,29 +229,66 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
     fence_proxy_async_shared();
     __syncthreads();  // dS^T complete: both warpgroups' keys
 
-    // dQ (this warpgroup's 64 x 64 piece) = dS K over the block's keys. It is added to the
-    // accumulator during the next step, while that step's first products run.
-    wgmma_fence_operands(acc_dq);
+    // dQ (this warpgroup's 64 x 64 piece) = dS K over the block's keys.
+    const int dq_row0 = Traits::kDqSplitsRows ? 64 * warpgroup : 0;
+    const int dq_col0 = Traits::kDqSplitsRows ? 0 : 64 * warpgroup;
+    float acc_dq[8][4];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      wgmma_ss_mn_major<64, T>(acc_dq, DsTile::n_major(ds_stage, kk, dq_row0 / 64),
+      wgmma_ss_mn_major<64, T>(acc_dq, DsTile::n_major(ds_addr, kk, dq_row0 / 64),
                                KVTile::n_major(k_addr, kk, dq_col0 / 64), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<1>();  // dV and dK: their register operands are free
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc_dq);
     wgmma_fence_operands(acc_dv[0]);
     wgmma_fence_operands(acc_dk[0]);
     wgmma_fence_operands(p);
     wgmma_fence_operands(ds);
-    pending_head = head;
-    pending_m_block = m_block;
 
-  }
-  if (steps > 0) {
-    wgmma_wait<0>();
-    wgmma_fence_operands(acc_dq);
-    add_dq(pending_head, pending_m_block);
+    float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
+                (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
+    const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
+    if (!params.deterministic) {
+      // Through shared memory to the TMA unit: thread t < 64 of the warpgroup adds row t.
+      const int wg_tid = tid % 128;
+      float* sdQ_wg = sdQ + warpgroup * 64 * Traits::kDqRowFloats;
+      if (wg_tid < 64) bulk_wait_read();  // the last step's reduction has read the staging rows
+      named_barrier_sync(1 + warpgroup, 128);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = 16 * group_warp + lane / 4 + 8 * half;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          *reinterpret_cast<float2*>(sdQ_wg + row * Traits::kDqRowFloats + col(nt)) =
+              make_float2(acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
+        }
+      }
+      fence_proxy_async_shared();
+      named_barrier_sync(1 + warpgroup, 128);
+      const int cols = min(64, params.d - dq_col0);
+      if (wg_tid < 64 && row0 + dq_row0 + wg_tid < seqlen_q && cols > 0) {
+        bulk_reduce_add_f32(dq + (dq_row0 + wg_tid) * dq_row_stride + dq_col0, sdQ_wg + wg_tid * Traits::kDqRowFloats,
+                            cols * int(sizeof(float)));
+        bulk_commit();
+      }
+      continue;
+    }
+
+    // Deterministic: atomics in key-block order behind a semaphore.
+    int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
+      if (row0 + row >= seqlen_q) continue;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int c = dq_col0 + col(nt);
+        if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
+      }
+    }
+    dq_semaphore_release(semaphore, tid);
   }
   if (tid % 128 < 64) bulk_wait();  // the staging rows must outlive the reductions
 
