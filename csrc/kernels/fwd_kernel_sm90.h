@@ -11,7 +11,9 @@
 //   wait K | S = Q K^T (wgmma, smem x smem) | mask, softmax | wait V |
 //   O += P V (wgmma, P from registers, V read N-major) | release the stage
 //
-// The consumers never wait for each other, so one's softmax overlaps the other's products.
+// The consumers never wait for each other, so one's softmax overlaps the other's products. At
+// head dim 64 each consumer also overlaps its own: S(i + 1) and P(i) V(i) are in flight while it
+// runs the softmax of S(i + 1) (kOverlapSoftmax; at 128 the registers for S, P and O run out).
 // Only the plain variants (no softcap, ALiBi or dropout) run here; the dispatch sends the rest
 // to the sm80 kernels.
 #pragma once
@@ -35,6 +37,9 @@ struct FwdTraitsSm90 {
   static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 <= 64K; no spills
+  // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
+  // d128, where the registers run out (benchmarks/NOTES.md).
+  static constexpr bool kOverlapSoftmax = kHeadDim <= 64;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
@@ -147,27 +152,39 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
     if (n_blocks > 0) mbarrier_wait(q_full, 0);
 
-    for (int i = 0; i < n_blocks; ++i) {
-      const int n = n_block_end - 1 - i, stage = i % kStages, parity = (i / kStages) & 1;
-      float acc_s[1][kNTiles][4];
-      mbarrier_wait(&k_full[stage], parity);
+    // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps the
+    // second product and O is rescaled once it is back. Otherwise one product at a time.
+    float acc_s[1][kNTiles][4];
+    uint32_t p[kBlockN / 16][4];
+    auto scores = [&](int i) {
+      mbarrier_wait(&k_full[i % kStages], (i / kStages) & 1);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         wgmma_ss<kBlockN, T>(acc_s[0], QTile::k_major(q_addr, 64 * consumer, kk),
-                             KVTile::k_major(k_addr + stage * kStageBytes, 0, kk), kk > 0);
+                             KVTile::k_major(k_addr + (i % kStages) * kStageBytes, 0, kk), kk > 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+    };
+    auto accumulate_pv = [&](int i) {
+      mbarrier_wait(&v_full[i % kStages], (i / kStages) & 1);
+      wgmma_fence_operands(acc_o[0]);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        wgmma_rs<kHeadDim, T>(acc_o[0], p[kk], KVTile::n_major(v_addr + (i % kStages) * kStageBytes, kk), 1);
+      }
+      wgmma_commit();
+    };
+    auto softmax_of = [&](int i, float (&o_factor)[2]) {  // S(i) is back
       wgmma_fence_operands(acc_s[0]);
-
+      const int n = n_block_end - 1 - i;
       if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
         apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
       }
-      softmax.update(acc_s, acc_o, params.scale_softmax_log2);
-
-      // Two adjacent n8 tiles of S are one k16 A fragment of P.
-      uint32_t p[kBlockN / 16][4];
+      softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
+    };
+    auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         p[kk][0] = pack2<T>(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
@@ -175,17 +192,41 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         p[kk][2] = pack2<T>(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
         p[kk][3] = pack2<T>(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
       }
-      mbarrier_wait(&v_full[stage], parity);
-      wgmma_fence_operands(acc_o[0]);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        wgmma_rs<kHeadDim, T>(acc_o[0], p[kk], KVTile::n_major(v_addr + stage * kStageBytes, kk), 1);
+    };
+    if constexpr (!Traits::kOverlapSoftmax) {  // one product at a time
+      for (int i = 0; i < n_blocks; ++i) {
+        scores(i);
+        wgmma_wait<0>();
+        float o_factor[2];
+        softmax_of(i, o_factor);
+        softmax.rescale(acc_o, o_factor);
+        pack_p();
+        accumulate_pv(i);
+        wgmma_wait<0>();
+        wgmma_fence_operands(acc_o[0]);
+        mbarrier_arrive(&empty[i % kStages]);
       }
-      wgmma_commit();
+    } else if (n_blocks > 0) {
+      scores(0);
+      wgmma_wait<0>();
+      float o_factor[2];
+      softmax_of(0, o_factor);  // O is still zero
+      pack_p();
+      for (int i = 0; i + 1 < n_blocks; ++i) {
+        scores(i + 1);
+        accumulate_pv(i);
+        wgmma_wait<1>();  // S(i + 1)
+        softmax_of(i + 1, o_factor);
+        wgmma_wait<0>();  // P(i) V(i)
+        wgmma_fence_operands(acc_o[0]);
+        mbarrier_arrive(&empty[i % kStages]);
+        softmax.rescale(acc_o, o_factor);
+        pack_p();
+      }
+      accumulate_pv(n_blocks - 1);
       wgmma_wait<0>();
       wgmma_fence_operands(acc_o[0]);
-      mbarrier_arrive(&empty[stage]);
+      mbarrier_arrive(&empty[(n_blocks - 1) % kStages]);
     }
 
     float lse[2];

@@ -67,6 +67,54 @@ struct OnlineSoftmax {
     }
   }
 
+  // update() in two halves, for a kernel whose O accumulators are still being written by an
+  // asynchronous product when the next scores arrive: update_scores() turns the scores into
+  // probabilities and returns per row the factor O must be multiplied by, rescale() applies it
+  // once O may be touched (skipped for a row whose max moved in no lane of the warp).
+  FA_DEVICE void update_scores(float (&s)[kMTiles][kNTiles][4], float scale_log2, float (&o_factor)[kRows]) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = 2 * mt + half;
+        float m = row_max[r];
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+        m = quad_max(m);
+        const float m_scaled = m == -INFINITY ? 0.f : m * scale_log2;
+        o_factor[r] = m == row_max[r] ? 1.f : exp2_fast(row_max[r] * scale_log2 - m_scaled);
+        row_max[r] = m;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+          for (int i = 2 * half; i < 2 * half + 2; ++i) {
+            s[mt][nt][i] = exp2_fast(s[mt][nt][i] * scale_log2 - m_scaled);
+            sum += s[mt][nt][i];
+          }
+        }
+        row_sum[r] = row_sum[r] * o_factor[r] + sum;
+      }
+    }
+  }
+
+  static FA_DEVICE void rescale(float (&acc_o)[kMTiles][kDTiles][4], const float (&o_factor)[kRows]) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float f = o_factor[2 * mt + half];
+        if (any_in_group(f != 1.f)) {
+#pragma unroll
+          for (int dt = 0; dt < kDTiles; ++dt) {
+            acc_o[mt][dt][2 * half] *= f;
+            acc_o[mt][dt][2 * half + 1] *= f;
+          }
+        }
+      }
+    }
+  }
+
   // Divides O by the row sums (and multiplies it by out_scale) and returns the natural-log LSE
   // per row (-inf for a row that saw no key, whose O is then 0).
   FA_DEVICE void finalize(float (&acc_o)[kMTiles][kDTiles][4], float scale, float (&lse)[kRows],
