@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", choices=("blog", "grid"), help="run only one part (default: both)")
     p.add_argument("--mode", choices=common.MODES, default="fwd",
                    help="pass to time: forward, backward, or both (default: fwd)")
+    p.add_argument("--headdims", type=int, nargs="+", default=list(GRID_HEADDIMS),
+                   help=f"head dims of the grid (default: {' '.join(map(str, GRID_HEADDIMS))})")
     p.add_argument("--dtype", choices=tuple(common.DTYPES), default="fp16", help="input dtype (default: fp16)")
     return p.parse_args(argv)
 
@@ -82,15 +84,15 @@ def run_blog(args, flash_attn_func) -> None:
 # --------------------------------------------------------------------------- grid
 
 
-def grid_shapes(quick: bool) -> list[Shape]:
+def grid_shapes(quick: bool, headdims=GRID_HEADDIMS) -> list[Shape]:
     seqlens = GRID_SEQLENS_QUICK if quick else GRID_SEQLENS
     return [Shape(batch=GRID_TOKENS // s, heads=GRID_HIDDEN // d, seqlen=s, headdim=d, causal=causal)
-            for d in GRID_HEADDIMS for causal in (False, True) for s in seqlens]
+            for d in headdims for causal in (False, True) for s in seqlens]
 
 
 def run_grid(args, flash_attn_func) -> None:
     backends = common.make_backends(GRID_BACKENDS, flash_attn_func)
-    rows = common.run_cases(grid_shapes(args.quick), backends, args.mode, common.DTYPES[args.dtype],
+    rows = common.run_cases(grid_shapes(args.quick, args.headdims), backends, args.mode, common.DTYPES[args.dtype],
                             args.quick, desc="grid")
 
     table = common.pivot(rows, ("headdim", "causal", "seqlen", "batch", "heads"), ("tflops", "ms"))

@@ -1,6 +1,6 @@
 """The Hopper (sm_90a, wgmma) forward against the float32 reference and against the portable
-forward on the same inputs. The rest of the suite runs it too wherever it applies (head dims up
-to 128 that round to 64 or 128, no softcap, ALiBi or dropout); here the two paths meet."""
+forward on the same inputs. The rest of the suite runs it too wherever it applies (head dims that
+round to 64, 128 or 256, no softcap, ALiBi or dropout); here the two paths meet."""
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ SEQLENS = [(1, 1), (1, 17), (17, 1), (113, 203), (128, 128), (129, 257), (1000, 
 
 @pytest.mark.parametrize("seqlen_q, seqlen_k", SEQLENS)
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("head_dim", [40, 64, 96, 128])
+@pytest.mark.parametrize("head_dim", [40, 64, 96, 128, 200, 256])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hopper_forward_matches_reference_and_portable(dtype, head_dim, causal, seqlen_q, seqlen_k):
     q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=6, nheads_k=3, head_dim=head_dim,
@@ -37,8 +37,9 @@ def test_hopper_forward_matches_reference_and_portable(dtype, head_dim, causal, 
 
 
 @pytest.mark.parametrize("window_size", [(64, 0), (100, 30), (0, 0), (-1, 5)])
-def test_hopper_forward_windows(window_size):
-    q, k, v = make_qkv(batch=1, seqlen_q=700, seqlen_k=900, nheads=4, nheads_k=2, head_dim=128,
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_hopper_forward_windows(head_dim, window_size):
+    q, k, v = make_qkv(batch=1, seqlen_q=700, seqlen_k=900, nheads=4, nheads_k=2, head_dim=head_dim,
                        dtype=torch.bfloat16)
     causal = window_size[1] == 0
     out, out_portable = both_paths(lambda: flash_attn_func(q, k, v, causal=causal, window_size=window_size))
@@ -84,8 +85,9 @@ def test_hopper_forward_strided_inputs_and_backward():
 
 @pytest.mark.sanitizer
 @pytest.mark.parametrize("causal", CAUSAL)
-def test_hopper_forward_sanitizer_subset(causal):
-    q, k, v = make_qkv(batch=1, seqlen_q=131, seqlen_k=277, nheads=4, nheads_k=2, head_dim=128)
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_hopper_forward_sanitizer_subset(head_dim, causal):
+    q, k, v = make_qkv(batch=1, seqlen_q=131, seqlen_k=277, nheads=4, nheads_k=2, head_dim=head_dim)
     out = flash_attn_func(q, k, v, causal=causal)
     out_ref, _ = attention_ref(q, k, v, causal)
     out_pt, _ = attention_ref(q, k, v, causal, upcast=False)

@@ -7,7 +7,8 @@ Development filter (fewer instances, faster builds):
     FLASH_ATTN_ROCM_HEAD_DIMS=64,128   FLASH_ATTN_ROCM_DTYPES=fp16
 
 With sm90=True (the build targets sm_90a) the Hopper forward and backward files are added for
-SM90_HEAD_DIMS and the dispatch prefers them on a compute capability 9.0 device for the plain variants.
+SM90_HEAD_DIMS (per pass) and the dispatch prefers them on a compute capability 9.0 device for
+the plain variants.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from pathlib import Path
 
 HEAD_DIMS = (32, 64, 96, 128, 192, 256)
-SM90_HEAD_DIMS = (64, 128)
+SM90_HEAD_DIMS = {"fwd": (64, 128, 256), "bwd": (64, 128)}
 DTYPES = {"fp16": ("half_t", "DType::kFloat16"), "bf16": ("bf16_t", "DType::kBFloat16")}
 GENERATED_DIR = Path(__file__).resolve().parent.parent / "csrc" / "generated"
 
@@ -163,10 +164,11 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
     """Writes the files and returns them, instantiations first, dispatch last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     families = selected_families()
-    sm90_families = [(d, t) for d, t in families if d in SM90_HEAD_DIMS] if sm90 else []
+    sm90_families = {name: [(d, t) for d, t in families if d in dims] if sm90 else []
+                     for name, dims in SM90_HEAD_DIMS.items()}
     files, functions = [], []
     for name, (fn, params, launch_header) in SM90_PASSES.items():
-        for hdim, dtype in sm90_families:
+        for hdim, dtype in sm90_families[name]:
             path = out_dir / f"{name}_sm90_hdim{hdim}_{dtype}.cu"
             _write_if_changed(path, SM90_INSTANCE.format(launch_header=launch_header, fn=fn, params=params,
                                                          ctype=DTYPES[dtype][0], hdim=hdim))
@@ -181,10 +183,10 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
             CASE.format(dtype_enum=DTYPES[t][1], fn=fn, ctype=DTYPES[t][0], hdim=d) for d, t in families
         )
         preamble = ""
-        if sm90_families:
+        if sm90_families[name]:
             preamble = "  if (use_hopper(extras)) {\n" + "\n".join(
                 SM90_CASE.format(dtype_enum=DTYPES[t][1], fn=SM90_PASSES[name][0], ctype=DTYPES[t][0], hdim=d)
-                for d, t in sm90_families
+                for d, t in sm90_families[name]
             ) + "\n  }\n"
         functions.append(DISPATCH_FUNCTION.format(name=name, params=params, cases=cases, preamble=preamble))
     for hdim, dtype in families:
@@ -196,7 +198,7 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
     head_dims = ", ".join(str(d) for d in sorted({d for d, _ in families}))
     dispatch = out_dir / "dispatch.cu"
     _write_if_changed(dispatch, DISPATCH.format(head_dims=head_dims, functions="".join(functions),
-                                                hopper=HOPPER_ON if sm90_families else HOPPER_OFF))
+                                                hopper=HOPPER_ON if any(sm90_families.values()) else HOPPER_OFF))
     files.append(dispatch)
     for path in set(out_dir.glob("*.cu")) - set(files):
         path.unlink()

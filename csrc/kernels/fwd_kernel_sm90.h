@@ -2,8 +2,8 @@
 // the loads on a producer warpgroup.
 //
 // Three warpgroups per 128 query rows. The producer copies Q and then K and V key block by key
-// block into three shared-memory stages (cp.async, wgmma's 128-byte swizzle) and publishes each
-// copy on an mbarrier; it keeps three stages in flight and refills one when both consumers
+// block into shared-memory stages (three; two at head dim 256) (cp.async, wgmma's 128-byte swizzle) and publishes each
+// copy on an mbarrier; it keeps every stage in flight and refills one when both consumers
 // have released it. Consumer g owns rows 64 g .. 64 g + 63, its warp w the 16-row strip
 // 16 (4 g + w), so each thread holds the same fragments as in the sm80 kernel (the online
 // softmax and the masks are shared). Per key block:
@@ -34,7 +34,9 @@ template <class T_, int kHeadDim_>
 struct FwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = 128, kBlockN = 128, kStages = 3;
+  // Head dim 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the
+  // key blocks halve and two stages fit (64 KB of Q + 2 x 64 KB).
+  static constexpr int kBlockM = 128, kBlockN = kHeadDim <= 128 ? 128 : 64, kStages = kHeadDim <= 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 <= 64K; no spills
   // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
