@@ -40,7 +40,7 @@ struct FwdTraitsSm90 {
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 <= 64K; no spills
   // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
-  // d128, where the registers run out (benchmarks/NOTES.md).
+  // d128 and -15% at d256, where the registers run out (benchmarks/NOTES.md).
   static constexpr bool kOverlapSoftmax = kHeadDim <= 64;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
