@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._ops import compiled_head_dims
+from ._ops import compiled_head_dims, kernel_family
 from .kvcache import flash_attn_with_kvcache
 from .sdpa import patch_sdpa, scaled_dot_product_attention, sdpa_patched, unpatch_sdpa
 from .interface import (
@@ -32,5 +32,6 @@ __all__ = [
     "unpatch_sdpa",
     "sdpa_patched",
     "compiled_head_dims",
+    "kernel_family",
     "__version__",
 ]

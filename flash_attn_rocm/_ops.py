@@ -68,5 +68,23 @@ def set_hopper_kernels(enabled: bool) -> bool:
     return bool(ops.set_hopper_kernels(enabled))
 
 
+def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward: bool = False, softcap: float = 0.0,
+                  alibi_slopes=None, dropout_p: float = 0.0) -> str:
+    """Which kernels flash_attn_func (and the varlen and packed variants) run for these arguments
+    on the current device: "sm90" (the Hopper wgmma kernels) or "sm80" (the portable mma.sync
+    ones), with the compiled head dim the call rounds up to, e.g. "sm90:hdim128". The forward
+    (backward=False) and the backward may differ. The decision comes from the dispatch itself."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 8 != 0:
+        raise ValueError(f"head_dim must be a positive multiple of 8, got {head_dim!r}")
+    extras = softcap != 0.0 or alibi_slopes is not None or dropout_p > 0.0
+    family = ops.kernel_family(backward, head_dim, dtype == torch.bfloat16, extras)
+    if family == "none":
+        raise ValueError(f"head_dim {head_dim} is larger than any compiled head dim {compiled_head_dims()}")
+    rounded = next(d for d in compiled_head_dims() if d >= head_dim)
+    return f"{family}:hdim{rounded}"
+
+
 if os.environ.get("FLASH_ATTN_ROCM_HOPPER", "1").strip() == "0":
     set_hopper_kernels(False)

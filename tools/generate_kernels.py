@@ -124,6 +124,21 @@ SM90_CASE = """    if (dtype == {dtype_enum} && kernel_head_dim(params.d) == {hd
       return is_causal ? {fn}<{ctype}, {hdim}, true>(params, stream) : {fn}<{ctype}, {hdim}, false>(params, stream);
     }}"""
 
+# Which kernel family run_mha_{fwd,bwd} would launch: the same case lists as the dispatch.
+DESCRIBE_FUNCTION = """
+const char* kernel_family(bool backward, int head_dim, DType dtype, bool extras) {{
+  const int d = kernel_head_dim(head_dim);
+  if (d == 0) return "none";
+{hopper}  return "sm80";
+}}
+"""
+
+DESCRIBE_HOPPER = """  if (use_hopper(extras)) {{
+    if (!backward && ({fwd})) return "sm90";
+    if (backward && ({bwd})) return "sm90";
+  }}
+"""
+
 KVCACHE_FUNCTION = """
 error_t run_mha_fwd_kvcache(const KvCacheParams& params, DType dtype, stream_t stream) {{
 {cases}
@@ -193,6 +208,11 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
         path = out_dir / f"fwd_kvcache_hdim{hdim}_{dtype}.cu"
         _write_if_changed(path, KVCACHE_INSTANCE.format(ctype=DTYPES[dtype][0], hdim=hdim))
         files.append(path)
+    def family_test(name: str) -> str:
+        return " || ".join(f"(dtype == {DTYPES[t][1]} && d == {d})" for d, t in sm90_families[name]) or "false"
+
+    hopper = DESCRIBE_HOPPER.format(fwd=family_test("fwd"), bwd=family_test("bwd")) if any(sm90_families.values()) else ""
+    functions.append(DESCRIBE_FUNCTION.format(hopper=hopper))
     functions.append(KVCACHE_FUNCTION.format(cases="\n".join(
         KVCACHE_CASE.format(dtype_enum=DTYPES[t][1], ctype=DTYPES[t][0], hdim=d) for d, t in families)))
     head_dims = ", ".join(str(d) for d in sorted({d for d, _ in families}))

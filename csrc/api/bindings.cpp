@@ -3,6 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
 #include <vector>
 
 #include "../kernels/api.h"
@@ -13,6 +14,11 @@ namespace {
 std::vector<int64_t> compiled_head_dims() {
   const std::vector<int> dims = flash::compiled_head_dims();
   return {dims.begin(), dims.end()};
+}
+
+std::string kernel_family(bool backward, int64_t head_dim, bool bf16, bool extras) {
+  return flash::kernel_family(backward, static_cast<int>(head_dim),
+                              bf16 ? flash::DType::kBFloat16 : flash::DType::kFloat16, extras);
 }
 
 }  // namespace
@@ -47,8 +53,9 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
       "int window_size_left=-1, int window_size_right=-1, float softcap=0.0, bool rotary_interleaved=True, "
       "Tensor? alibi_slopes=None, int num_splits=0) -> (Tensor out, Tensor softmax_lse)");
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
-  // Tests and benchmarks switch the Hopper forward off to compare it with the portable one.
+  // Tests and benchmarks switch the Hopper kernels off to compare them with the portable ones.
   m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
+  m.def("kernel_family(bool backward, int head_dim, bool bf16, bool extras) -> str", &kernel_family);
 }
 
 TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) {

@@ -24,6 +24,11 @@ int kernel_head_dim(int head_dim);
 // has them); returns the previous setting. false in builds without them.
 bool set_hopper_kernels(bool enabled);
 
+// Which kernels run_mha_fwd (backward = false) or run_mha_bwd would launch on the current device:
+// "sm90" (the Hopper wgmma kernels), "sm80" (the portable mma.sync ones), or "none" (no head dim
+// in this build fits). `extras`: softcap, ALiBi or dropout.
+const char* kernel_family(bool backward, int head_dim, DType dtype, bool extras);
+
 // Forward for params.d rounded up to kernel_head_dim(params.d).
 error_t run_mha_fwd(const FwdParams& params, DType dtype, bool is_causal, stream_t stream);
 
