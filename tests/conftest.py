@@ -48,6 +48,7 @@ def both_paths(fn):
         portable = fn()
     return fast, portable
 
+
 # The float32 reference must really be float32: TF32 matmuls would make it less
 # accurate than the fp16 kernel it judges.
 torch.set_float32_matmul_precision("highest")
