@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build + GPU tests + compute-sanitizer + benchmark in one go, for one lease of the GPU machine.
 # Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
-# GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also memory, llm, decode, varlen
+# GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also portable (the suite with
+# the Hopper kernels off), memory, llm, decode, varlen
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -34,6 +35,7 @@ for step in $STEPS; do
   case $step in
     build) MAX_JOBS=${MAX_JOBS:-16} run build python3 -m pip install --no-build-isolation --no-deps -v -e . || exit 1 ;;
     tests) run tests python3 -m pytest -q -p no:cacheprovider tests $PYTEST_ARGS ;;
+    portable) FLASH_ATTN_ROCM_HOPPER=0 run portable python3 -m pytest -q -p no:cacheprovider tests $PYTEST_ARGS ;;
     sanitizer)
       run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests
       run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider -m sanitizer tests ;;
