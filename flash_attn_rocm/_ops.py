@@ -82,8 +82,7 @@ def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward
     family = ops.kernel_family(backward, head_dim, dtype == torch.bfloat16, extras)
     if family == "none":
         raise ValueError(f"head_dim {head_dim} is larger than any compiled head dim {compiled_head_dims()}")
-    rounded = next(d for d in compiled_head_dims() if d >= head_dim)
-    return f"{family}:hdim{rounded}"
+    return family
 
 
 if os.environ.get("FLASH_ATTN_ROCM_HOPPER", "1").strip() == "0":

@@ -16,9 +16,13 @@ std::vector<int64_t> compiled_head_dims() {
   return {dims.begin(), dims.end()};
 }
 
+// "sm90:hdim128": the dispatch's kernel family and the compiled head dim the call rounds up to;
+// "none" when no compiled head dim fits.
 std::string kernel_family(bool backward, int64_t head_dim, bool bf16, bool extras) {
-  return flash::kernel_family(backward, static_cast<int>(head_dim),
-                              bf16 ? flash::DType::kBFloat16 : flash::DType::kFloat16, extras);
+  const int d = static_cast<int>(head_dim);
+  const std::string family =
+      flash::kernel_family(backward, d, bf16 ? flash::DType::kBFloat16 : flash::DType::kFloat16, extras);
+  return family == "none" ? family : family + ":hdim" + std::to_string(flash::kernel_head_dim(d));
 }
 
 }  // namespace
