@@ -42,6 +42,9 @@ struct FwdTraitsSm90 {
   // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
   // d128 and -15% at d256, where the registers run out (benchmarks/NOTES.md).
   static constexpr bool kOverlapSoftmax = kHeadDim <= 64;
+  // The consumers take turns issuing their products, so that one's softmax runs while the
+  // other's products have the tensor cores to themselves (named barriers 1 and 2).
+  static constexpr bool kPingPong = true;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
@@ -195,28 +198,54 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         p[kk][3] = pack2<T>(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
       }
     };
-    if constexpr (!Traits::kOverlapSoftmax) {  // one product at a time
+    // Ping-pong: a consumer waits for its turn (its barrier), issues its products and hands the
+    // turn over (arrives on the other's). Consumer 0 starts; the two barriers must end with as
+    // many arrivals as waits, so consumer 1 does not hand over after its last products.
+    auto take_turn = [&]() {
+      if constexpr (Traits::kPingPong) named_barrier_sync(1 + consumer, 256);
+    };
+    auto pass_turn = [&](bool last) {
+      if constexpr (Traits::kPingPong) {
+        if (!(last && consumer == 1)) named_barrier_arrive(2 - consumer, 256);
+      }
+    };
+    if (n_blocks > 0 && consumer == 1) pass_turn(false);
+    if constexpr (!Traits::kOverlapSoftmax) {
+      // Step i's products are P(i - 1) V(i - 1) and S(i), issued together on one turn.
       for (int i = 0; i < n_blocks; ++i) {
+        take_turn();
         scores(i);
+        if (i > 0) accumulate_pv(i - 1);
+        pass_turn(i == n_blocks - 1);
         wgmma_wait<0>();
+        if (i > 0) {
+          wgmma_fence_operands(acc_o[0]);
+          mbarrier_arrive(&empty[(i - 1) % kStages]);
+        }
         float o_factor[2];
         softmax_of(i, o_factor);
         softmax.rescale(acc_o, o_factor);
         pack_p();
-        accumulate_pv(i);
+      }
+      if (n_blocks > 0) {
+        accumulate_pv(n_blocks - 1);
         wgmma_wait<0>();
         wgmma_fence_operands(acc_o[0]);
-        mbarrier_arrive(&empty[i % kStages]);
+        mbarrier_arrive(&empty[(n_blocks - 1) % kStages]);
       }
     } else if (n_blocks > 0) {
+      take_turn();
       scores(0);
+      pass_turn(n_blocks == 1);
       wgmma_wait<0>();
       float o_factor[2];
       softmax_of(0, o_factor);  // O is still zero
       pack_p();
       for (int i = 0; i + 1 < n_blocks; ++i) {
+        take_turn();
         scores(i + 1);
         accumulate_pv(i);
+        pass_turn(i + 2 == n_blocks);
         wgmma_wait<1>();  // S(i + 1)
         softmax_of(i + 1, o_factor);
         wgmma_wait<0>();  // P(i) V(i)

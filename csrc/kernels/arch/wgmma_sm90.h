@@ -93,6 +93,11 @@ template <int kRegs> FA_DEVICE void warpgroup_registers_inc() {
 FA_DEVICE void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Counts this warp in on barrier `id` without waiting for it to complete: signals the threads
+// that wait there with named_barrier_sync.
+FA_DEVICE void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // Adds `bytes` (a multiple of 16) of fp32 from shared to global memory (both 16-byte aligned)
 // in the TMA unit, asynchronously: the SM issues one instruction instead of an atomic per
