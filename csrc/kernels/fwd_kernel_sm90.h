@@ -211,28 +211,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     };
     if (n_blocks > 0 && consumer == 1) pass_turn(false);
     if constexpr (!Traits::kOverlapSoftmax) {
-      // Step i's products are P(i - 1) V(i - 1) and S(i), issued together on one turn.
+      // A turn is P(i - 1) V(i - 1), run to completion, then the issue of S(i): the other
+      // consumer's products wait for it, and run while this one's softmax does.
+      if (n_blocks > 0) take_turn();
       for (int i = 0; i < n_blocks; ++i) {
-        take_turn();
         scores(i);
-        if (i > 0) accumulate_pv(i - 1);
-        pass_turn(i == n_blocks - 1);
+        pass_turn(false);
         wgmma_wait<0>();
-        if (i > 0) {
-          wgmma_fence_operands(acc_o[0]);
-          mbarrier_arrive(&empty[(i - 1) % kStages]);
-        }
         float o_factor[2];
         softmax_of(i, o_factor);
         softmax.rescale(acc_o, o_factor);
         pack_p();
-      }
-      if (n_blocks > 0) {
-        accumulate_pv(n_blocks - 1);
+        take_turn();
+        accumulate_pv(i);
         wgmma_wait<0>();
         wgmma_fence_operands(acc_o[0]);
-        mbarrier_arrive(&empty[(n_blocks - 1) % kStages]);
+        mbarrier_arrive(&empty[i % kStages]);
       }
+      if (n_blocks > 0) pass_turn(true);
     } else if (n_blocks > 0) {
       take_turn();
       scores(0);
