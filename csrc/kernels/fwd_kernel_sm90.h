@@ -44,7 +44,7 @@ struct FwdTraitsSm90 {
   static constexpr bool kOverlapSoftmax = kHeadDim <= 64;
   // The consumers take turns issuing their products, so that one's softmax runs while the
   // other's products have the tensor cores to themselves (named barriers 1 and 2).
-  static constexpr bool kPingPong = true;
+  static constexpr bool kPingPong = kHeadDim <= 128;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
