@@ -83,9 +83,21 @@ def test_hopper_forward_strided_inputs_and_backward():
         assert_within_eager_error(g, g_ref, g_pt, floor_magnitude=max(1.0, g_ref.abs().max().item()))
 
 
+def test_hopper_forward_broadcast_kv_falls_back():
+    # k and v expanded over the batch (batch stride 0): TMA cannot describe them, so the call
+    # goes to the portable kernel and must still be right.
+    q, k, v = make_qkv(batch=3, seqlen_q=200, seqlen_k=300, nheads=4, nheads_k=2, head_dim=128)
+    k, v = (t[:1].expand(3, -1, -1, -1) for t in (k, v))
+    assert k.stride(0) == 0
+    out = flash_attn_func(q, k, v, causal=True)
+    out_ref, _ = attention_ref(q, k, v, True)
+    out_pt, _ = attention_ref(q, k, v, True, upcast=False)
+    assert_within_eager_error(out, out_ref, out_pt)
+
+
 @pytest.mark.sanitizer
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("head_dim", [128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_hopper_forward_sanitizer_subset(head_dim, causal):
     q, k, v = make_qkv(batch=1, seqlen_q=131, seqlen_k=277, nheads=4, nheads_k=2, head_dim=head_dim)
     out = flash_attn_func(q, k, v, causal=causal)

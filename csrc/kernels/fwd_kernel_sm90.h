@@ -18,6 +18,7 @@
 // to the sm80 kernels.
 #pragma once
 
+#include "arch/tma_sm90.h"
 #include "arch/wgmma_sm90.h"
 #include "epilogue.h"
 #include "mask.h"
@@ -38,7 +39,8 @@ struct FwdTraitsSm90 {
   // key blocks halve and two stages fit (64 KB of Q + 2 x 64 KB).
   static constexpr int kBlockM = 128, kBlockN = kHeadDim <= 128 ? 128 : 64, kStages = kHeadDim <= 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
-  static constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 <= 64K; no spills
+  // One producer thread issues the TMA copies; the consumers take the registers.
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
   // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
   // d128 and -15% at d256, where the registers run out (benchmarks/NOTES.md).
   static constexpr bool kOverlapSoftmax = kHeadDim <= 64;
@@ -50,11 +52,19 @@ struct FwdTraitsSm90 {
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
   static constexpr int kTileBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * int(sizeof(T));
   static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; per stage K full, V full, empty
+  static constexpr uint32_t kQBytes = QTile::kElems * sizeof(T), kKVBytes = KVTile::kElems * sizeof(T);
   static constexpr int kSmemBytes = kTileBytes + kBarriers * 8;
 };
 
+// The TMA descriptions of q, k and v (fwd_launch_sm90.h encodes them; boxes of kBlockM rows for
+// q, kBlockN for k and v).
+struct FwdTensorMaps {
+  CUtensorMap q, k, v;
+};
+
 template <class Traits, bool Is_causal>
-__global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(const FwdParams params) {
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -88,63 +98,40 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   // barriers being (i / kStages) % 2.
 
   if (tid == 0) {
-    mbarrier_init(q_full, 128);
+    mbarrier_init(q_full, 1);
     for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(&k_full[s], 128);
-      mbarrier_init(&v_full[s], 128);
+      mbarrier_init(&k_full[s], 1);
+      mbarrier_init(&v_full[s], 1);
       mbarrier_init(&empty[s], 256);
     }
   }
   __syncthreads();
 
   if (warpgroup == 0) {
-    // Producer: cp.async copies up to kStages steps ahead; each copy is waited for, fenced for
-    // the async proxy that wgmma reads through, and published on its barrier.
+    // Producer: one thread keeps up to kStages steps of TMA copies in flight, refilling a stage
+    // once both consumers have released it. Varlen tensors are one packed batch.
     warpgroup_registers_dec<Traits::kProducerRegs>();
-    const T* k = static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
-                 seq.k_start * params.k_row_stride;
-    const T* v = static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
-                 seq.k_start * params.v_row_stride;
-    auto keys_in_block = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
-    auto load_step = [&](int i) {  // two commit groups: K, then V
-      const int n = n_block_end - 1 - i, stage = i % kStages;
-      KVTile::template load_async<128>(sK + stage * KVTile::kElems, k + n * kBlockN * params.k_row_stride,
-                                       params.k_row_stride, keys_in_block(n), params.d, tid);
-      copy_async_commit();
-      KVTile::template load_async<128>(sV + stage * KVTile::kElems, v + n * kBlockN * params.v_row_stride,
-                                       params.v_row_stride, keys_in_block(n), params.d, tid);
-      copy_async_commit();
-    };
-    auto publish = [&](uint64_t* bar) {
-      fence_proxy_async_shared();
-      mbarrier_arrive(bar);
-    };
-    const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
-                 (seq.q_start + row_begin) * params.q_row_stride;
-    QTile::template load_async<128>(sQ, q, params.q_row_stride, min(kBlockM, seq.seqlen_q - row_begin), params.d, tid);
-    copy_async_commit();
-    // Keeps up to kStages steps in flight; a stage is refilled once both consumers released it.
-    int issued = 0;
-    auto issue_next = [&]() {
-      if (issued >= kStages) mbarrier_wait(&empty[issued % kStages], (issued / kStages - 1) & 1);
-      load_step(issued++);
-    };
-    if (n_blocks > 0) {
-      issue_next();
-      copy_async_wait_at_most(2);  // Q
-      publish(q_full);
+    if (tid == 0 && n_blocks > 0) {
+      const bool varlen = params.cu_seqlens_q != nullptr;
+      const int batch_index = varlen ? 0 : batch;
+      tma_prefetch_map(&maps.q);
+      tma_prefetch_map(&maps.k);
+      tma_prefetch_map(&maps.v);
+      auto load_tile = [&](T* tile, int col_block_elems, const CUtensorMap* map, uint64_t* bar, int row, int h) {
+#pragma unroll
+        for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * col_block_elems, map, bar, 64 * cb, row, h, batch_index);
+      };
+      mbarrier_arrive_expect_tx(q_full, Traits::kQBytes);
+      load_tile(sQ, QTile::kColBlockElems, &maps.q, q_full, seq.q_start + row_begin, head);
+      for (int i = 0; i < n_blocks; ++i) {
+        const int stage = i % kStages, row = seq.k_start + (n_block_end - 1 - i) * kBlockN;
+        if (i >= kStages) mbarrier_wait(&empty[stage], (i / kStages - 1) & 1);
+        mbarrier_arrive_expect_tx(&k_full[stage], Traits::kKVBytes);
+        load_tile(sK + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.k, &k_full[stage], row, head_k);
+        mbarrier_arrive_expect_tx(&v_full[stage], Traits::kKVBytes);
+        load_tile(sV + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.v, &v_full[stage], row, head_k);
+      }
     }
-    for (int i = 0; i < n_blocks; ++i) {
-      // Publish step i first (its copies were issued long ago), then refill: the refill may wait
-      // for the consumers to release step i - 1, and they will want step i right after.
-      const int later_groups = 1 + 2 * (issued - 1 - i);  // V(i) and the steps after i
-      copy_async_wait_at_most(later_groups);
-      publish(&k_full[i % kStages]);
-      copy_async_wait_at_most(later_groups - 1);
-      publish(&v_full[i % kStages]);
-      while (issued < n_blocks && issued < i + kStages) issue_next();
-    }
-    copy_async_wait<0>();  // nothing left in flight when the block retires
   } else {
     // Consumers: warpgroup c owns query rows 64 c .. 64 c + 63 and runs independently of the
     // other, so one's softmax overlaps the other's products.

@@ -1,0 +1,78 @@
+// NVIDIA sm_90a tensor memory accelerator (TMA): one thread copies a whole tile from global to
+// shared memory, described by a tensor map that the host encodes once per call. The copy lands
+// in wgmma's 128-byte swizzle (the map says so) and completes on an mbarrier that expects its
+// bytes, so the consumers wait on the barrier alone: no copy instructions on the SM, no fence.
+//
+// Host: TensorMap4d describes a [batch, heads, rows, head dim] tensor of 16-bit elements (any
+// strides that are multiples of 16 bytes) in boxes of 64 columns (128 bytes) x box_rows rows;
+// a tile of kHeadDim columns is kHeadDim / 64 boxes, one per GmmaTile column block. Rows and
+// columns past the tensor read as zeros.
+#pragma once
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include "../platform.h"
+#include "mma_sm80.h"  // smem_u32
+
+namespace flash {
+
+struct TensorMap4d {
+  // Encodes the map; false when TMA cannot describe the tensor (a stride that is not a multiple
+  // of 16 bytes, or 0 on a dimension of more than one index): the caller falls back.
+  static bool encode(CUtensorMap* map, const void* base, bool bf16, int head_dim, int64_t rows, int heads,
+                     int batches, int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
+    static const auto encode_tiled = []() -> PFN_cuTensorMapEncodeTiled_v12000 {
+      void* fn = nullptr;
+      cudaDriverEntryPointQueryResult found;
+      if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+              cudaSuccess ||
+          found != cudaDriverEntryPointSuccess) {
+        return nullptr;
+      }
+      return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    }();
+    if (encode_tiled == nullptr) return false;
+    const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batches)};
+    cuuint64_t strides[3] = {cuuint64_t(row_stride) * 2, cuuint64_t(head_stride) * 2, cuuint64_t(batch_stride) * 2};
+    for (int i = 0; i < 3; ++i) {
+      // A dimension of one index is never stepped along: give it the packed stride.
+      if (dims[i + 1] == 1) strides[i] = (i == 0 ? dims[0] * 2 : strides[i - 1] * dims[i]);
+      if (strides[i] == 0 || strides[i] % 16 != 0 || strides[i] >= (cuuint64_t(1) << 40)) return false;
+    }
+    const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
+    const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+    return encode_tiled(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+                        const_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  }
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// Arrives on the barrier and raises the bytes its current phase waits for.
+FA_DEVICE void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(
+                   smem_u32(bar)),
+               "r"(bytes)
+               : "memory");
+}
+
+// Copies the box at (column, row, head, batch) of the map into shared memory (1024-byte
+// aligned for the swizzle); its bytes count against the barrier's expected ones.
+FA_DEVICE void tma_load(void* smem, const CUtensorMap* map, uint64_t* bar, int column, int row, int head, int batch) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(smem_u32(smem)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(head), "r"(batch), "r"(smem_u32(bar))
+      : "memory");
+}
+
+FA_DEVICE void tma_prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+}  // namespace flash
