@@ -43,7 +43,7 @@ struct FwdTraitsSm90 {
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
   // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
   // d128 and -15% at d256, where the registers run out (benchmarks/NOTES.md).
-  static constexpr bool kOverlapSoftmax = kHeadDim <= 64;
+  static constexpr bool kOverlapSoftmax = kHeadDim <= 128;
   // The consumers take turns issuing their products, so that one's softmax runs while the
   // other's products have the tensor cores to themselves (named barriers 1 and 2).
   static constexpr bool kPingPong = kHeadDim <= 128;
