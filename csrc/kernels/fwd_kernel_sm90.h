@@ -51,7 +51,7 @@ struct FwdTraitsSm90 {
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
   static constexpr int kTileBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * int(sizeof(T));
-  static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; per stage K full, V full, empty
+  static constexpr int kBarriers = 2 + 3 * kStages;  // Q full, Q empty; per stage K full, V full, empty
   static constexpr uint32_t kQBytes = QTile::kElems * sizeof(T), kKVBytes = KVTile::kElems * sizeof(T);
   static constexpr int kSmemBytes = kTileBytes + kBarriers * 8;
 };
@@ -60,6 +60,31 @@ struct FwdTraitsSm90 {
 // q, kBlockN for k and v).
 struct FwdTensorMaps {
   CUtensorMap q, k, v;
+};
+
+// The blocks are persistent: block b takes work units b, b + gridDim.x, ... A unit is one
+// 128-row tile, head-major (the blocks at work share a few heads' K and V in L2); with a causal
+// mask it is the pair of tiles j and m_blocks - 1 - j of a head, longest first, so that every
+// unit costs the same and a static schedule stays balanced.
+struct FwdTileSchedule {
+  int m_blocks, units_per_head, units;
+
+  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m, bool causal) {
+    m_blocks = (params.seqlen_q + block_m - 1) / block_m;
+    units_per_head = causal ? (m_blocks + 1) / 2 : m_blocks;
+    units = units_per_head * params.h * params.b;
+  }
+  FA_DEVICE int tiles_in(int unit, bool causal) const {
+    return causal && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
+  }
+  // Tile `part` of `unit`: its m_block, head and batch.
+  FA_DEVICE void tile(int unit, int part, bool causal, const FwdParams& params, int& m_block, int& head,
+                      int& batch) const {
+    const int j = unit % units_per_head, head_batch = unit / units_per_head;
+    m_block = causal ? (part == 0 ? m_blocks - 1 - j : j) : j;
+    head = head_batch % params.h;
+    batch = head_batch / params.h;
+  }
 };
 
 template <class Traits, bool Is_causal>
@@ -77,28 +102,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   T* sK = sQ + QTile::kElems;              // [kStages][KVTile::kElems]
   T* sV = sK + kStages * KVTile::kElems;   // [kStages][KVTile::kElems]
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Traits::kTileBytes);
-  uint64_t* k_full = q_full + 1;           // [kStages]: the producer's copies landed
+  uint64_t* q_empty = q_full + 1;          // both consumers have issued their last S of the tile
+  uint64_t* k_full = q_empty + 1;          // [kStages]: the producer's copies landed
   uint64_t* v_full = k_full + kStages;     // [kStages]
   uint64_t* empty = v_full + kStages;      // [kStages]: both consumers are done with the stage
 
-  const int m_block = Is_causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int head = blockIdx.y, batch = blockIdx.z;
-  const int head_k = head / (params.h / params.h_k);
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warp / 4;
-  const int row_begin = m_block * kBlockM;
-  const SeqBounds seq(params, batch);
-  if (row_begin >= seq.seqlen_q) return;
-
-  const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
-  const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
-  const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
-  const int n_blocks = max(n_block_end - n_block_begin, 0);
-  // Step i handles key block n_block_end - 1 - i from stage i % kStages, the phase parity of its
-  // barriers being (i / kStages) % 2.
+  const FwdTileSchedule schedule(params, kBlockM, Is_causal);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
+    mbarrier_init(q_empty, 256);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&k_full[s], 1);
       mbarrier_init(&v_full[s], 1);
@@ -107,145 +122,185 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   }
   __syncthreads();
 
+  // Both sides walk the same tiles. A tile with rows has key blocks [n_block_begin, n_block_end);
+  // its step i handles key block n_block_end - 1 - i. Stages and barrier phases run on across
+  // tiles: the block's step s uses stage s % kStages with parity (s / kStages) % 2, and its q-th
+  // tile with keys the parity q % 2 of the Q barriers.
+  struct Tile {
+    int m_block, head, batch, row_begin, n_block_end, n_blocks;
+    SeqBounds seq;
+  };
+  auto for_each_tile = [&](auto&& body) {
+    for (int unit = blockIdx.x; unit < schedule.units; unit += gridDim.x) {
+      for (int part = 0; part < schedule.tiles_in(unit, Is_causal); ++part) {
+        int m_block, head, batch;
+        schedule.tile(unit, part, Is_causal, params, m_block, head, batch);
+        const SeqBounds seq(params, batch);
+        const int row_begin = m_block * kBlockM;
+        if (row_begin >= seq.seqlen_q) continue;
+        const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+        const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
+        const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
+        body(Tile{m_block, head, batch, row_begin, n_block_end, n_blocks, seq}, window);
+      }
+    }
+  };
+
   if (warpgroup == 0) {
     // Producer: one thread keeps up to kStages steps of TMA copies in flight, refilling a stage
-    // once both consumers have released it. Varlen tensors are one packed batch.
+    // once both consumers have released it; a tile's Q follows its first K and V, once the
+    // consumers are done with the last tile's. Varlen tensors are one packed batch.
     warpgroup_registers_dec<Traits::kProducerRegs>();
-    if (tid == 0 && n_blocks > 0) {
+    if (tid == 0) {
       const bool varlen = params.cu_seqlens_q != nullptr;
-      const int batch_index = varlen ? 0 : batch;
       tma_prefetch_map(&maps.q);
       tma_prefetch_map(&maps.k);
       tma_prefetch_map(&maps.v);
-      auto load_tile = [&](T* tile, int col_block_elems, const CUtensorMap* map, uint64_t* bar, int row, int h) {
+      int step = 0, q_tiles = 0;
+      for_each_tile([&](const Tile& t, const auto&) {
+        if (t.n_blocks == 0) return;
+        const int batch_index = varlen ? 0 : t.batch, head_k = t.head / (params.h / params.h_k);
+        auto load_tile = [&](T* tile, int col_block_elems, const CUtensorMap* map, uint64_t* bar, int row, int h) {
 #pragma unroll
-        for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * col_block_elems, map, bar, 64 * cb, row, h, batch_index);
-      };
-      mbarrier_arrive_expect_tx(q_full, Traits::kQBytes);
-      load_tile(sQ, QTile::kColBlockElems, &maps.q, q_full, seq.q_start + row_begin, head);
-      for (int i = 0; i < n_blocks; ++i) {
-        const int stage = i % kStages, row = seq.k_start + (n_block_end - 1 - i) * kBlockN;
-        if (i >= kStages) mbarrier_wait(&empty[stage], (i / kStages - 1) & 1);
-        mbarrier_arrive_expect_tx(&k_full[stage], Traits::kKVBytes);
-        load_tile(sK + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.k, &k_full[stage], row, head_k);
-        mbarrier_arrive_expect_tx(&v_full[stage], Traits::kKVBytes);
-        load_tile(sV + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.v, &v_full[stage], row, head_k);
-      }
+          for (int cb = 0; cb < kHeadDim / 64; ++cb) {
+            tma_load(tile + cb * col_block_elems, map, bar, 64 * cb, row, h, batch_index);
+          }
+        };
+        auto load_step = [&](int i) {
+          const int stage = step % kStages, row = t.seq.k_start + (t.n_block_end - 1 - i) * kBlockN;
+          if (step >= kStages) mbarrier_wait(&empty[stage], (step / kStages - 1) & 1);
+          mbarrier_arrive_expect_tx(&k_full[stage], Traits::kKVBytes);
+          load_tile(sK + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.k, &k_full[stage], row, head_k);
+          mbarrier_arrive_expect_tx(&v_full[stage], Traits::kKVBytes);
+          load_tile(sV + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.v, &v_full[stage], row, head_k);
+          ++step;
+        };
+        load_step(0);
+        if (q_tiles > 0) mbarrier_wait(q_empty, (q_tiles - 1) & 1);
+        mbarrier_arrive_expect_tx(q_full, Traits::kQBytes);
+        load_tile(sQ, QTile::kColBlockElems, &maps.q, q_full, t.seq.q_start + t.row_begin, t.head);
+        ++q_tiles;
+        for (int i = 1; i < t.n_blocks; ++i) load_step(i);
+      });
     }
   } else {
-    // Consumers: warpgroup c owns query rows 64 c .. 64 c + 63 and runs independently of the
-    // other, so one's softmax overlaps the other's products.
+    // Consumers: warpgroup c owns query rows 64 c .. 64 c + 63 of each tile.
     warpgroup_registers_inc<Traits::kConsumerRegs>();
     const int consumer = warpgroup - 1, consumer_warp = warp - 4;
-    float acc_o[1][kDTiles][4] = {};
-    OnlineSoftmax<1, kNTiles, kDTiles> softmax;
-    const int thread_row0 = row_begin + 16 * consumer_warp + lane / 4;
     const uint32_t q_addr = smem_u32(sQ), k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
-    if (n_blocks > 0) mbarrier_wait(q_full, 0);
+    int step0 = 0, q_tiles = 0;  // the block's steps and tiles with keys before this tile
+    for_each_tile([&](const Tile& t, const KeyWindow<Is_causal>& window) {
+      const int n_blocks = t.n_blocks, row_begin = t.row_begin;
+      float acc_o[1][kDTiles][4] = {};
+      OnlineSoftmax<1, kNTiles, kDTiles> softmax;
+      const int thread_row0 = row_begin + 16 * consumer_warp + lane / 4;
+      if (n_blocks > 0) mbarrier_wait(q_full, q_tiles & 1);
 
-    // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps the
-    // second product and O is rescaled once it is back. Otherwise one product at a time.
-    float acc_s[1][kNTiles][4];
-    uint32_t p[kBlockN / 16][4];
-    auto scores = [&](int i) {
-      mbarrier_wait(&k_full[i % kStages], (i / kStages) & 1);
-      wgmma_fence();
+      // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps
+      // the second product and O is rescaled once it is back. Otherwise one product at a time.
+      float acc_s[1][kNTiles][4];
+      uint32_t p[kBlockN / 16][4];
+      auto stage_of = [&](int i) { return (step0 + i) % kStages; };
+      auto parity_of = [&](int i) { return ((step0 + i) / kStages) & 1; };
+      auto scores = [&](int i) {
+        mbarrier_wait(&k_full[stage_of(i)], parity_of(i));
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-        wgmma_ss<kBlockN, T>(acc_s[0], QTile::k_major(q_addr, 64 * consumer, kk),
-                             KVTile::k_major(k_addr + (i % kStages) * kStageBytes, 0, kk), kk > 0);
-      }
-      wgmma_commit();
-    };
-    auto accumulate_pv = [&](int i) {
-      mbarrier_wait(&v_full[i % kStages], (i / kStages) & 1);
-      wgmma_fence_operands(acc_o[0]);
-      wgmma_fence();
+        for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+          wgmma_ss<kBlockN, T>(acc_s[0], QTile::k_major(q_addr, 64 * consumer, kk),
+                               KVTile::k_major(k_addr + stage_of(i) * kStageBytes, 0, kk), kk > 0);
+        }
+        wgmma_commit();
+      };
+      auto accumulate_pv = [&](int i) {
+        mbarrier_wait(&v_full[stage_of(i)], parity_of(i));
+        wgmma_fence_operands(acc_o[0]);
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        wgmma_rs<kHeadDim, T>(acc_o[0], p[kk], KVTile::n_major(v_addr + (i % kStages) * kStageBytes, kk), 1);
-      }
-      wgmma_commit();
-    };
-    auto softmax_of = [&](int i, float (&o_factor)[2]) {  // S(i) is back
-      wgmma_fence_operands(acc_s[0]);
-      const int n = n_block_end - 1 - i;
-      if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
-        apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
-      }
-      softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
-    };
-    auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          wgmma_rs<kHeadDim, T>(acc_o[0], p[kk], KVTile::n_major(v_addr + stage_of(i) * kStageBytes, kk), 1);
+        }
+        wgmma_commit();
+      };
+      auto release = [&](int i) { mbarrier_arrive(&empty[stage_of(i)]); };
+      auto softmax_of = [&](int i, float (&o_factor)[2]) {  // S(i) is back
+        wgmma_fence_operands(acc_s[0]);
+        const int n = t.n_block_end - 1 - i;
+        if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
+          apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
+        }
+        softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
+      };
+      auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        p[kk][0] = pack2<T>(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-        p[kk][1] = pack2<T>(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-        p[kk][2] = pack2<T>(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-        p[kk][3] = pack2<T>(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-      }
-    };
-    // Ping-pong: a consumer waits for its turn (its barrier), issues its products and hands the
-    // turn over (arrives on the other's). Consumer 0 starts; the two barriers must end with as
-    // many arrivals as waits, so consumer 1 does not hand over after its last products.
-    auto take_turn = [&]() {
-      if constexpr (Traits::kPingPong) named_barrier_sync(1 + consumer, 256);
-    };
-    auto pass_turn = [&](bool last) {
-      if constexpr (Traits::kPingPong) {
-        if (!(last && consumer == 1)) named_barrier_arrive(2 - consumer, 256);
-      }
-    };
-    if (n_blocks > 0 && consumer == 1) pass_turn(false);
-    if constexpr (!Traits::kOverlapSoftmax) {
-      // A turn is P(i - 1) V(i - 1), run to completion, then the issue of S(i): the other
-      // consumer's products wait for it, and run while this one's softmax does.
-      if (n_blocks > 0) take_turn();
-      for (int i = 0; i < n_blocks; ++i) {
-        scores(i);
-        pass_turn(false);
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          p[kk][0] = pack2<T>(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
+          p[kk][1] = pack2<T>(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
+          p[kk][2] = pack2<T>(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
+          p[kk][3] = pack2<T>(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
+        }
+      };
+      // Ping-pong: a consumer waits for its turn (its barrier), issues its products and hands
+      // the turn over (arrives on the other's). Consumer 0 starts; the two barriers must end each
+      // tile with as many arrivals as waits, so consumer 1 does not hand over after its last turn.
+      auto take_turn = [&]() {
+        if constexpr (Traits::kPingPong) named_barrier_sync(1 + consumer, 256);
+      };
+      auto pass_turn = [&](bool last) {
+        if constexpr (Traits::kPingPong) {
+          if (!(last && consumer == 1)) named_barrier_arrive(2 - consumer, 256);
+        }
+      };
+      if constexpr (!Traits::kOverlapSoftmax) {  // one product at a time
+        for (int i = 0; i < n_blocks; ++i) {
+          scores(i);
+          wgmma_wait<0>();
+          if (i + 1 == n_blocks) mbarrier_arrive(q_empty);
+          float o_factor[2];
+          softmax_of(i, o_factor);
+          softmax.rescale(acc_o, o_factor);
+          pack_p();
+          accumulate_pv(i);
+          wgmma_wait<0>();
+          wgmma_fence_operands(acc_o[0]);
+          release(i);
+        }
+      } else if (n_blocks > 0) {
+        if (consumer == 1) pass_turn(false);
+        take_turn();
+        scores(0);
+        pass_turn(n_blocks == 1);
         wgmma_wait<0>();
         float o_factor[2];
-        softmax_of(i, o_factor);
-        softmax.rescale(acc_o, o_factor);
+        softmax_of(0, o_factor);  // O is still zero
         pack_p();
-        take_turn();
-        accumulate_pv(i);
+        for (int i = 0; i + 1 < n_blocks; ++i) {
+          take_turn();
+          scores(i + 1);
+          accumulate_pv(i);
+          pass_turn(i + 2 == n_blocks);
+          wgmma_wait<1>();  // S(i + 1)
+          softmax_of(i + 1, o_factor);
+          wgmma_wait<0>();  // P(i) V(i)
+          wgmma_fence_operands(acc_o[0]);
+          release(i);
+          softmax.rescale(acc_o, o_factor);
+          pack_p();
+        }
+        mbarrier_arrive(q_empty);
+        accumulate_pv(n_blocks - 1);
         wgmma_wait<0>();
         wgmma_fence_operands(acc_o[0]);
-        mbarrier_arrive(&empty[i % kStages]);
+        release(n_blocks - 1);
       }
-      if (n_blocks > 0) pass_turn(true);
-    } else if (n_blocks > 0) {
-      take_turn();
-      scores(0);
-      pass_turn(n_blocks == 1);
-      wgmma_wait<0>();
-      float o_factor[2];
-      softmax_of(0, o_factor);  // O is still zero
-      pack_p();
-      for (int i = 0; i + 1 < n_blocks; ++i) {
-        take_turn();
-        scores(i + 1);
-        accumulate_pv(i);
-        pass_turn(i + 2 == n_blocks);
-        wgmma_wait<1>();  // S(i + 1)
-        softmax_of(i + 1, o_factor);
-        wgmma_wait<0>();  // P(i) V(i)
-        wgmma_fence_operands(acc_o[0]);
-        mbarrier_arrive(&empty[i % kStages]);
-        softmax.rescale(acc_o, o_factor);
-        pack_p();
-      }
-      accumulate_pv(n_blocks - 1);
-      wgmma_wait<0>();
-      wgmma_fence_operands(acc_o[0]);
-      mbarrier_arrive(&empty[(n_blocks - 1) % kStages]);
-    }
+      step0 += n_blocks;
+      q_tiles += n_blocks > 0;
 
-    float lse[2];
-    softmax.finalize(acc_o, params.logit_scale, lse);
-    store_output<T>(params, seq, batch, head, thread_row0, lane, acc_o, lse);
+      float lse[2];
+      softmax.finalize(acc_o, params.logit_scale, lse);
+      store_output<T>(params, t.seq, t.batch, t.head, thread_row0, lane, acc_o, lse);
+    });
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }

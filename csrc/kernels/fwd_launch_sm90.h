@@ -2,6 +2,7 @@
 // which are compiled only when the build targets sm_90a.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 
 #include "fwd_kernel_sm90.h"
@@ -39,8 +40,15 @@ error_t run_fwd_sm90(const FwdParams& params, stream_t stream) {
   const auto kernel = &flash_fwd_sm90_kernel<Traits, Is_causal>;
   const error_t err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
   if (err != kSuccess) return err;
-  const dim3 grid((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, params.h, params.b);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, maps);
+  // Persistent: one block per SM (the shared memory allows no second), or fewer if the units are fewer.
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return get_last_error();
+  }
+  const FwdTileSchedule schedule(params, Traits::kBlockM, Is_causal);
+  const int blocks = std::max(1, std::min(schedule.units, sms));
+  kernel<<<blocks, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, maps);
   return get_last_error();
 }
 
