@@ -7,7 +7,8 @@ weights created directly on the GPU: Mistral-7B-v0.1 (GQA, sliding window 4096),
 built once and switched between implementations with set_attn_implementation.
 
   prefill_ms  one forward over the prompt that fills the KV cache (logits of the last token
-              only, as generate() runs it): median of --reps after a warm-up
+              only, as generate() runs it): median of --reps after a warm-up, the impls
+              timed in alternating rounds (the GPU's clock drifts over a run)
   tpot_ms     time per output token: greedy generate(use_cache=True) of --new-tokens tokens,
               the median gap between consecutive tokens (CUDA events recorded as each token's
               logits arrive), so the prefill is excluded
@@ -108,20 +109,6 @@ def available_impls(wanted) -> list[str]:
 # --------------------------------------------------------------------------- timing
 
 
-def median_ms(fn, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 class StepClock:
     """A logits processor that records a CUDA event whenever generate() has a new token's
     logits; the gaps between consecutive events are the decode steps."""
@@ -141,11 +128,13 @@ class StepClock:
         return statistics.median(gaps) if gaps else math.nan
 
 
-def prefill_ms(model, ids, reps: int) -> float:
-    def prefill():
-        model(input_ids=ids, use_cache=True, logits_to_keep=1)
-
-    return median_ms(prefill, warmup=1, reps=reps)
+def time_prefill_ms(model, ids) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
 
 
 def tpot_ms(model, ids, new_tokens: int) -> float:
@@ -157,32 +146,46 @@ def tpot_ms(model, ids, new_tokens: int) -> float:
     return clock.median_gap_ms()
 
 
-def measure(model, impl: str, seqlen: int, args) -> tuple[float, float]:
-    """(prefill_ms, tpot_ms) of `model` under `impl`; NaNs (logged) if it cannot run."""
+def measure(model, impls: list[str], seqlen: int, args) -> dict[str, tuple[float, float]]:
+    """{impl: (prefill_ms, tpot_ms)} at one prompt length; NaNs (logged) where an impl cannot
+    run. The timed prefills go in rounds, one per impl per round, the order reversed every other
+    round, so that the GPU's clock drift (it warms up over a run) falls on every impl alike."""
     ids = torch.randint(1, model.config.vocab_size, (1, seqlen), device="cuda")
-    try:
-        model.set_attn_implementation(impl)
-        with torch.inference_mode():
-            return prefill_ms(model, ids, args.reps), tpot_ms(model, ids, args.new_tokens)
-    except (RuntimeError, ValueError, NotImplementedError) as e:  # OOM, unsupported shapes
-        common.log_once(f"{impl}: cannot run at seqlen {seqlen}, recording NaN "
-                        f"({type(e).__name__}: {common._first_line(e)})")
-        torch.cuda.empty_cache()
-        return math.nan, math.nan
+    times = {impl: [] for impl in impls}
+    tpot = {}
+
+    def attempt(impl, fn):
+        try:
+            model.set_attn_implementation(impl)
+            with torch.inference_mode():
+                return fn()
+        except (RuntimeError, ValueError, NotImplementedError) as e:  # OOM, unsupported shapes
+            common.log_once(f"{impl}: cannot run at seqlen {seqlen}, recording NaN "
+                            f"({type(e).__name__}: {common._first_line(e)})")
+            torch.cuda.empty_cache()
+            return math.nan
+
+    for impl in impls:  # warm-up
+        attempt(impl, lambda: time_prefill_ms(model, ids))
+    for r in range(args.reps):
+        for impl in (impls if r % 2 == 0 else impls[::-1]):
+            times[impl].append(attempt(impl, lambda: time_prefill_ms(model, ids)))
+    for impl in impls:
+        tpot[impl] = attempt(impl, lambda: tpot_ms(model, ids, args.new_tokens))
+    return {impl: (statistics.median(times[impl]), tpot[impl]) for impl in impls}
 
 
 def run(args) -> list[dict]:
     impls = available_impls(args.impls)
     rows = []
-    with common.progress(len(args.models) * len(args.seqlens) * len(impls), "llm") as bar:
+    with common.progress(len(args.models) * len(args.seqlens), "llm") as bar:
         for arch in args.models:
             model = build_model(arch)
             for seqlen in args.seqlens:
-                for impl in impls:
-                    bar.set_postfix_str(f"{arch} s{seqlen} {impl}")
-                    prefill, tpot = measure(model, impl, seqlen, args)
+                bar.set_postfix_str(f"{arch} s{seqlen}")
+                for impl, (prefill, tpot) in measure(model, impls, seqlen, args).items():
                     rows.append(dict(model=arch, seqlen=seqlen, impl=impl, prefill_ms=prefill, tpot_ms=tpot))
-                    bar.update()
+                bar.update()
             del model  # the next architecture needs the memory
             gc.collect()
             torch.cuda.empty_cache()
