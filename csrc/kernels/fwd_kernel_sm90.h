@@ -175,6 +175,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           load_tile(sV + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.v, &v_full[stage], row, head_k);
           ++step;
         };
+        // Q comes from DRAM (each tile reads its own once): start it towards L2 now, as the
+        // last tile's final steps run, so that its copy below (after q_empty) is short.
+        for (int cb = 0; cb < kHeadDim / 64; ++cb) {
+          tma_prefetch_l2(&maps.q, 64 * cb, t.seq.q_start + t.row_begin, t.head, batch_index);
+        }
         load_step(0);
         if (q_tiles > 0) mbarrier_wait(q_empty, (q_tiles - 1) & 1);
         mbarrier_arrive_expect_tx(q_full, Traits::kQBytes);
