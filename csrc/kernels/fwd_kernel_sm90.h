@@ -37,10 +37,7 @@ struct FwdTraitsSm90 {
   static constexpr int kHeadDim = kHeadDim_;
   // Head dim 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the
   // key blocks halve and two stages fit (64 KB of Q + 2 x 64 KB).
-  static constexpr int kBlockM = 128, kBlockN = kHeadDim <= 128 ? 128 : 64;
-  // Q is double-buffered where it fits, so that the next tile's Q lands while this one runs:
-  // d64 2 x 16 KB + 3 stages x 32 KB, d128 2 x 32 KB + 2 stages x 64 KB; d256 one 64 KB Q.
-  static constexpr int kStages = kHeadDim == 64 ? 3 : 2, kQBuffers = kHeadDim <= 128 ? 2 : 1;
+  static constexpr int kBlockM = 128, kBlockN = kHeadDim <= 128 ? 128 : 64, kStages = kHeadDim <= 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   // One producer thread issues the TMA copies; the consumers take the registers.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
@@ -53,8 +50,8 @@ struct FwdTraitsSm90 {
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
-  static constexpr int kTileBytes = (kQBuffers * QTile::kElems + 2 * kStages * KVTile::kElems) * int(sizeof(T));
-  static constexpr int kBarriers = 2 * kQBuffers + 3 * kStages;  // per Q buffer full, empty; per stage K full, V full, empty
+  static constexpr int kTileBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * int(sizeof(T));
+  static constexpr int kBarriers = 2 + 3 * kStages;  // Q full, Q empty; per stage K full, V full, empty
   static constexpr uint32_t kQBytes = QTile::kElems * sizeof(T), kKVBytes = KVTile::kElems * sizeof(T);
   static constexpr int kSmemBytes = kTileBytes + kBarriers * 8;
 };
@@ -102,11 +99,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   extern __shared__ __align__(1024) char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + Traits::kQBuffers * QTile::kElems;  // [kStages][KVTile::kElems]
+  T* sK = sQ + QTile::kElems;              // [kStages][KVTile::kElems]
   T* sV = sK + kStages * KVTile::kElems;   // [kStages][KVTile::kElems]
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Traits::kTileBytes);
-  uint64_t* q_empty = q_full + Traits::kQBuffers;  // both consumers are done with the tile's S
-  uint64_t* k_full = q_empty + Traits::kQBuffers;  // [kStages]: the producer's copies landed
+  uint64_t* q_empty = q_full + 1;          // both consumers have issued their last S of the tile
+  uint64_t* k_full = q_empty + 1;          // [kStages]: the producer's copies landed
   uint64_t* v_full = k_full + kStages;     // [kStages]
   uint64_t* empty = v_full + kStages;      // [kStages]: both consumers are done with the stage
 
@@ -115,10 +112,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const FwdTileSchedule schedule(params, kBlockM, Is_causal);
 
   if (tid == 0) {
-    for (int b = 0; b < Traits::kQBuffers; ++b) {
-      mbarrier_init(&q_full[b], 1);
-      mbarrier_init(&q_empty[b], 256);
-    }
+    mbarrier_init(q_full, 1);
+    mbarrier_init(q_empty, 256);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&k_full[s], 1);
       mbarrier_init(&v_full[s], 1);
@@ -180,27 +175,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           load_tile(sV + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.v, &v_full[stage], row, head_k);
           ++step;
         };
-        auto load_q = [&]() {
-          constexpr int kQBuffers = Traits::kQBuffers;
-          const int qb = q_tiles % kQBuffers;
-          if (q_tiles >= kQBuffers) mbarrier_wait(&q_empty[qb], (q_tiles / kQBuffers - 1) & 1);
-          mbarrier_arrive_expect_tx(&q_full[qb], Traits::kQBytes);
-          load_tile(sQ + qb * QTile::kElems, QTile::kColBlockElems, &maps.q, &q_full[qb],
-                    t.seq.q_start + t.row_begin, t.head);
-          ++q_tiles;
-        };
-        if constexpr (Traits::kQBuffers > 1) {
-          load_q();  // its buffer was released during the tile before last
-          load_step(0);
-        } else {
-          // One Q buffer, free only once the last tile's S are done: start this Q (from DRAM,
-          // each tile reads its own once) towards L2 now, so that the copy after q_empty is short.
-          for (int cb = 0; cb < kHeadDim / 64; ++cb) {
-            tma_prefetch_l2(&maps.q, 64 * cb, t.seq.q_start + t.row_begin, t.head, batch_index);
-          }
-          load_step(0);
-          load_q();
+        // Q comes from DRAM (each tile reads its own once): start it towards L2 now, as the
+        // last tile's final steps run, so that its copy below (after q_empty) is short.
+        for (int cb = 0; cb < kHeadDim / 64; ++cb) {
+          tma_prefetch_l2(&maps.q, 64 * cb, t.seq.q_start + t.row_begin, t.head, batch_index);
         }
+        load_step(0);
+        if (q_tiles > 0) mbarrier_wait(q_empty, (q_tiles - 1) & 1);
+        mbarrier_arrive_expect_tx(q_full, Traits::kQBytes);
+        load_tile(sQ, QTile::kColBlockElems, &maps.q, q_full, t.seq.q_start + t.row_begin, t.head);
+        ++q_tiles;
         for (int i = 1; i < t.n_blocks; ++i) load_step(i);
       });
     }
@@ -208,7 +192,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // Consumers: warpgroup c owns query rows 64 c .. 64 c + 63 of each tile.
     warpgroup_registers_inc<Traits::kConsumerRegs>();
     const int consumer = warpgroup - 1, consumer_warp = warp - 4;
-    const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
+    const uint32_t q_addr = smem_u32(sQ), k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
     int step0 = 0, q_tiles = 0;  // the block's steps and tiles with keys before this tile
     for_each_tile([&](const Tile& t, const KeyWindow<Is_causal>& window) {
@@ -216,9 +200,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       float acc_o[1][kDTiles][4] = {};
       OnlineSoftmax<1, kNTiles, kDTiles> softmax;
       const int thread_row0 = row_begin + 16 * consumer_warp + lane / 4;
-      const int qb = q_tiles % Traits::kQBuffers;
-      const uint32_t q_addr = smem_u32(sQ + qb * QTile::kElems);
-      if (n_blocks > 0) mbarrier_wait(&q_full[qb], (q_tiles / Traits::kQBuffers) & 1);
+      if (n_blocks > 0) mbarrier_wait(q_full, q_tiles & 1);
 
       // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps
       // the second product and O is rescaled once it is back. Otherwise one product at a time.
@@ -279,7 +261,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         for (int i = 0; i < n_blocks; ++i) {
           scores(i);
           wgmma_wait<0>();
-          if (i + 1 == n_blocks) mbarrier_arrive(&q_empty[qb]);
+          if (i + 1 == n_blocks) mbarrier_arrive(q_empty);
           float o_factor[2];
           softmax_of(i, o_factor);
           softmax.rescale(acc_o, o_factor);
@@ -311,7 +293,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           softmax.rescale(acc_o, o_factor);
           pack_p();
         }
-        mbarrier_arrive(&q_empty[qb]);
+        mbarrier_arrive(q_empty);
         accumulate_pv(n_blocks - 1);
         wgmma_wait<0>();
         wgmma_fence_operands(acc_o[0]);
