@@ -1,21 +1,22 @@
-// The Hopper forward (sm_90a): the sm80 kernel's algorithm with both products on wgmma, and
-// the loads on a producer warpgroup.
+// The Hopper forward (sm_90a): the sm80 kernel's algorithm with both products on wgmma, the
+// loads on TMA, persistent blocks.
 //
-// Three warpgroups per 128 query rows. The producer copies Q and then K and V key block by key
-// block into shared-memory stages (three; two at head dim 256) (cp.async, wgmma's 128-byte swizzle) and publishes each
-// copy on an mbarrier; it keeps every stage in flight and refills one when both consumers
-// have released it. Consumer g owns rows 64 g .. 64 g + 63, its warp w the 16-row strip
-// 16 (4 g + w), so each thread holds the same fragments as in the sm80 kernel (the online
-// softmax and the masks are shared). Per key block:
+// Three warpgroups per 128 query rows. One producer thread copies Q and then K and V key block
+// by key block into shared-memory stages (three; two at head dim 256) with TMA, each copy
+// landing in wgmma's 128-byte swizzle and completing on an mbarrier; it refills a stage once
+// both consumers have released it. Consumer g owns rows 64 g .. 64 g + 63, its warp w the
+// 16-row strip 16 (4 g + w), so each thread holds the same fragments as in the sm80 kernel (the
+// online softmax and the masks are shared). Per key block:
 //
 //   wait K | S = Q K^T (wgmma, smem x smem) | mask, softmax | wait V |
 //   O += P V (wgmma, P from registers, V read N-major) | release the stage
 //
-// The consumers never wait for each other, so one's softmax overlaps the other's products. At
-// head dim 64 each consumer also overlaps its own: S(i + 1) and P(i) V(i) are in flight while it
-// runs the softmax of S(i + 1) (kOverlapSoftmax; at 128 the registers for S, P and O run out).
-// Only the plain variants (no softcap, ALiBi or dropout) run here; the dispatch sends the rest
-// to the sm80 kernels.
+// At head dims 64 and 128 each consumer overlaps its own softmax with its products (S(i + 1)
+// and P(i) V(i) are in flight while it runs the softmax of S(i + 1): kOverlapSoftmax), and the
+// two consumers take turns issuing products (kPingPong). The blocks stay resident and walk a
+// static schedule of tiles (FwdTileSchedule); the stage ring runs on from tile to tile, so the
+// next tile's K and V load while this one finishes. Only the plain variants (no softcap, ALiBi
+// or dropout) run here; the dispatch sends the rest to the sm80 kernels.
 #pragma once
 
 #include "arch/tma_sm90.h"
@@ -41,12 +42,12 @@ struct FwdTraitsSm90 {
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   // One producer thread issues the TMA copies; the consumers take the registers.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
-  // Overlapping the softmax with the next products holds S, P and O at once: +12% at d64, -7% at
-  // d128 and -15% at d256, where the registers run out (benchmarks/NOTES.md).
+  // Overlapping the softmax with the next products holds S, P and O at once, and the ping-pong
+  // turns (named barriers 1 and 2) order the consumers' products: both pay at d64 and d128 and
+  // cost at d256, where O alone takes 128 registers (benchmarks/NOTES.md).
   static constexpr bool kOverlapSoftmax = kHeadDim <= 128;
-  // The consumers take turns issuing their products, so that one's softmax runs while the
-  // other's products have the tensor cores to themselves (named barriers 1 and 2).
   static constexpr bool kPingPong = kHeadDim <= 128;
+  static_assert(!kPingPong || kOverlapSoftmax, "the turns are taken in the overlapped loop only");
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
