@@ -73,7 +73,9 @@ def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward
     """Which kernels flash_attn_func (and the varlen and packed variants) run for these arguments
     on the current device: "sm90" (the Hopper wgmma kernels) or "sm80" (the portable mma.sync
     ones), with the compiled head dim the call rounds up to, e.g. "sm90:hdim128". The forward
-    (backward=False) and the backward may differ. The decision comes from the dispatch itself."""
+    (backward=False) and the backward may differ. The decision comes from the dispatch itself.
+    One exception it cannot see: a forward whose q, k or v has a stride TMA cannot describe (a
+    dimension of more than one index broadcast with stride 0) runs the sm80 kernel."""
     if dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
     if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 8 != 0:
