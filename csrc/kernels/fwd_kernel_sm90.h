@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   T* sK = sQ + QTile::kElems;              // [kStages][KVTile::kElems]
   T* sV = sK + kStages * KVTile::kElems;   // [kStages][KVTile::kElems]
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Traits::kTileBytes);
-  uint64_t* q_empty = q_full + 1;          // both consumers have issued their last S of the tile
+  uint64_t* q_empty = q_full + 1;          // both consumers have their last S of the tile back
   uint64_t* k_full = q_empty + 1;          // [kStages]: the producer's copies landed
   uint64_t* v_full = k_full + kStages;     // [kStages]
   uint64_t* empty = v_full + kStages;      // [kStages]: both consumers are done with the stage
