@@ -12,7 +12,8 @@ namespace flash {
 template <class T, int kHeadDim>
 error_t run_bwd_preprocess(const BwdParams& params, stream_t stream) {
   const dim3 grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
-  return launch(&bwd_preprocess_kernel<T, kHeadDim>, grid, dim3(kPreprocessRows * kGroupSize), 0, stream, params);
+  bwd_preprocess_kernel<T, kHeadDim><<<grid, kPreprocessRows * kGroupSize, 0, stream>>>(params);
+  return get_last_error();
 }
 
 template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
@@ -21,9 +22,12 @@ error_t run_bwd(const BwdParams& params, stream_t stream) {
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
+  const auto kernel = &flash_bwd_kernel<Traits, Is_causal, Has_extras>;
+  err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
+  if (err != kSuccess) return err;
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  return launch(&flash_bwd_kernel<Traits, Is_causal, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes,
-                stream, params);
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params);
+  return get_last_error();
 }
 
 }  // namespace flash
