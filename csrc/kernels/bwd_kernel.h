@@ -302,7 +302,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     // 3. dQ += dS K for this warp's queries x head-dim columns, into the fp32 accumulator.
     int* semaphore = nullptr;
     if (params.deterministic) {
-      semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid);
+      semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid == 0,
+                                                         [] { __syncthreads(); });
     }
     float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
                 (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
@@ -326,7 +327,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
         }
       }
     }
-    if (params.deterministic) dq_semaphore_release(semaphore, tid);
+    if (params.deterministic) dq_semaphore_release(semaphore, tid == 0, [] { __syncthreads(); });
   }
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.

@@ -1,27 +1,34 @@
 // The Hopper backward (sm_90a): the sm80 backward's algorithm (bwd_kernel.h) with all five
-// products on wgmma.
+// products on wgmma, the loads on TMA and the dQ reduction in a warp of its own.
 //
 // A thread block owns kBlockN = 128 keys of one kv head and walks the query blocks (kBlockM
-// rows) whose windows reach them, for every query head of the group. Two warpgroups; warpgroup
-// g owns keys 64 g .. 64 g + 63, so S and dP come out transposed (rows are keys) and are in
-// registers exactly as the next products want their A operand:
+// rows) whose windows reach them, for every query head of the group. Three warpgroups:
+//
+// - the producer: its thread 0 copies K and V once, then each step's Q and dO with TMA into a
+//   ring of kStages stages (completing on mbarriers); its warp 1 reads the step's lse and D
+//   into the same stage; its warp 2 adds each step's dQ to the fp32 accumulator with bulk
+//   reductions from shared memory (cp.reduce.async.bulk: the TMA unit does the adds).
+// - two consumers: consumer g owns keys 64 g .. 64 g + 63, so S and dP come out transposed
+//   (rows are keys) and are in registers exactly as the next products want their A operand:
 //
 //   S^T = K_g Q^T, dP^T = V_g dO^T        (smem x smem, issued together)
 //   P^T = exp(S^T - lse), dS^T = P^T (dP^T - D)          (registers; dS^T also to smem)
-//   dV_g += P^T dO, dK_g += dS^T Q        (A from registers, dO / Q read N-major)
+//   dV_g += P^T dO                        (A from registers, dO read N-major)
 //   dQ += dS K                            (both operands MN-major: dS^T and K as stored)
+//   dK_g += dS^T Q                        (A from registers, Q read N-major)
 //
-// dQ needs every key of the block, so the two warpgroups meet at a barrier after writing dS^T;
-// warpgroup g computes dQ's columns 64 g .. (kBlockM 64, head dim 128) or its rows 64 g ..
-// (kBlockM 128, head dim 64) and adds them to the fp32 accumulator by bulk reductions from shared
-// memory (cp.reduce.async.bulk: the TMA unit does the adds), or with atomics in key-block order
-// behind a semaphore when deterministic. Q, dO, lse and D are double-buffered with
-// cp.async: the next query block loads while this one computes.
+// dQ needs every key of the block, so the consumers meet at a named barrier once both have
+// written dS^T (double-buffered: the next step's may be written while the other consumer still
+// reads this one). Consumer g computes dQ's columns 64 g .. (kBlockM 64, head dim 128) or its
+// rows 64 g .. (kBlockM 128, head dim 64) and stages them for the reducer warp; dK's product
+// runs on while it does, and into the next step's S^T and dP^T. When deterministic the
+// consumers add dQ with atomics in key-block order behind a semaphore instead.
 //
 // Only the plain variants (no softcap, ALiBi or dropout) run here; the dispatch sends the rest
 // to the sm80 kernels.
 #pragma once
 
+#include "arch/tma_sm90.h"
 #include "arch/wgmma_sm90.h"
 #include "bwd_kernel.h"  // store_tile
 #include "bwd_walk.h"
@@ -41,26 +48,38 @@ struct BwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "dQ's split between the warpgroups assumes these");
-  // Each warpgroup's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows.
-  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128;
-  static constexpr int kNThreads = 256;
+  // Each consumer's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows.
+  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128, kStages = 2;
+  static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
   static constexpr bool kDqSplitsRows = kBlockM == 128;
   using QTile = GmmaTile<kBlockM, kHeadDim>;   // Q, dO
   using KVTile = GmmaTile<kBlockN, kHeadDim>;  // K, V
   using DsTile = GmmaTile<kBlockN, kBlockM>;   // dS^T: rows are keys
-  static constexpr int kTileBytes = (2 * KVTile::kElems + 4 * QTile::kElems + DsTile::kElems) * int(sizeof(T));
-  // Each warpgroup's 64 x 64 fp32 dQ piece is staged for the bulk reduction; rows padded by 8
-  // floats so that the fragment stores hit distinct banks.
+  static constexpr uint32_t kQBytes = QTile::kElems * sizeof(T), kKVBytes = KVTile::kElems * sizeof(T);
+  static constexpr uint32_t kDsBytes = DsTile::kElems * sizeof(T);
+  static constexpr int kTileBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDsBytes;
+  // Each consumer's 64 x 64 fp32 dQ piece is staged for the reducer; rows padded by 8 floats so
+  // that the fragment stores hit distinct banks.
   static constexpr int kDqRowFloats = 64 + 8, kDqFloats = 2 * 64 * kDqRowFloats;
-  static constexpr int kSmemBytes = kTileBytes + (kDqFloats + 4 * kBlockM) * int(sizeof(float));  // + lse, D x 2
+  static constexpr int kFloats = kDqFloats + 2 * kStages * kBlockM;  // + lse (log2 units), D per stage
+  static constexpr int kBarriers = 3 + 3 * kStages;  // K/V full, dQ full, dQ empty; per stage Q, dO full, empty
+  static constexpr int kSmemBytes = kTileBytes + kFloats * int(sizeof(float)) + kBarriers * 8;
+};
+
+// The TMA descriptions of q, k, v and dout (bwd_launch_sm90.h encodes them; boxes of kBlockM
+// rows for q and dout, kBlockN for k and v).
+struct BwdTensorMaps {
+  CUtensorMap q, k, v, dout;
 };
 
 template <class Traits, bool Is_causal>
-__global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(const BwdParams params) {
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    flash_bwd_sm90_kernel(const BwdParams params, const __grid_constant__ BwdTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
-  constexpr int kNThreads = Traits::kNThreads;
+  constexpr int kStages = Traits::kStages;
   constexpr int kMTiles = kBlockM / 8;  // n8 tiles of S^T per warpgroup row strip (queries)
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
@@ -69,12 +88,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
   extern __shared__ __align__(1024) char smem[];
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + KVTile::kElems;
-  T* sQ = sV + KVTile::kElems;           // [2][QTile::kElems]
-  T* sdO = sQ + 2 * QTile::kElems;       // [2][QTile::kElems]
-  T* sdSt = sdO + 2 * QTile::kElems;
-  float* sdQ = reinterpret_cast<float*>(smem + Traits::kTileBytes);   // [2 warpgroups][64][kDqRowFloats]
-  float* sLse = sdQ + Traits::kDqFloats;                               // [2][kBlockM], log2 units
-  float* sD = sLse + 2 * kBlockM;                                     // [2][kBlockM]
+  T* sQ = sV + KVTile::kElems;              // [kStages][QTile::kElems]
+  T* sdO = sQ + kStages * QTile::kElems;    // [kStages][QTile::kElems]
+  T* sdSt = sdO + kStages * QTile::kElems;  // [2][DsTile::kElems]
+  float* sdQ = reinterpret_cast<float*>(smem + Traits::kTileBytes);  // [2 consumers][64][kDqRowFloats]
+  float* sLse = sdQ + Traits::kDqFloats;                              // [kStages][kBlockM], log2 units
+  float* sD = sLse + kStages * kBlockM;                               // [kStages][kBlockM]
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(sD + kStages * kBlockM);
+  uint64_t* dq_full = kv_full + 1;   // both consumers staged the step's dQ
+  uint64_t* dq_empty = dq_full + 1;  // the reducer has read the staged dQ
+  uint64_t* q_full = dq_empty + 1;   // [kStages]: Q landed, lse and D written
+  uint64_t* do_full = q_full + kStages;  // [kStages]: dO landed
+  uint64_t* empty = do_full + kStages;   // [kStages]: both consumers are done with the stage
 
   const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
@@ -88,69 +113,146 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
   const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
   const BwdQueryWalk<kBlockM, kBlockN, Is_causal> walk(window, key0, group);
   const int steps = walk.steps;
-  load_key_block<KVTile, kBlockN, kNThreads>(params, seq, batch, head_k, key0, sK, sV, tid);
+
+  if (tid == 0) {
+    mbarrier_init(kv_full, 1);
+    mbarrier_init(dq_full, 256);
+    mbarrier_init(dq_empty, kGroupSize);
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&q_full[s], 1 + kGroupSize);  // the TMA thread and the lse warp
+      mbarrier_init(&do_full[s], 1);
+      mbarrier_init(&empty[s], 256);
+    }
+  }
+  __syncthreads();
 
   // Step `step` works on (query head, query block) number work(step). Blocks start their walks
   // at different query blocks: the dQ rows they add to at one time then differ (all starting at
   // the first would pile their reductions onto the same addresses). The deterministic order
-  // needs the plain walk.
+  // needs the plain walk. Step s uses stage s % kStages with parity (s / kStages) % 2.
   const int work_offset = params.deterministic || steps == 0 ? 0 : n_block % steps;
-  auto work = [&](int step) {
-    const int w = step + work_offset;
-    return w >= steps ? w - steps : w;
+  const int head_begin = head_k * group;  // the query heads of this kv head
+  const BwdStepCursor first_step(walk, head_begin, work_offset);
+  // The producer side waits until the consumers have released the stage's last use.
+  auto wait_stage_free = [&](int step) {
+    if (step >= kStages) mbarrier_wait(&empty[step % kStages], (step / kStages - 1) & 1);
   };
+  float* dq_base = params.dq_accum + batch * params.dq_accum_batch_stride;
+  const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
 
-  // Starts the loads of step `step`'s Q, dO, lse and D into buffer `buf`.
-  auto load_step = [&](int step, int buf) {
-    const int head = head_k * group + work(step) / walk.m_per_head;
-    const int row0 = (walk.m_block_begin + work(step) % walk.m_per_head) * kBlockM;
-    load_query_block<QTile, kBlockM, kNThreads>(params, seq, batch, head, row0, sQ + buf * QTile::kElems,
-                                                sdO + buf * QTile::kElems, sLse + buf * kBlockM, sD + buf * kBlockM,
-                                                tid);
-  };
-  if (steps > 0) load_step(0, 0);
-  copy_async_commit();
+  if (warpgroup == 0) {
+    warpgroup_registers_dec<Traits::kProducerRegs>();
+    if (tid == 0 && steps > 0) {
+      // TMA: K and V once, then Q and dO step by step. Varlen tensors are one packed batch.
+      const int batch_index = params.cu_seqlens_q != nullptr ? 0 : batch;
+      tma_prefetch_map(&maps.q);
+      tma_prefetch_map(&maps.dout);
+      auto load_tile = [&](T* tile, int col_block_elems, const CUtensorMap* map, uint64_t* bar, int row, int h) {
+#pragma unroll
+        for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * col_block_elems, map, bar, 64 * cb, row, h, batch_index);
+      };
+      mbarrier_arrive_expect_tx(kv_full, 2 * Traits::kKVBytes);
+      load_tile(sK, KVTile::kColBlockElems, &maps.k, kv_full, seq.k_start + key0, head_k);
+      load_tile(sV, KVTile::kColBlockElems, &maps.v, kv_full, seq.k_start + key0, head_k);
+      BwdStepCursor at = first_step;
+      for (int step = 0; step < steps; ++step, at.next(walk, head_begin, group)) {
+        const int stage = step % kStages, head = at.head, row = seq.q_start + at.m_block * kBlockM;
+        wait_stage_free(step);
+        mbarrier_arrive_expect_tx(&q_full[stage], Traits::kQBytes);
+        load_tile(sQ + stage * QTile::kElems, QTile::kColBlockElems, &maps.q, &q_full[stage], row, head);
+        mbarrier_arrive_expect_tx(&do_full[stage], Traits::kQBytes);
+        load_tile(sdO + stage * QTile::kElems, QTile::kColBlockElems, &maps.dout, &do_full[stage], row, head);
+      }
+    } else if (warp == 1) {
+      // lse (in log2 units) and D. Rows past the end, and rows that saw no key (lse = -inf),
+      // get lse = +inf: P = 0 there, whatever Q and dO hold.
+      BwdStepCursor at = first_step;
+      for (int step = 0; step < steps; ++step, at.next(walk, head_begin, group)) {
+        const int stage = step % kStages, head = at.head, row0 = at.m_block * kBlockM;
+        float lse[kBlockM / kGroupSize], d[kBlockM / kGroupSize];
+#pragma unroll
+        for (int i = 0; i < kBlockM / kGroupSize; ++i) {
+          const int row = row0 + lane + i * kGroupSize;
+          const int64_t idx = seq.lse_index(params, batch, head, row);
+          lse[i] = row < seqlen_q ? params.softmax_lse[idx] : INFINITY;
+          d[i] = row < seqlen_q ? params.softmax_d[idx] : 0.f;
+        }
+        wait_stage_free(step);
+#pragma unroll
+        for (int i = 0; i < kBlockM / kGroupSize; ++i) {
+          sLse[stage * kBlockM + lane + i * kGroupSize] = lse[i] == -INFINITY ? INFINITY : lse[i] * float(M_LOG2E);
+          sD[stage * kBlockM + lane + i * kGroupSize] = d[i];
+        }
+        mbarrier_arrive(&q_full[stage]);
+      }
+    } else if (warp == 2 && !params.deterministic) {
+      // dQ: lane l adds staged rows l, l + 32, l + 64, l + 96 (two 64 x 64 pieces).
+      BwdStepCursor at = first_step;
+      for (int step = 0; step < steps; ++step, at.next(walk, head_begin, group)) {
+        const int row0 = at.m_block * kBlockM;
+        float* dq = dq_base + (static_cast<int64_t>(seq.q_start + row0) * params.h + at.head) * params.d;
+        mbarrier_wait(dq_full, step & 1);
+        // Rolled: this warp has 24 registers.
+#pragma unroll 1
+        for (int r = lane; r < 128; r += kGroupSize) {
+          const int piece = r / 64, row = (Traits::kDqSplitsRows ? 64 * piece : 0) + r % 64;
+          const int col0 = Traits::kDqSplitsRows ? 0 : 64 * piece, cols = min(64, params.d - col0);
+          if (row0 + row < seqlen_q && cols > 0) {
+            bulk_reduce_add_f32(dq + row * dq_row_stride + col0, sdQ + r * Traits::kDqRowFloats,
+                                cols * int(sizeof(float)));
+          }
+        }
+        bulk_commit();
+        bulk_wait_read();
+        mbarrier_arrive(dq_empty);
+      }
+      bulk_wait();
+    }
+    return;
+  }
 
+  // Consumers.
+  warpgroup_registers_inc<Traits::kConsumerRegs>();
+  const int consumer = warpgroup - 1;
   // This thread's rows of S^T (keys): key_row(half); its columns (queries): col(nt) + j.
-  const int wg_key0 = 64 * warpgroup;
+  const int wg_key0 = 64 * consumer;
   auto key_row = [&](int half) { return wg_key0 + 16 * group_warp + lane / 4 + 8 * half; };
   auto col = [&](int nt) { return 8 * nt + 2 * (lane % 4); };
-  const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV), ds_addr = smem_u32(sdSt);
-  constexpr uint32_t kQBytes = QTile::kElems * sizeof(T);
+  const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
+  // This consumer's dQ piece: rows dq_row0 .., columns dq_col0 .. of the query block.
+  const int dq_row0 = Traits::kDqSplitsRows ? 64 * consumer : 0;
+  const int dq_col0 = Traits::kDqSplitsRows ? 0 : 64 * consumer;
 
   float acc_dk[1][kHeadDim / 8][4] = {}, acc_dv[1][kHeadDim / 8][4] = {};  // store_tile's [strip][n8 tile]
+  if (steps > 0) mbarrier_wait(kv_full, 0);
 
-  for (int step = 0; step < steps; ++step) {
-    const int buf = step & 1;
-    const int head = head_k * group + work(step) / walk.m_per_head;
-    const int m_block = walk.m_block_begin + work(step) % walk.m_per_head;
-    const int row0 = m_block * kBlockM;
-    const uint32_t q_addr = smem_u32(sQ) + buf * kQBytes, do_addr = smem_u32(sdO) + buf * kQBytes;
-    const float* sLseb = sLse + buf * kBlockM;
-    const float* sDb = sD + buf * kBlockM;
-
-    copy_async_wait<0>();
-    fence_proxy_async_shared();  // the copies (and last step's reads of the other buffer) vs wgmma
-    __syncthreads();             // this step's tiles are visible; every warp is done with the last step
-    if (step + 1 < steps) load_step(step + 1, buf ^ 1);
-    copy_async_commit();
+  BwdStepCursor at = first_step;
+  for (int step = 0; step < steps; ++step, at.next(walk, head_begin, group)) {
+    const int stage = step % kStages, parity = (step / kStages) & 1;
+    const int head = at.head, m_block = at.m_block, row0 = m_block * kBlockM;
+    const uint32_t q_addr = smem_u32(sQ) + stage * Traits::kQBytes, do_addr = smem_u32(sdO) + stage * Traits::kQBytes;
+    const float* sLseb = sLse + stage * kBlockM;
+    const float* sDb = sD + stage * kBlockM;
+    T* sdS = sdSt + (step & 1) * DsTile::kElems;
 
     // S^T and dP^T for this warpgroup's 64 keys x the block's queries.
     float acc_s[kMTiles][4], acc_dp[kMTiles][4];
+    mbarrier_wait(&q_full[stage], parity);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       wgmma_ss<kBlockM, T>(acc_s, KVTile::k_major(k_addr, wg_key0, kk), QTile::k_major(q_addr, 0, kk), kk > 0);
     }
     wgmma_commit();
+    mbarrier_wait(&do_full[stage], parity);
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       wgmma_ss<kBlockM, T>(acc_dp, KVTile::k_major(v_addr, wg_key0, kk), QTile::k_major(do_addr, 0, kk), kk > 0);
     }
     wgmma_commit();
 
-    // P^T while dP^T is still running. Keys past the end must give P = 0 too: with K = 0 there,
-    // S = 0 and exp(0 - lse) can overflow, and inf * 0 would poison dQ.
+    // P^T while dP^T is still running. Keys past the end must give P = 0 too: K there is zero or another
+    // sequence's, and exp(S - lse) could overflow (inf * 0 would poison dQ).
     wgmma_wait<1>();
     wgmma_fence_operands(acc_s);
     const bool needs_mask = key0 + wg_key0 + 64 > seqlen_k ||
@@ -217,22 +319,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
       for (int i = 0; i < 4; ++i) {
         ds[kk][i] = fragment(acc_dp, kk, i);
         const int nt = 2 * kk + i / 2;
-        *reinterpret_cast<uint32_t*>(sdSt + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
+        *reinterpret_cast<uint32_t*>(sdS + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
       }
     }
-    wgmma_fence_operands(acc_dk[0]);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dk[0], ds[kk], QTile::n_major(q_addr, kk), 1);
-    wgmma_commit();
-
     fence_proxy_async_shared();
-    __syncthreads();  // dS^T complete: both warpgroups' keys
+    named_barrier_sync(1, 256);  // dS^T complete: both consumers' keys
 
-    // dQ (this warpgroup's 64 x 64 piece) = dS K over the block's keys.
-    const int dq_row0 = Traits::kDqSplitsRows ? 64 * warpgroup : 0;
-    const int dq_col0 = Traits::kDqSplitsRows ? 0 : 64 * warpgroup;
+    // dQ (this consumer's 64 x 64 piece) = dS K over the block's keys, then dK += dS^T Q.
     float acc_dq[8][4];
+    const uint32_t ds_addr = smem_u32(sdS);
+    wgmma_fence_operands(acc_dk[0]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -240,57 +336,54 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_bwd_sm90_kernel(co
                                KVTile::n_major(k_addr, kk, dq_col0 / 64), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dk[0], ds[kk], QTile::n_major(q_addr, kk), 1);
+    wgmma_commit();
+    wgmma_wait<1>();  // dV and dQ; dK runs on while dQ is handed over
     wgmma_fence_operands(acc_dq);
     wgmma_fence_operands(acc_dv[0]);
-    wgmma_fence_operands(acc_dk[0]);
     wgmma_fence_operands(p);
-    wgmma_fence_operands(ds);
 
-    float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
-                (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
-    const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
     if (!params.deterministic) {
-      // Through shared memory to the TMA unit: thread t < 64 of the warpgroup adds row t.
-      const int wg_tid = tid % 128;
-      float* sdQ_wg = sdQ + warpgroup * 64 * Traits::kDqRowFloats;
-      if (wg_tid < 64) bulk_wait_read();  // the last step's reduction has read the staging rows
-      named_barrier_sync(1 + warpgroup, 128);
+      // Staged for the reducer warp, once it has read the last step's.
+      float* sdQ_piece = sdQ + consumer * 64 * Traits::kDqRowFloats;
+      if (step > 0) mbarrier_wait(dq_empty, (step - 1) & 1);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = 16 * group_warp + lane / 4 + 8 * half;
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
-          *reinterpret_cast<float2*>(sdQ_wg + row * Traits::kDqRowFloats + col(nt)) =
+          *reinterpret_cast<float2*>(sdQ_piece + row * Traits::kDqRowFloats + col(nt)) =
               make_float2(acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
         }
       }
       fence_proxy_async_shared();
-      named_barrier_sync(1 + warpgroup, 128);
-      const int cols = min(64, params.d - dq_col0);
-      if (wg_tid < 64 && row0 + dq_row0 + wg_tid < seqlen_q && cols > 0) {
-        bulk_reduce_add_f32(dq + (dq_row0 + wg_tid) * dq_row_stride + dq_col0, sdQ_wg + wg_tid * Traits::kDqRowFloats,
-                            cols * int(sizeof(float)));
-        bulk_commit();
-      }
-      continue;
-    }
-
-    // Deterministic: atomics in key-block order behind a semaphore.
-    int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid);
+      mbarrier_arrive(dq_full);
+    } else {
+      // Deterministic: atomics in key-block order behind a semaphore.
+      auto consumers_sync = [] { named_barrier_sync(2, 256); };
+      int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block,
+                                                              tid == 128, consumers_sync);
+      float* dq = dq_base + (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
-      if (row0 + row >= seqlen_q) continue;
+      for (int half = 0; half < 2; ++half) {
+        const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
+        if (row0 + row >= seqlen_q) continue;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int c = dq_col0 + col(nt);
-        if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
+        for (int nt = 0; nt < 8; ++nt) {
+          const int c = dq_col0 + col(nt);
+          if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
+        }
       }
+      dq_semaphore_release(semaphore, tid == 128, consumers_sync);
     }
-    dq_semaphore_release(semaphore, tid);
+    // dK's product ends inside the step: one in flight across the loop's back edge makes ptxas
+    // serialise every wgmma (C7515).
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc_dk[0]);
+    wgmma_fence_operands(ds);
+    mbarrier_arrive(&empty[stage]);
   }
-  if (tid % 128 < 64) bulk_wait();  // the staging rows must outlive the reductions
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
   const int key_base = key0 + wg_key0 + 16 * group_warp;

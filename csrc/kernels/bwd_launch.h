@@ -3,18 +3,12 @@
 #pragma once
 
 #include "bwd_kernel.h"
+#include "bwd_preprocess_launch.h"
 #include "params.h"
 #include "platform.h"
 #include "tile_config.h"
 
 namespace flash {
-
-template <class T, int kHeadDim>
-error_t run_bwd_preprocess(const BwdParams& params, stream_t stream) {
-  const dim3 grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
-  bwd_preprocess_kernel<T, kHeadDim><<<grid, kPreprocessRows * kGroupSize, 0, stream>>>(params);
-  return get_last_error();
-}
 
 template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
 error_t run_bwd(const BwdParams& params, stream_t stream) {

@@ -3,15 +3,26 @@
 #pragma once
 
 #include "bwd_kernel_sm90.h"
-#include "bwd_launch.h"
+#include "bwd_preprocess_launch.h"
 #include "params.h"
 #include "platform.h"
+#include "tensor_maps_sm90.h"
 
 namespace flash {
+
+template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
+error_t run_bwd(const BwdParams& params, stream_t stream);
 
 template <class T, int kHeadDim, bool Is_causal>
 error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   using Traits = BwdTraitsSm90<T, kHeadDim>;
+  BwdTensorMaps maps;
+  // Strides TMA cannot follow (a broadcast dimension): the portable kernel reads anything.
+  if (!encode_qkv_maps<T>(params, Traits::kBlockM, Traits::kBlockN, &maps.q, &maps.k, &maps.v) ||
+      !encode_operand_map<T>(&maps.dout, params, params.dout, true, params.do_batch_stride, params.do_row_stride,
+                             params.do_head_stride, Traits::kBlockM)) {
+    return run_bwd<T, kHeadDim, Is_causal, false>(params, stream);
+  }
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
@@ -19,7 +30,7 @@ error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
   if (err != kSuccess) return err;
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params);
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, maps);
   return get_last_error();
 }
 

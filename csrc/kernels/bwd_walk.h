@@ -30,6 +30,24 @@ struct BwdQueryWalk {
   }
 };
 
+// The (query head, query block) of consecutive steps of a walk that starts at work item `first`
+// (a walk may start mid-way: it wraps around), without a division per step.
+struct BwdStepCursor {
+  int head, m_block;
+
+  template <class Walk>
+  FA_DEVICE BwdStepCursor(const Walk& walk, int head_begin, int first)
+      : head(head_begin + first / walk.m_per_head), m_block(walk.m_block_begin + first % walk.m_per_head) {}
+
+  template <class Walk>
+  FA_DEVICE void next(const Walk& walk, int head_begin, int group) {
+    if (++m_block == walk.m_block_begin + walk.m_per_head) {
+      m_block = walk.m_block_begin;
+      if (++head == head_begin + group) head = head_begin;
+    }
+  }
+};
+
 // Starts the loads of K and V rows key0 .. key0 + kBlockN - 1 (zeros past the end).
 template <class KVTile, int kBlockN, int kNThreads, class T>
 FA_DEVICE void load_key_block(const BwdParams& params, const SeqBounds& seq, int batch, int head_k, int key0,
@@ -65,25 +83,27 @@ FA_DEVICE void load_query_block(const BwdParams& params, const SeqBounds& seq, i
 }
 
 // Deterministic dQ: the key blocks that touch a query block are a contiguous run from the one
-// holding its first row's first key; each adds after those before it. Whole blocks call these.
-template <int kBlockM, int kBlockN, bool Is_causal>
+// holding its first row's first key; each adds after those before it. All the threads that add
+// call these; `leader` is one of them, `sync` a barrier among them.
+template <int kBlockM, int kBlockN, bool Is_causal, class Sync>
 FA_DEVICE int* dq_semaphore_acquire(const BwdParams& params, const KeyWindow<Is_causal>& window, int batch, int head,
-                                    int m_block, int n_block, int tid) {
+                                    int m_block, int n_block, bool leader, Sync&& sync) {
   const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
   int* semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
   const int n_block_first = window.begin(m_block * kBlockM) / kBlockN;
-  if (tid == 0) {
+  if (leader) {
     while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
   }
-  __syncthreads();
+  sync();
   __threadfence();
   return semaphore;
 }
 
-FA_DEVICE void dq_semaphore_release(int* semaphore, int tid) {
+template <class Sync>
+FA_DEVICE void dq_semaphore_release(int* semaphore, bool leader, Sync&& sync) {
   __threadfence();
-  __syncthreads();
-  if (tid == 0) atomicAdd(semaphore, 1);
+  sync();
+  if (leader) atomicAdd(semaphore, 1);
 }
 
 }  // namespace flash

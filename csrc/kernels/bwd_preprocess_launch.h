@@ -1,0 +1,18 @@
+// Launches the backward's preprocess (D = rowsum(dO * O)), which the portable and the Hopper
+// backward share.
+#pragma once
+
+#include "bwd_kernel.h"
+#include "params.h"
+#include "platform.h"
+
+namespace flash {
+
+template <class T, int kHeadDim>
+error_t run_bwd_preprocess(const BwdParams& params, stream_t stream) {
+  const dim3 grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
+  bwd_preprocess_kernel<T, kHeadDim><<<grid, kPreprocessRows * kGroupSize, 0, stream>>>(params);
+  return get_last_error();
+}
+
+}  // namespace flash

@@ -1,0 +1,39 @@
+// The TMA descriptions (arch/tma_sm90.h) of an attention call's operands, as the Hopper kernels
+// read them: one [batch, heads, rows, head dim] map per tensor, in boxes of kHeadDim / 64 column
+// blocks x box_rows rows. Varlen tensors are one packed batch of total rows.
+#pragma once
+
+#include <type_traits>
+
+#include "arch/tma_sm90.h"
+#include "params.h"
+#include "platform.h"
+
+namespace flash {
+
+// A query-side operand (q, o, dout: seqlen_q or total_q rows, h heads) or a key-side one (k, v).
+// False when TMA cannot describe its strides: the caller falls back to a portable kernel.
+template <class T>
+bool encode_operand_map(CUtensorMap* map, const FwdParams& params, const void* base, bool query_side,
+                        int64_t batch_stride, int64_t row_stride, int64_t head_stride, int box_rows) {
+  const bool varlen = params.cu_seqlens_q != nullptr;
+  const int64_t rows = query_side ? (varlen ? params.total_q : params.seqlen_q)
+                                  : (varlen ? params.total_k : params.seqlen_k);
+  return TensorMap4d::encode(map, base, std::is_same<T, bf16_t>::value, params.d, rows,
+                             query_side ? params.h : params.h_k, varlen ? 1 : params.b, row_stride, head_stride,
+                             batch_stride, box_rows);
+}
+
+// q in boxes of box_q rows, k and v in boxes of box_kv rows.
+template <class T>
+bool encode_qkv_maps(const FwdParams& params, int box_q, int box_kv, CUtensorMap* q, CUtensorMap* k,
+                     CUtensorMap* v) {
+  return encode_operand_map<T>(q, params, params.q, true, params.q_batch_stride, params.q_row_stride,
+                               params.q_head_stride, box_q) &&
+         encode_operand_map<T>(k, params, params.k, false, params.k_batch_stride, params.k_row_stride,
+                               params.k_head_stride, box_kv) &&
+         encode_operand_map<T>(v, params, params.v, false, params.v_batch_stride, params.v_row_stride,
+                               params.v_head_stride, box_kv);
+}
+
+}  // namespace flash
