@@ -6,8 +6,8 @@
 //
 // - the producer: its thread 0 copies K and V once, then each step's Q and dO with TMA into a
 //   ring of kStages stages (completing on mbarriers); its warp 1 reads the step's lse and D
-//   into the same stage; its warp 2 adds each step's dQ to the fp32 accumulator with bulk
-//   reductions from shared memory (cp.reduce.async.bulk: the TMA unit does the adds).
+//   into the same stage; its thread 64 adds each step's dQ to the fp32 accumulator with TMA
+//   reductions from shared memory (cp.reduce.async.bulk.tensor: the TMA unit does the adds).
 // - two consumers: consumer g owns keys 64 g .. 64 g + 63, so S and dP come out transposed
 //   (rows are keys) and are in registers exactly as the next products want their A operand:
 //
@@ -59,18 +59,44 @@ struct BwdTraitsSm90 {
   static constexpr uint32_t kQBytes = QTile::kElems * sizeof(T), kKVBytes = KVTile::kElems * sizeof(T);
   static constexpr uint32_t kDsBytes = DsTile::kElems * sizeof(T);
   static constexpr int kTileBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDsBytes;
-  // Each consumer's 64 x 64 fp32 dQ piece is staged for the reducer; rows padded by 8 floats so
-  // that the fragment stores hit distinct banks.
-  static constexpr int kDqRowFloats = 64 + 8, kDqFloats = 2 * 64 * kDqRowFloats;
+  // Each consumer's 64 x 64 fp32 dQ piece is staged for the reducer as two 64-row x 32-column
+  // boxes in the 128-byte swizzle (DqStage).
+  static constexpr int kDqFloats = 2 * 64 * 64;
   static constexpr int kFloats = kDqFloats + 2 * kStages * kBlockM;  // + lse (log2 units), D per stage
   static constexpr int kBarriers = 3 + 3 * kStages;  // K/V full, dQ full, dQ empty; per stage Q, dO full, empty
   static constexpr int kSmemBytes = kTileBytes + kFloats * int(sizeof(float)) + kBarriers * 8;
 };
 
-// The TMA descriptions of q, k, v and dout (bwd_launch_sm90.h encodes them; boxes of kBlockM
-// rows for q and dout, kBlockN for k and v).
+// The TMA descriptions of q, k, v, dout and dq_accum (bwd_launch_sm90.h encodes them; boxes of
+// kBlockM rows for q and dout, kBlockN for k and v, 64 for dq_accum).
 struct BwdTensorMaps {
-  CUtensorMap q, k, v, dout;
+  CUtensorMap q, k, v, dout, dq;
+};
+
+// A 64 x 64 fp32 dQ piece in shared memory as the TMA reduction reads it: two boxes of 32
+// columns, each [64 rows][8 chunks of 4 floats] with chunk c of row r at c ^ (r % 8) (the
+// 128-byte swizzle). A warp's float2 fragment stores then take the two wavefronts they must.
+struct DqStage {
+  static constexpr int kBoxFloats = 64 * 32;
+  // Stores a warpgroup's 64 x 64 accumulator (warp w: rows 16 w ..; mma.sync's C layout). The
+  // thread's rows are all 4 (lane / 4) mod 8, so one swizzled chunk offset serves four stores.
+  static FA_DEVICE void store(float* stage, const float (&acc)[8][4], int warp, int lane) {
+    float* rows = stage + (16 * warp + lane / 4) * 32;
+    const int swizzled = (((lane % 4) / 2) ^ (lane / 4)) << 2 | 2 * (lane % 2);  // column 2 (lane % 4)
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {  // columns 8 m + 2 (lane % 4) of each box: chunk 2 m + (lane % 4) / 2
+      float* at = rows + (swizzled ^ (8 * m));
+#pragma unroll
+      for (int box = 0; box < 2; ++box) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int nt = 4 * box + m;
+          *reinterpret_cast<float2*>(at + box * kBoxFloats + half * 8 * 32) =
+              make_float2(acc[nt][2 * half], acc[nt][2 * half + 1]);
+        }
+      }
+    }
+  }
 };
 
 template <class Traits, bool Is_causal>
@@ -91,7 +117,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   T* sQ = sV + KVTile::kElems;              // [kStages][QTile::kElems]
   T* sdO = sQ + kStages * QTile::kElems;    // [kStages][QTile::kElems]
   T* sdSt = sdO + kStages * QTile::kElems;  // [2][DsTile::kElems]
-  float* sdQ = reinterpret_cast<float*>(smem + Traits::kTileBytes);  // [2 consumers][64][kDqRowFloats]
+  float* sdQ = reinterpret_cast<float*>(smem + Traits::kTileBytes);  // [2 consumers][DqStage]
   float* sLse = sdQ + Traits::kDqFloats;                              // [kStages][kBlockM], log2 units
   float* sD = sLse + kStages * kBlockM;                               // [kStages][kBlockM]
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(sD + kStages * kBlockM);
@@ -117,7 +143,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if (tid == 0) {
     mbarrier_init(kv_full, 1);
     mbarrier_init(dq_full, 256);
-    mbarrier_init(dq_empty, kGroupSize);
+    mbarrier_init(dq_empty, 1);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&q_full[s], 1 + kGroupSize);  // the TMA thread and the lse warp
       mbarrier_init(&do_full[s], 1);
@@ -137,8 +163,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   auto wait_stage_free = [&](int step) {
     if (step >= kStages) mbarrier_wait(&empty[step % kStages], (step / kStages - 1) & 1);
   };
-  float* dq_base = params.dq_accum + batch * params.dq_accum_batch_stride;
-  const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
 
   if (warpgroup == 0) {
     warpgroup_registers_dec<Traits::kProducerRegs>();
@@ -185,21 +209,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
         mbarrier_arrive(&q_full[stage]);
       }
-    } else if (warp == 2 && !params.deterministic) {
-      // dQ: lane l adds staged rows l, l + 32, l + 64, l + 96 (two 64 x 64 pieces).
+    } else if (tid == 2 * kGroupSize && steps > 0 && !params.deterministic) {
+      // dQ: four TMA reductions a step (two boxes per consumer piece). Rows past a sequence's
+      // end hold zeros (P = 0 there): adding them is harmless, and past the tensor TMA skips them.
+      const int batch_index = params.cu_seqlens_q != nullptr ? 0 : batch;
       BwdStepCursor at = first_step;
       for (int step = 0; step < steps; ++step, at.next(walk, head_begin, group)) {
-        const int row0 = at.m_block * kBlockM;
-        float* dq = dq_base + (static_cast<int64_t>(seq.q_start + row0) * params.h + at.head) * params.d;
+        const int row = seq.q_start + at.m_block * kBlockM;
         mbarrier_wait(dq_full, step & 1);
-        // Rolled: this warp has 24 registers.
-#pragma unroll 1
-        for (int r = lane; r < 128; r += kGroupSize) {
-          const int piece = r / 64, row = (Traits::kDqSplitsRows ? 64 * piece : 0) + r % 64;
-          const int col0 = Traits::kDqSplitsRows ? 0 : 64 * piece, cols = min(64, params.d - col0);
-          if (row0 + row < seqlen_q && cols > 0) {
-            bulk_reduce_add_f32(dq + row * dq_row_stride + col0, sdQ + r * Traits::kDqRowFloats,
-                                cols * int(sizeof(float)));
+#pragma unroll
+        for (int piece = 0; piece < 2; ++piece) {
+#pragma unroll
+          for (int box = 0; box < 2; ++box) {
+            tma_reduce_add(&maps.dq, sdQ + piece * 64 * 64 + box * DqStage::kBoxFloats,
+                           (Traits::kDqSplitsRows ? 0 : 64 * piece) + 32 * box,
+                           row + (Traits::kDqSplitsRows ? 64 * piece : 0), at.head, batch_index);
           }
         }
         bulk_commit();
@@ -346,17 +370,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
     if (!params.deterministic) {
       // Staged for the reducer warp, once it has read the last step's.
-      float* sdQ_piece = sdQ + consumer * 64 * Traits::kDqRowFloats;
       if (step > 0) mbarrier_wait(dq_empty, (step - 1) & 1);
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = 16 * group_warp + lane / 4 + 8 * half;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          *reinterpret_cast<float2*>(sdQ_piece + row * Traits::kDqRowFloats + col(nt)) =
-              make_float2(acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
-        }
-      }
+      DqStage::store(sdQ + consumer * 64 * 64, acc_dq, group_warp, lane);
       fence_proxy_async_shared();
       mbarrier_arrive(dq_full);
     } else {
@@ -364,7 +379,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       auto consumers_sync = [] { named_barrier_sync(2, 256); };
       int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block,
                                                               tid == 128, consumers_sync);
-      float* dq = dq_base + (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
+      float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
+                  (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
+      const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;

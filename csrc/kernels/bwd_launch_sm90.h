@@ -20,7 +20,9 @@ error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   // Strides TMA cannot follow (a broadcast dimension): the portable kernel reads anything.
   if (!encode_qkv_maps<T>(params, Traits::kBlockM, Traits::kBlockN, &maps.q, &maps.k, &maps.v) ||
       !encode_operand_map<T>(&maps.dout, params, params.dout, true, params.do_batch_stride, params.do_row_stride,
-                             params.do_head_stride, Traits::kBlockM)) {
+                             params.do_head_stride, Traits::kBlockM) ||
+      !encode_operand_map<float>(&maps.dq, params, params.dq_accum, true, params.dq_accum_batch_stride,
+                                 int64_t(params.h) * params.d, params.d, 64)) {
     return run_bwd<T, kHeadDim, Is_causal, false>(params, stream);
   }
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);

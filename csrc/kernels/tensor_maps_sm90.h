@@ -1,6 +1,6 @@
 // The TMA descriptions (arch/tma_sm90.h) of an attention call's operands, as the Hopper kernels
-// read them: one [batch, heads, rows, head dim] map per tensor, in boxes of kHeadDim / 64 column
-// blocks x box_rows rows. Varlen tensors are one packed batch of total rows.
+// read (or, dq_accum, add to) them: one [batch, heads, rows, head dim] map per tensor, in boxes
+// of 128 bytes x box_rows rows. Varlen tensors are one packed batch of total rows.
 #pragma once
 
 #include <type_traits>
@@ -11,7 +11,8 @@
 
 namespace flash {
 
-// A query-side operand (q, o, dout: seqlen_q or total_q rows, h heads) or a key-side one (k, v).
+// A query-side operand (q, o, dout, dq_accum: seqlen_q or total_q rows, h heads) or a key-side
+// one (k, v), of T = half_t, bf16_t or float.
 // False when TMA cannot describe its strides: the caller falls back to a portable kernel.
 template <class T>
 bool encode_operand_map(CUtensorMap* map, const FwdParams& params, const void* base, bool query_side,
@@ -19,7 +20,10 @@ bool encode_operand_map(CUtensorMap* map, const FwdParams& params, const void* b
   const bool varlen = params.cu_seqlens_q != nullptr;
   const int64_t rows = query_side ? (varlen ? params.total_q : params.seqlen_q)
                                   : (varlen ? params.total_k : params.seqlen_k);
-  return TensorMap4d::encode(map, base, std::is_same<T, bf16_t>::value, params.d, rows,
+  const CUtensorMapDataType type = std::is_same<T, float>::value    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : std::is_same<T, bf16_t>::value ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                                    : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return TensorMap4d::encode(map, base, type, params.d, rows,
                              query_side ? params.h : params.h_k, varlen ? 1 : params.b, row_stride, head_stride,
                              batch_stride, box_rows);
 }

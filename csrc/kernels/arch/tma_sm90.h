@@ -3,10 +3,10 @@
 // in wgmma's 128-byte swizzle (the map says so) and completes on an mbarrier that expects its
 // bytes, so the consumers wait on the barrier alone: no copy instructions on the SM, no fence.
 //
-// Host: TensorMap4d describes a [batch, heads, rows, head dim] tensor of 16-bit elements (any
-// strides that are multiples of 16 bytes) in boxes of 64 columns (128 bytes) x box_rows rows;
-// a tile of kHeadDim columns is kHeadDim / 64 boxes, one per GmmaTile column block. Rows and
-// columns past the tensor read as zeros.
+// Host: TensorMap4d describes a [batch, heads, rows, head dim] tensor (any strides that are
+// multiples of 16 bytes) in boxes of 128 bytes of a row (64 16-bit or 32 fp32 elements) x
+// box_rows rows, in the 128-byte swizzle; a tile of kHeadDim columns is several boxes, one per
+// column block. Rows and columns past the tensor read as zeros, and reductions skip them.
 #pragma once
 
 #include <cuda.h>
@@ -19,9 +19,11 @@ namespace flash {
 
 struct TensorMap4d {
   // Encodes the map; false when TMA cannot describe the tensor (a stride that is not a multiple
-  // of 16 bytes, or 0 on a dimension of more than one index): the caller falls back.
-  static bool encode(CUtensorMap* map, const void* base, bool bf16, int head_dim, int64_t rows, int heads,
-                     int batches, int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
+  // of 16 bytes, or 0 on a dimension of more than one index): the caller falls back. Strides are
+  // in elements.
+  static bool encode(CUtensorMap* map, const void* base, CUtensorMapDataType type, int head_dim, int64_t rows,
+                     int heads, int batches, int64_t row_stride, int64_t head_stride, int64_t batch_stride,
+                     int box_rows) {
     static const auto encode_tiled = []() -> PFN_cuTensorMapEncodeTiled_v12000 {
       void* fn = nullptr;
       cudaDriverEntryPointQueryResult found;
@@ -33,18 +35,19 @@ struct TensorMap4d {
       return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
     }();
     if (encode_tiled == nullptr) return false;
+    const cuuint64_t elem_bytes = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : 2;
     const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batches)};
-    cuuint64_t strides[3] = {cuuint64_t(row_stride) * 2, cuuint64_t(head_stride) * 2, cuuint64_t(batch_stride) * 2};
+    cuuint64_t strides[3] = {cuuint64_t(row_stride) * elem_bytes, cuuint64_t(head_stride) * elem_bytes,
+                             cuuint64_t(batch_stride) * elem_bytes};
     for (int i = 0; i < 3; ++i) {
       // A dimension of one index is never stepped along: give it the packed stride.
-      if (dims[i + 1] == 1) strides[i] = (i == 0 ? dims[0] * 2 : strides[i - 1] * dims[i]);
+      if (dims[i + 1] == 1) strides[i] = (i == 0 ? dims[0] * elem_bytes : strides[i - 1] * dims[i]);
       if (strides[i] == 0 || strides[i] % 16 != 0 || strides[i] >= (cuuint64_t(1) << 40)) return false;
     }
-    const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
+    const cuuint32_t box[4] = {cuuint32_t(128 / elem_bytes), cuuint32_t(box_rows), 1, 1};
     const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-    return encode_tiled(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
-                        const_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+    return encode_tiled(map, type, 4, const_cast<void*>(base), dims, strides, box, element_strides,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
   }
 };
@@ -66,6 +69,17 @@ FA_DEVICE void tma_load(void* smem, const CUtensorMap* map, uint64_t* bar, int c
       "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
       "[%6];\n" ::"r"(smem_u32(smem)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(head), "r"(batch), "r"(smem_u32(bar))
+      : "memory");
+}
+
+// Adds the fp32 box in shared memory (1024-byte aligned, in the map's swizzle) to the box at
+// (column, row, head, batch) of the map, in the TMA unit; elements past the tensor are skipped.
+// Completion is tracked in this thread's bulk groups (wgmma_sm90.h: bulk_commit, bulk_wait_read).
+FA_DEVICE void tma_reduce_add(const CUtensorMap* map, const void* smem, int column, int row, int head, int batch) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(column), "r"(row), "r"(head), "r"(batch), "r"(smem_u32(smem))
       : "memory");
 }
 
