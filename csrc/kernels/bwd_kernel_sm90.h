@@ -20,9 +20,9 @@
 // dQ needs every key of the block, so the consumers meet at a named barrier once both have
 // written dS^T (double-buffered: the next step's may be written while the other consumer still
 // reads this one). Consumer g computes dQ's columns 64 g .. (kBlockM 64, head dim 128) or its
-// rows 64 g .. (kBlockM 128, head dim 64) and stages them for the reducer warp; dK's product
-// runs on while it does, and into the next step's S^T and dP^T. When deterministic the
-// consumers add dQ with atomics in key-block order behind a semaphore instead.
+// rows 64 g .. (kBlockM 128, head dim 64) and stages them for the reducer thread; dK's product
+// runs on while it does. When deterministic the consumers add dQ with atomics in key-block
+// order behind a semaphore instead.
 //
 // Only the plain variants (no softcap, ALiBi or dropout) run here; the dispatch sends the rest
 // to the sm80 kernels.
@@ -369,7 +369,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     wgmma_fence_operands(p);
 
     if (!params.deterministic) {
-      // Staged for the reducer warp, once it has read the last step's.
+      // Staged for the reducer (producer thread 64), once it has read the last step's.
       if (step > 0) mbarrier_wait(dq_empty, (step - 1) & 1);
       DqStage::store(sdQ + consumer * 64 * 64, acc_dq, group_warp, lane);
       fence_proxy_async_shared();
