@@ -11,9 +11,9 @@
 
 namespace flash {
 
-// A query-side operand (q, o, dout, dq_accum: seqlen_q or total_q rows, h heads) or a key-side
-// one (k, v), of T = half_t, bf16_t or float.
-// False when TMA cannot describe its strides: the caller falls back to a portable kernel.
+// The map of a query-side operand (q, o, dout, dq_accum: seqlen_q or total_q rows, h heads) or a
+// key-side one (k, v) of T = half_t, bf16_t or float; false when TMA cannot describe its
+// strides, and the caller falls back to a portable kernel.
 template <class T>
 bool encode_operand_map(CUtensorMap* map, const FwdParams& params, const void* base, bool query_side,
                         int64_t batch_stride, int64_t row_stride, int64_t head_stride, int box_rows) {
