@@ -2,7 +2,8 @@
 serialise their wgmma instructions (C7515: a register the asynchronous product owns is touched
 before its wait, typically an accumulator kept in flight across a loop's back edge) and must
 honour setmaxnreg (C7508: ignored when the register count at entry is unknown). Both cost far
-more than any tuning gains and show nowhere but in ptxas's report.
+more than any tuning gains and show nowhere but in ptxas's report. The forward's consumers also
+fit their registers (no spills at any head dim, 256 included).
 
 Compiles every sm_90a instantiation file (nvcc only, no torch headers); skips where nvcc is
 missing.
@@ -56,3 +57,6 @@ def test_hopper_kernels_keep_wgmma_asynchronous_and_setmaxnreg(tmp_path):
             assert not lines, f"{name}: ptxas {code}\n" + "\n".join(lines)
         # Every kernel of the file was compiled (the report names each entry function).
         assert re.search(r"Compiling entry function '_ZN5flash\d+flash_(fwd|bwd)_sm90_kernel", report), name
+        if name.startswith("fwd_"):
+            spills = re.findall(r"(\d+) bytes spill stores", report)
+            assert spills and all(n == "0" for n in spills), f"{name}: spills {spills}"
