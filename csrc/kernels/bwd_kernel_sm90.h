@@ -49,7 +49,9 @@ struct BwdTraitsSm90 {
   static constexpr int kHeadDim = kHeadDim_;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "dQ's split between the warpgroups assumes these");
   // Each consumer's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows.
-  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128, kStages = 2;
+  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128;
+  // Stages of Q, dO, lse and D: three fit in head dim 128's shared memory, two in 64's.
+  static constexpr int kStages = kHeadDim == 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
   static constexpr bool kDqSplitsRows = kBlockM == 128;
@@ -65,6 +67,7 @@ struct BwdTraitsSm90 {
   static constexpr int kFloats = kDqFloats + 2 * kStages * kBlockM;  // + lse (log2 units), D per stage
   static constexpr int kBarriers = 3 + 3 * kStages;  // K/V full, dQ full, dQ empty; per stage Q, dO full, empty
   static constexpr int kSmemBytes = kTileBytes + kFloats * int(sizeof(float)) + kBarriers * 8;
+  static_assert(kSmemBytes <= 227 * 1024, "an sm_90 block's shared memory");
 };
 
 // The TMA descriptions of q, k, v, dout and dq_accum (bwd_launch_sm90.h encodes them; boxes of
@@ -142,12 +145,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   if (tid == 0) {
     mbarrier_init(kv_full, 1);
-    mbarrier_init(dq_full, 256);
+    mbarrier_init(dq_full, 8);  // one arrival per consumer warp
     mbarrier_init(dq_empty, 1);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&q_full[s], 1 + kGroupSize);  // the TMA thread and the lse warp
       mbarrier_init(&do_full[s], 1);
-      mbarrier_init(&empty[s], 256);
+      mbarrier_init(&empty[s], 8);
     }
   }
   __syncthreads();
@@ -373,7 +376,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       if (step > 0) mbarrier_wait(dq_empty, (step - 1) & 1);
       DqStage::store(sdQ + consumer * 64 * 64, acc_dq, group_warp, lane);
       fence_proxy_async_shared();
-      mbarrier_arrive(dq_full);
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(dq_full);
     } else {
       // Deterministic: atomics in key-block order behind a semaphore.
       auto consumers_sync = [] { named_barrier_sync(2, 256); };
@@ -399,7 +403,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     wgmma_wait<0>();
     wgmma_fence_operands(acc_dk[0]);
     wgmma_fence_operands(ds);
-    mbarrier_arrive(&empty[stage]);
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(&empty[stage]);
   }
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
