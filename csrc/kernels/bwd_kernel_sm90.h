@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
-  const int warpgroup = warp / 4, group_warp = warp % 4;
+  const int warpgroup = warpgroup_index(), group_warp = warp % 4;
   const int key0 = n_block * kBlockN;
   const int group = params.h / params.h_k;
   const SeqBounds seq(params, batch);

@@ -80,6 +80,11 @@ FA_DEVICE void mbarrier_wait(uint64_t* bar, int parity) {
       : "memory");
 }
 
+// This thread's warpgroup, broadcast from lane 0 so that the compiler knows it is the same in
+// the whole warp: addresses derived from it (wgmma descriptors) then live in uniform registers,
+// built once, instead of being rebuilt and moved (R2UR) before every wgmma.
+FA_DEVICE int warpgroup_index() { return static_cast<int>(shfl(threadIdx.x / 128, 0)); }
+
 // Moves this warpgroup's register budget: the producer gives registers up, consumers take them.
 template <int kRegs> FA_DEVICE void warpgroup_registers_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
