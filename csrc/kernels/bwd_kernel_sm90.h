@@ -339,15 +339,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         acc_dp[nt][2 * half + 1] = pv.y * (acc_dp[nt][2 * half + 1] - d.y);
       }
     }
-    // dS^T also goes to shared memory for dQ.
+    // dS^T also goes to shared memory for dQ, a k16 fragment (four 8 x 8 matrices) per stmatrix:
+    // lane l addresses a row of matrix l / 8, i.e. of row half (l / 8) % 2 and n8 tile 2 kk + l / 16.
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        ds[kk][i] = fragment(acc_dp, kk, i);
-        const int nt = 2 * kk + i / 2;
-        *reinterpret_cast<uint32_t*>(sdS + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
-      }
+      for (int i = 0; i < 4; ++i) ds[kk][i] = fragment(acc_dp, kk, i);
+      const int matrix = lane / 8;
+      stmatrix_x4(smem_u32(sdS + DsTile::offset(wg_key0 + 16 * group_warp + 8 * (matrix % 2) + lane % 8,
+                                                2 * kk + matrix / 2)),
+                  ds[kk]);
     }
     fence_proxy_async_shared();
     named_barrier_sync(1, 256);  // dS^T complete: both consumers' keys
