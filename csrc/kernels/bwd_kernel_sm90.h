@@ -331,18 +331,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv[0], p[kk], QTile::n_major(do_addr, kk), 1);
     wgmma_commit();
+    // This thread's D now: its loads run under the products instead of stalling the first dS^T.
+    float2 d[kMTiles];
+#pragma unroll
+    for (int nt = 0; nt < kMTiles; ++nt) d[nt] = *reinterpret_cast<const float2*>(sDb + col(nt));
 
     wgmma_wait<1>();  // dP^T
     wgmma_fence_operands(acc_dp);
     // dS^T = P^T (dP^T - D), P^T as packed (acc_s is free by now).
 #pragma unroll
     for (int nt = 0; nt < kMTiles; ++nt) {
-      const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const float2 pv = unpack2<T>(p[nt / 2][2 * (nt % 2) + half]);
-        acc_dp[nt][2 * half] = pv.x * (acc_dp[nt][2 * half] - d.x);
-        acc_dp[nt][2 * half + 1] = pv.y * (acc_dp[nt][2 * half + 1] - d.y);
+        acc_dp[nt][2 * half] = pv.x * (acc_dp[nt][2 * half] - d[nt].x);
+        acc_dp[nt][2 * half + 1] = pv.y * (acc_dp[nt][2 * half + 1] - d[nt].y);
       }
     }
     // dS^T also goes to shared memory for dQ, a k16 fragment (four 8 x 8 matrices) per stmatrix:
