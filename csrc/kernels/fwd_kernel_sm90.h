@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   uint64_t* empty = v_full + kStages;      // [kStages]: both consumers are done with the stage
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
-  const int warpgroup = warpgroup_index();
+  const int warpgroup = warp / 4;
   const FwdTileSchedule schedule(params, kBlockM, Is_causal);
 
   if (tid == 0) {
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // tiles: the block's step s uses stage s % kStages with parity (s / kStages) % 2, and its q-th
   // tile with keys the parity q % 2 of the Q barriers.
   struct Tile {
-    int head, batch, row_begin, n_block_end, n_blocks;
+    int m_block, head, batch, row_begin, n_block_end, n_blocks;
     SeqBounds seq;
   };
   auto for_each_tile = [&](auto&& body) {
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
         const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
         const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
-        body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
+        body(Tile{m_block, head, batch, row_begin, n_block_end, n_blocks, seq}, window);
       }
     }
   };
