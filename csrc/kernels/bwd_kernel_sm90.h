@@ -171,21 +171,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       const int batch_index = params.cu_seqlens_q != nullptr ? 0 : batch;
       tma_prefetch_map(&maps.q);
       tma_prefetch_map(&maps.dout);
-      auto load_tile = [&](T* tile, int col_block_elems, const CUtensorMap* map, uint64_t* bar, int row, int h) {
-#pragma unroll
-        for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * col_block_elems, map, bar, 64 * cb, row, h, batch_index);
-      };
       mbarrier_arrive_expect_tx(kv_full, 2 * Traits::kKVBytes);
-      load_tile(sK, KVTile::kColBlockElems, &maps.k, kv_full, seq.k_start + key0, head_k);
-      load_tile(sV, KVTile::kColBlockElems, &maps.v, kv_full, seq.k_start + key0, head_k);
+      KVTile::load_tma(sK, &maps.k, kv_full, seq.k_start + key0, head_k, batch_index);
+      KVTile::load_tma(sV, &maps.v, kv_full, seq.k_start + key0, head_k, batch_index);
       BwdStepCursor at = first_step;
       for (int step = 0; step < steps; ++step, at.next(walk, head_begin, group)) {
         const int stage = step % kStages, head = at.head, row = seq.q_start + at.m_block * kBlockM;
         wait_stage_free(step);
         mbarrier_arrive_expect_tx(&q_full[stage], Traits::kQBytes);
-        load_tile(sQ + stage * QTile::kElems, QTile::kColBlockElems, &maps.q, &q_full[stage], row, head);
+        QTile::load_tma(sQ + stage * QTile::kElems, &maps.q, &q_full[stage], row, head, batch_index);
         mbarrier_arrive_expect_tx(&do_full[stage], Traits::kQBytes);
-        load_tile(sdO + stage * QTile::kElems, QTile::kColBlockElems, &maps.dout, &do_full[stage], row, head);
+        QTile::load_tma(sdO + stage * QTile::kElems, &maps.dout, &do_full[stage], row, head, batch_index);
       }
     } else if (warp == 1) {
       // lse (in log2 units) and D. Rows past the end, and rows that saw no key (lse = -inf),

@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // tiles: the block's step s uses stage s % kStages with parity (s / kStages) % 2, and its q-th
   // tile with keys the parity q % 2 of the Q barriers.
   struct Tile {
-    int m_block, head, batch, row_begin, n_block_end, n_blocks;
+    int head, batch, row_begin, n_block_end, n_blocks;
     SeqBounds seq;
   };
   auto for_each_tile = [&](auto&& body) {
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
         const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
         const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
-        body(Tile{m_block, head, batch, row_begin, n_block_end, n_blocks, seq}, window);
+        body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
       }
     }
   };
@@ -161,19 +161,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for_each_tile([&](const Tile& t, const auto&) {
         if (t.n_blocks == 0) return;
         const int batch_index = varlen ? 0 : t.batch, head_k = t.head / (params.h / params.h_k);
-        auto load_tile = [&](T* tile, int col_block_elems, const CUtensorMap* map, uint64_t* bar, int row, int h) {
-#pragma unroll
-          for (int cb = 0; cb < kHeadDim / 64; ++cb) {
-            tma_load(tile + cb * col_block_elems, map, bar, 64 * cb, row, h, batch_index);
-          }
-        };
         auto load_step = [&](int i) {
           const int stage = step % kStages, row = t.seq.k_start + (t.n_block_end - 1 - i) * kBlockN;
           if (step >= kStages) mbarrier_wait(&empty[stage], (step / kStages - 1) & 1);
           mbarrier_arrive_expect_tx(&k_full[stage], Traits::kKVBytes);
-          load_tile(sK + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.k, &k_full[stage], row, head_k);
+          KVTile::load_tma(sK + stage * KVTile::kElems, &maps.k, &k_full[stage], row, head_k, batch_index);
           mbarrier_arrive_expect_tx(&v_full[stage], Traits::kKVBytes);
-          load_tile(sV + stage * KVTile::kElems, KVTile::kColBlockElems, &maps.v, &v_full[stage], row, head_k);
+          KVTile::load_tma(sV + stage * KVTile::kElems, &maps.v, &v_full[stage], row, head_k, batch_index);
           ++step;
         };
         // Q comes from DRAM (each tile reads its own once): start it towards L2 now, as the
@@ -184,7 +178,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         load_step(0);
         if (q_tiles > 0) mbarrier_wait(q_empty, (q_tiles - 1) & 1);
         mbarrier_arrive_expect_tx(q_full, Traits::kQBytes);
-        load_tile(sQ, QTile::kColBlockElems, &maps.q, q_full, t.seq.q_start + t.row_begin, t.head);
+        QTile::load_tma(sQ, &maps.q, q_full, t.seq.q_start + t.row_begin, t.head, batch_index);
         ++q_tiles;
         for (int i = 1; i < t.n_blocks; ++i) load_step(i);
       });

@@ -7,6 +7,7 @@
 // not be a head dim: the backward keeps dS^T (keys x queries) in one too.
 #pragma once
 
+#include "arch/tma_sm90.h"
 #include "arch/wgmma_sm90.h"
 #include "mma.h"
 #include "platform.h"
@@ -44,6 +45,14 @@ struct GmmaTile {
   }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // Copies rows row .. row + kRows - 1 of (head, batch) from the map into the tile, one TMA box
+  // per column block; the bytes count against bar.
+  template <class T>
+  static FA_DEVICE void load_tma(T* tile, const CUtensorMap* map, uint64_t* bar, int row, int head, int batch) {
+#pragma unroll
+    for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * kColBlockElems, map, bar, 64 * cb, row, head, batch);
+  }
+
   // K-major operand: rows row0 .. row0 + 63 (A) or all kRows (B), head-dim elements 16 kk .. 16 kk + 15.
   // Inside an atom the k offset is a plain 32-byte step; the leading byte offset is unused.
   static FA_DEVICE uint64_t k_major(uint32_t tile_addr, int row0, int kk) {
