@@ -49,7 +49,9 @@ struct BwdTraitsSm90 {
   static constexpr int kHeadDim = kHeadDim_;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "dQ's split between the warpgroups assumes these");
   // Each consumer's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows.
-  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128, kStages = 2;
+  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128;
+  // Stages of Q, dO, lse and D: three fit in head dim 128's shared memory, two in 64's.
+  static constexpr int kStages = kHeadDim == 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
   static constexpr bool kDqSplitsRows = kBlockM == 128;
@@ -65,6 +67,7 @@ struct BwdTraitsSm90 {
   static constexpr int kFloats = kDqFloats + 2 * kStages * kBlockM;  // + lse (log2 units), D per stage
   static constexpr int kBarriers = 3 + 3 * kStages;  // K/V full, dQ full, dQ empty; per stage Q, dO full, empty
   static constexpr int kSmemBytes = kTileBytes + kFloats * int(sizeof(float)) + kBarriers * 8;
+  static_assert(kSmemBytes <= 227 * 1024, "an sm_90 block's shared memory");
 };
 
 // The TMA descriptions of q, k, v, dout and dq_accum (bwd_launch_sm90.h encodes them; boxes of
@@ -75,24 +78,30 @@ struct BwdTensorMaps {
 
 // A 64 x 64 fp32 dQ piece in shared memory as the TMA reduction reads it: two boxes of 32
 // columns, each [64 rows][8 chunks of 4 floats] with chunk c of row r at c ^ (r % 8) (the
-// 128-byte swizzle). A warp's float2 fragment stores then take the two wavefronts they must.
+// 128-byte swizzle).
 struct DqStage {
   static constexpr int kBoxFloats = 64 * 32;
-  // Stores a warpgroup's 64 x 64 accumulator (warp w: rows 16 w ..; mma.sync's C layout). The
-  // thread's rows are all 4 (lane / 4) mod 8, so one swizzled chunk offset serves four stores.
+  // Stores a warpgroup's 64 x 64 accumulator (warp w: rows 16 w ..; mma.sync's C layout). A
+  // float2 store is served a half-warp at a time: its four rows (lane / 4) must hit four
+  // different chunk pairs, but their swizzle only reaches two, so the lanes of odd rows store
+  // the n8 tile two further on at each step (chunks 4 away) and the half-warp fills all 32 banks.
   static FA_DEVICE void store(float* stage, const float (&acc)[8][4], int warp, int lane) {
     float* rows = stage + (16 * warp + lane / 4) * 32;
-    const int swizzled = (((lane % 4) / 2) ^ (lane / 4)) << 2 | 2 * (lane % 2);  // column 2 (lane % 4)
+    const bool odd_row = (lane / 4) % 2;
+    // Column 2 (lane % 4) of n8 tile m is in chunk 2 m + (lane % 4) / 2, at chunk ^ (row % 8).
+    const int swizzled = ((((lane % 4) / 2) ^ (lane / 4)) << 2 | 2 * (lane % 2)) ^ (odd_row ? 16 : 0);
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {  // columns 8 m + 2 (lane % 4) of each box: chunk 2 m + (lane % 4) / 2
-      float* at = rows + (swizzled ^ (8 * m));
+    for (int m = 0; m < 4; ++m) {
+      float* at = rows + (swizzled ^ (8 * m));  // tile m, or m ^ 2 in odd rows
 #pragma unroll
       for (int box = 0; box < 2; ++box) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int nt = 4 * box + m;
+          const float(&mine)[4] = acc[4 * box + m];
+          const float(&other)[4] = acc[4 * box + (m ^ 2)];
           *reinterpret_cast<float2*>(at + box * kBoxFloats + half * 8 * 32) =
-              make_float2(acc[nt][2 * half], acc[nt][2 * half + 1]);
+              odd_row ? make_float2(other[2 * half], other[2 * half + 1])
+                      : make_float2(mine[2 * half], mine[2 * half + 1]);
         }
       }
     }
@@ -129,7 +138,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
-  const int warpgroup = warp / 4, group_warp = warp % 4;
+  const int warpgroup = warpgroup_index(), group_warp = warp % 4;
   const int key0 = n_block * kBlockN;
   const int group = params.h / params.h_k;
   const SeqBounds seq(params, batch);
@@ -142,12 +151,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   if (tid == 0) {
     mbarrier_init(kv_full, 1);
-    mbarrier_init(dq_full, 256);
+    mbarrier_init(dq_full, 8);  // one arrival per consumer warp
     mbarrier_init(dq_empty, 1);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&q_full[s], 1 + kGroupSize);  // the TMA thread and the lse warp
       mbarrier_init(&do_full[s], 1);
-      mbarrier_init(&empty[s], 256);
+      mbarrier_init(&empty[s], 8);
     }
   }
   __syncthreads();
@@ -318,29 +327,33 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv[0], p[kk], QTile::n_major(do_addr, kk), 1);
     wgmma_commit();
+    // This thread's D now: its loads run under the products instead of stalling the first dS^T.
+    float2 d[kMTiles];
+#pragma unroll
+    for (int nt = 0; nt < kMTiles; ++nt) d[nt] = *reinterpret_cast<const float2*>(sDb + col(nt));
 
     wgmma_wait<1>();  // dP^T
     wgmma_fence_operands(acc_dp);
     // dS^T = P^T (dP^T - D), P^T as packed (acc_s is free by now).
 #pragma unroll
     for (int nt = 0; nt < kMTiles; ++nt) {
-      const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const float2 pv = unpack2<T>(p[nt / 2][2 * (nt % 2) + half]);
-        acc_dp[nt][2 * half] = pv.x * (acc_dp[nt][2 * half] - d.x);
-        acc_dp[nt][2 * half + 1] = pv.y * (acc_dp[nt][2 * half + 1] - d.y);
+        acc_dp[nt][2 * half] = pv.x * (acc_dp[nt][2 * half] - d[nt].x);
+        acc_dp[nt][2 * half + 1] = pv.y * (acc_dp[nt][2 * half + 1] - d[nt].y);
       }
     }
-    // dS^T also goes to shared memory for dQ.
+    // dS^T also goes to shared memory for dQ, a k16 fragment (four 8 x 8 matrices) per stmatrix:
+    // lane l addresses a row of matrix l / 8, i.e. of row half (l / 8) % 2 and n8 tile 2 kk + l / 16.
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        ds[kk][i] = fragment(acc_dp, kk, i);
-        const int nt = 2 * kk + i / 2;
-        *reinterpret_cast<uint32_t*>(sdS + DsTile::offset(key_row(i % 2), col(nt) / 8) + col(nt) % 8) = ds[kk][i];
-      }
+      for (int i = 0; i < 4; ++i) ds[kk][i] = fragment(acc_dp, kk, i);
+      const int matrix = lane / 8;
+      stmatrix_x4(smem_u32(sdS + DsTile::offset(wg_key0 + 16 * group_warp + 8 * (matrix % 2) + lane % 8,
+                                                2 * kk + matrix / 2)),
+                  ds[kk]);
     }
     fence_proxy_async_shared();
     named_barrier_sync(1, 256);  // dS^T complete: both consumers' keys
@@ -369,7 +382,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       if (step > 0) mbarrier_wait(dq_empty, (step - 1) & 1);
       DqStage::store(sdQ + consumer * 64 * 64, acc_dq, group_warp, lane);
       fence_proxy_async_shared();
-      mbarrier_arrive(dq_full);
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(dq_full);
     } else {
       // Deterministic: atomics in key-block order behind a semaphore.
       auto consumers_sync = [] { named_barrier_sync(2, 256); };
@@ -395,7 +409,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     wgmma_wait<0>();
     wgmma_fence_operands(acc_dk[0]);
     wgmma_fence_operands(ds);
-    mbarrier_arrive(&empty[stage]);
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(&empty[stage]);
   }
 
   // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.

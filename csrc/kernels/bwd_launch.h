@@ -16,12 +16,9 @@ error_t run_bwd(const BwdParams& params, stream_t stream) {
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
-  const auto kernel = &flash_bwd_kernel<Traits, Is_causal, Has_extras>;
-  err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
-  if (err != kSuccess) return err;
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params);
-  return get_last_error();
+  return launch(&flash_bwd_kernel<Traits, Is_causal, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes,
+                stream, params);
 }
 
 }  // namespace flash

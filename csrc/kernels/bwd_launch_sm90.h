@@ -28,12 +28,9 @@ error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
-  const auto kernel = &flash_bwd_sm90_kernel<Traits, Is_causal>;
-  err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
-  if (err != kSuccess) return err;
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, maps);
-  return get_last_error();
+  return launch(&flash_bwd_sm90_kernel<Traits, Is_causal>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes, stream,
+                params, maps);
 }
 
 }  // namespace flash

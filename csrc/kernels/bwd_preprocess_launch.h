@@ -11,8 +11,7 @@ namespace flash {
 template <class T, int kHeadDim>
 error_t run_bwd_preprocess(const BwdParams& params, stream_t stream) {
   const dim3 grid((params.seqlen_q + kPreprocessRows - 1) / kPreprocessRows, params.h, params.b);
-  bwd_preprocess_kernel<T, kHeadDim><<<grid, kPreprocessRows * kGroupSize, 0, stream>>>(params);
-  return get_last_error();
+  return launch(&bwd_preprocess_kernel<T, kHeadDim>, grid, dim3(kPreprocessRows * kGroupSize), 0, stream, params);
 }
 
 }  // namespace flash

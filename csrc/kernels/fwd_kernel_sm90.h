@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   uint64_t* empty = v_full + kStages;      // [kStages]: both consumers are done with the stage
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
-  const int warpgroup = warp / 4;
+  const int warpgroup = warpgroup_index();
   const FwdTileSchedule schedule(params, kBlockM, Is_causal);
 
   if (tid == 0) {

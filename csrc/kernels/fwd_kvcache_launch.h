@@ -18,21 +18,16 @@ error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream) {
     const int q_rows = params.rotary_cos != nullptr ? params.b * params.seqlen_q_rows * params.nheads_q : 0;
     const int kv_rows = params.b * params.seqlen_new * params.h_k;
     const dim3 grid((max(q_rows, kv_rows) + kWarpsPerBlock - 1) / kWarpsPerBlock, 3);
-    kvcache_prepare_kernel<T><<<grid, kWarpsPerBlock * kGroupSize, 0, stream>>>(params);
-    const error_t err = get_last_error();
+    const error_t err = launch(&kvcache_prepare_kernel<T>, grid, dim3(kWarpsPerBlock * kGroupSize), 0, stream, params);
     if (err != kSuccess) return err;
   }
 
   // Each kernel after the first overlaps its launch with the tail of the one before (decode
   // steps are short enough for the gap between kernels to show).
-  const auto kernel = &flash_fwd_kvcache_kernel<Traits>;
-  if constexpr (Traits::kSmemBytes > 48 * 1024) {
-    const error_t err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
-    if (err != kSuccess) return err;
-  }
   const int m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
-  error_t err = launch_overlapped(kernel, dim3(m_blocks * params.num_splits, params.h, params.b), dim3(Traits::kNThreads),
-                                  Traits::kSmemBytes, stream, params);
+  const dim3 grid(m_blocks * params.num_splits, params.h, params.b);
+  error_t err = launch_overlapped(&flash_fwd_kvcache_kernel<Traits>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes,
+                                  stream, params);
   if (err != kSuccess || params.num_splits == 1) return err;
   const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;
   return launch_overlapped(&flash_kvcache_combine_kernel<T, kHeadDim>,

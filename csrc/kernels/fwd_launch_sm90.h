@@ -22,9 +22,6 @@ error_t run_fwd_sm90(const FwdParams& params, stream_t stream) {
   if (!encode_qkv_maps<T>(params, Traits::kBlockM, Traits::kBlockN, &maps.q, &maps.k, &maps.v)) {
     return run_fwd<T, kHeadDim, Is_causal, false>(params, stream);
   }
-  const auto kernel = &flash_fwd_sm90_kernel<Traits, Is_causal>;
-  const error_t err = set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), Traits::kSmemBytes);
-  if (err != kSuccess) return err;
   // Persistent: one block per SM (the shared memory allows no second), or fewer if the units are fewer.
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -33,8 +30,8 @@ error_t run_fwd_sm90(const FwdParams& params, stream_t stream) {
   }
   const FwdTileSchedule schedule(params, Traits::kBlockM, Is_causal);
   const int blocks = std::max(1, std::min(schedule.units, sms));
-  kernel<<<blocks, Traits::kNThreads, Traits::kSmemBytes, stream>>>(params, maps);
-  return get_last_error();
+  return launch(&flash_fwd_sm90_kernel<Traits, Is_causal>, dim3(blocks), dim3(Traits::kNThreads), Traits::kSmemBytes,
+                stream, params, maps);
 }
 
 }  // namespace flash

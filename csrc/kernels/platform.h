@@ -170,9 +170,27 @@ FA_DEVICE void allow_dependents() {
 #endif
 }
 
+// Raises `kernel`'s dynamic shared-memory limit to `smem` bytes where that is past the default
+// 48 KB.
+template <class... Params>
+error_t allow_dynamic_smem(void (*kernel)(Params...), size_t smem) {
+  return smem > 48 * 1024 ? set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), int(smem)) : kSuccess;
+}
+
+// Launches `kernel` with `smem` bytes of dynamic shared memory; returns the launch's error.
+template <class... Params, class... Args>
+error_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, stream_t stream, Args&&... args) {
+  const error_t err = allow_dynamic_smem(kernel, smem);
+  if (err != kSuccess) return err;
+  kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
+  return get_last_error();
+}
+
 template <class... Params, class... Args>
 error_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, stream_t stream,
                           Args&&... args) {
+  const error_t err = allow_dynamic_smem(kernel, smem);
+  if (err != kSuccess) return err;
 #if defined(FA_PLATFORM_CUDA)
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -25,25 +25,6 @@ struct GmmaTile {
     return (chunk / 8) * kColBlockElems + row * 64 + (((chunk % 8) ^ (row % 8)) << 3);
   }
 
-  // Global -> shared, 16 bytes per copy, all threads cooperating; rows at or past rows_valid and
-  // chunks at or past head_dim read as zeros.
-  template <int kNThreads, class T>
-  static FA_DEVICE void load_async(T* smem, const T* gmem, int64_t row_stride, int rows_valid, int head_dim, int tid) {
-    constexpr int kCopies = kRows * kChunks;
-    static_assert(kCopies % kNThreads == 0 && kNThreads % kChunks == 0, "same copies per thread, fixed chunk");
-    constexpr int kRowStep = kNThreads / kChunks;
-    const int row0 = tid / kChunks, chunk = tid % kChunks;
-    const bool chunk_valid = chunk * 8 < head_dim;
-    const T* src = gmem + row0 * row_stride + chunk * 8;
-#pragma unroll
-    for (int i = 0; i < kCopies / kNThreads; ++i) {
-      const int row = row0 + i * kRowStep;
-      const bool valid = chunk_valid && row < rows_valid;
-      copy_async_16(smem + offset(row, chunk), valid ? src : gmem, valid);
-      src += kRowStep * row_stride;
-    }
-  }
-
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // Copies rows row .. row + kRows - 1 of (head, batch) from the map into the tile, one TMA box
   // per column block; the bytes count against bar.
@@ -53,17 +34,23 @@ struct GmmaTile {
     for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * kColBlockElems, map, bar, 64 * cb, row, head, batch);
   }
 
+  // A descriptor for the tile plus a byte offset (a multiple of 16): the start address sits in the
+  // low 14 bits in 16-byte units and never carries out of them (shared memory < 256 KB), so the
+  // offset adds to the whole descriptor. The base is the same for every k step of a product, so
+  // the compiler builds it once and each step costs one add.
+  static FA_DEVICE uint64_t descriptor(uint32_t tile_addr, uint32_t leading_bytes, uint32_t offset_bytes) {
+    return gmma_descriptor(tile_addr, leading_bytes, 1024) + (offset_bytes >> 4);
+  }
   // K-major operand: rows row0 .. row0 + 63 (A) or all kRows (B), head-dim elements 16 kk .. 16 kk + 15.
   // Inside an atom the k offset is a plain 32-byte step; the leading byte offset is unused.
   static FA_DEVICE uint64_t k_major(uint32_t tile_addr, int row0, int kk) {
-    const uint32_t addr = tile_addr + 2 * ((kk / 4) * kColBlockElems + row0 * 64) + (kk % 4) * 32;
-    return gmma_descriptor(addr, 16, 1024);
+    return descriptor(tile_addr, 16, 2 * ((kk / 4) * kColBlockElems + row0 * 64) + (kk % 4) * 32);
   }
   // N-major operand: rows (k) 16 kk .. 16 kk + 15, the columns (N) from column block col_block
   // on; the next 64 columns are a column block away (leading byte offset), the next 8 rows one
   // atom away (stride). An M-major A operand (64 columns) is read the same way.
   static FA_DEVICE uint64_t n_major(uint32_t tile_addr, int kk, int col_block = 0) {
-    return gmma_descriptor(tile_addr + 2 * (col_block * kColBlockElems + kk * 16 * 64), kColBlockElems * 2, 1024);
+    return descriptor(tile_addr, kColBlockElems * 2, 2 * (col_block * kColBlockElems + kk * 16 * 64));
   }
 #endif
 };

@@ -30,6 +30,17 @@ struct OnlineSoftmax {
   // Scores -> unnormalised probabilities exp2((s - max) * scale_log2), in place; the output
   // accumulator is rescaled for the new max, so O / sum stays the softmax-weighted mean.
   FA_DEVICE void update(float (&s)[kMTiles][kNTiles][4], float (&acc_o)[kMTiles][kDTiles][4], float scale_log2) {
+    float o_factor[kRows];
+    update_scores(s, scale_log2, o_factor);
+    rescale(acc_o, o_factor);
+  }
+
+  // update() in two halves, for a kernel whose O accumulators are still being written by an
+  // asynchronous product when the next scores arrive: update_scores() turns the scores into
+  // probabilities and returns per row the factor O must be multiplied by (1 where the max did
+  // not move), rescale() applies it once O may be touched (skipped for a row whose max moved in
+  // no lane of the warp: most key blocks of a long row).
+  FA_DEVICE void update_scores(float (&s)[kMTiles][kNTiles][4], float scale_log2, float (&o_factor)[kRows]) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -41,46 +52,6 @@ struct OnlineSoftmax {
         m = quad_max(m);
         // A row that has seen only masked keys keeps max = -inf; use 0 there so that
         // (-inf) - (-inf) never makes a NaN. Its probabilities are exp2(-inf) = 0.
-        const float m_scaled = m == -INFINITY ? 0.f : m * scale_log2;
-        const float shrink = exp2_fast(row_max[r] * scale_log2 - m_scaled);
-        // Once the running max settles (most key blocks of a long row) the rescale of O is a
-        // multiply by 1: skip it when this row moved in no lane of the warp.
-        if (any_in_group(m != row_max[r])) {
-#pragma unroll
-          for (int dt = 0; dt < kDTiles; ++dt) {
-            acc_o[mt][dt][2 * half] *= shrink;
-            acc_o[mt][dt][2 * half + 1] *= shrink;
-          }
-        }
-        row_max[r] = m;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-          for (int i = 2 * half; i < 2 * half + 2; ++i) {
-            s[mt][nt][i] = exp2_fast(s[mt][nt][i] * scale_log2 - m_scaled);
-            sum += s[mt][nt][i];
-          }
-        }
-        row_sum[r] = row_sum[r] * shrink + sum;
-      }
-    }
-  }
-
-  // update() in two halves, for a kernel whose O accumulators are still being written by an
-  // asynchronous product when the next scores arrive: update_scores() turns the scores into
-  // probabilities and returns per row the factor O must be multiplied by, rescale() applies it
-  // once O may be touched (skipped for a row whose max moved in no lane of the warp).
-  FA_DEVICE void update_scores(float (&s)[kMTiles][kNTiles][4], float scale_log2, float (&o_factor)[kRows]) {
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = 2 * mt + half;
-        float m = row_max[r];
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-        m = quad_max(m);
         const float m_scaled = m == -INFINITY ? 0.f : m * scale_log2;
         o_factor[r] = m == row_max[r] ? 1.f : exp2_fast(row_max[r] * scale_log2 - m_scaled);
         row_max[r] = m;

@@ -80,6 +80,11 @@ FA_DEVICE void mbarrier_wait(uint64_t* bar, int parity) {
       : "memory");
 }
 
+// This thread's warpgroup, broadcast from lane 0 so that the compiler knows it is the same in
+// the whole warp: addresses derived from it (wgmma descriptors) then live in uniform registers,
+// built once, instead of being rebuilt and moved (R2UR) before every wgmma.
+FA_DEVICE int warpgroup_index() { return static_cast<int>(shfl(threadIdx.x / 128, 0)); }
+
 // Moves this warpgroup's register budget: the producer gives registers up, consumers take them.
 template <int kRegs> FA_DEVICE void warpgroup_registers_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
@@ -112,6 +117,15 @@ FA_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: 
 FA_DEVICE void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
 // Waits until this thread's bulk groups are complete.
 FA_DEVICE void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+// Stores four 8 x 8 matrices of 16-bit elements held in mma.sync's fragment layout (register i:
+// this lane's row lane / 4, columns 2 (lane % 4) .. + 1 of matrix i); lane l gives the address
+// of row l % 8 of matrix l / 8, 16 contiguous bytes. One instruction instead of sixteen stores.
+FA_DEVICE void stmatrix_x4(uint32_t smem_addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
 
 // Makes this thread's generic-proxy shared-memory writes (cp.async included) visible to the
 // async proxy that wgmma reads through; a barrier after it publishes them to the warpgroup.
