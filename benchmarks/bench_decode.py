@@ -21,6 +21,11 @@ Backends, all timed in one run on the same K/V values:
   rocm_append    (--with-append) rocm on the contiguous cache, also writing one new k/v token
                  per call: cache_seqlens = cache - 1, the same slot is rewritten every call.
   copy           dst.copy_(src) of a buffer of the K+V cache's size (capped at 8 GB).
+  rocm_splitsN   (--splits N ...) rocm on the contiguous cache with num_splits=N forced.
+  rocm_bhsd      (--probe) rocm reading SDPA's [b, h_k, s, d] copy (each head's keys contiguous),
+                 to tell the kernel's cost from the [b, s, h_k, d] layout's strided rows.
+  read           (--probe) a read-only pass over a buffer of the K+V cache's size (a Triton sum,
+                 torch's sum without Triton): how far above copy a pure read stream goes.
 
 GB/s for every attention backend = bytes of the un-expanded K and V cache (b * s * h_k * d *
 2 tensors * element size) / time: all are judged on the same useful bytes, whatever they read.
@@ -79,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "view of the [b, s, h_k, d] cache")
     p.add_argument("--with-append", action="store_true",
                    help="also time rocm appending one new k/v token per call (rocm_append)")
+    p.add_argument("--splits", type=int, nargs="*", default=[],
+                   help="also time rocm with num_splits forced to each of these (rocm_splitsN)")
+    p.add_argument("--probe", action="store_true", help="also time rocm_bhsd and the read-only pass (read)")
     p.add_argument("--quick", action="store_true", help="short timing (common.bench_ms quick mode)")
     p.add_argument("--out", "--out-dir", dest="out_dir", type=Path, default=None,
                    help="directory for the CSV (default: $OUT/bench if OUT is set, else benchmarks/results)")
@@ -143,6 +151,30 @@ def rel_diff(out, ref) -> float:
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
+def read_pass(buf: torch.Tensor):
+    """A function that reads every byte of buf once (int32 sums per program, Triton if present)."""
+    words = buf.view(torch.int32)
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return lambda: words.sum()
+
+    @triton.jit
+    def read_kernel(x, partial, n, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+        base = tl.program_id(0).to(tl.int64) * BLOCK * STEPS
+        acc = tl.zeros([BLOCK], dtype=tl.int32)
+        for i in range(STEPS):
+            offs = base + i * BLOCK + tl.arange(0, BLOCK)
+            acc += tl.load(x + offs, mask=offs < n, other=0)
+        tl.store(partial + tl.program_id(0), tl.sum(acc))
+
+    block, steps = 4096, 16
+    programs = triton.cdiv(words.numel(), block * steps)
+    partial = torch.empty(programs, dtype=torch.int32, device=buf.device)
+    return lambda: read_kernel[(programs,)](words, partial, words.numel(), BLOCK=block, STEPS=steps)
+
+
 # --------------------------------------------------------------------------- one (batch, cache)
 
 
@@ -163,6 +195,10 @@ def run_config(args, kvcache_fn, batch: int, cache: int, dtype: torch.dtype) -> 
     capped = f"; {copy_bytes / GB:.1f} GB buffer (capped)" if copy_bytes < nbytes else ""
     add("copy", ms, "read+write", "flat uint8", (why or "gbps counts read + write bytes") + capped,
         useful=2 * copy_bytes)
+    if args.probe:
+        ms, _, why = timed("read", read_pass(src), args.quick)
+        add("read", ms, "read only", "flat int32", (why or "gbps counts the bytes read") + capped,
+            useful=copy_bytes)
     del src, dst
     release()
 
@@ -180,6 +216,10 @@ def run_config(args, kvcache_fn, batch: int, cache: int, dtype: torch.dtype) -> 
                              args.quick)
         ref = first(out)
         add("rocm", ms, "contiguous", "[b,s,hk,d]", why)
+        for n in args.splits:
+            ms, out, why = timed(f"rocm_splits{n}", lambda: kvcache_fn(q, k_cache, v_cache, cache_seqlens=seqlens,
+                                                                       num_splits=n), args.quick)
+            add(f"rocm_splits{n}", ms, f"num_splits={n}", "[b,s,hk,d]", why, rel_diff(out, ref))
 
     # SDPA: its own K/V layout, built untimed; expanded to h heads only if GQA is refused.
     qt = q.transpose(1, 2)  # [b, h, 1, d]
@@ -209,6 +249,12 @@ def run_config(args, kvcache_fn, batch: int, cache: int, dtype: torch.dtype) -> 
         diff = rel_diff(out.transpose(1, 2) if out is not None else None, ref)
         add(name, ms, variant, layout + (" expanded to h" if variant == "expanded" else ""), why, diff)
         del out
+    if args.probe and kvcache_fn is not None and layout == "[b,hk,s,d]":
+        kb, vb = (t.transpose(1, 2) for t in (kt, vt))  # [b, s, h_k, d] views of the [b, h_k, s, d] copies
+        ms, out, why = timed("rocm_bhsd", lambda: kvcache_fn(q, kb, vb, cache_seqlens=seqlens, num_splits=0),
+                             args.quick)
+        add("rocm_bhsd", ms, "contiguous", "[b,hk,s,d] transposed view", why, rel_diff(out, ref))
+        del kb, vb, out
     del kt, vt, expanded
     release()
 
@@ -270,8 +316,9 @@ def run_config(args, kvcache_fn, batch: int, cache: int, dtype: torch.dtype) -> 
 
 
 def backend_names(args) -> list[str]:
-    return (["rocm"] + [f"rocm_paged{p}" for p in args.page_sizes] + list(SDPA_NAMES)
-            + (["rocm_append"] if args.with_append else []) + ["copy"])
+    return (["rocm"] + [f"rocm_splits{n}" for n in args.splits] + (["rocm_bhsd"] if args.probe else [])
+            + [f"rocm_paged{p}" for p in args.page_sizes] + list(SDPA_NAMES)
+            + (["rocm_append"] if args.with_append else []) + ["copy"] + (["read"] if args.probe else []))
 
 
 def print_tables(args, rows: list[dict]):
@@ -287,8 +334,8 @@ def print_tables(args, rows: list[dict]):
         for p in args.page_sizes:
             r[f"p{p}/contig"] = common.ratio(r.get(f"rocm_paged{p}_gbps", math.nan), rocm)
 
-    short = {"rocm_append": "append", "sdpa_flash": "flash", "sdpa_cudnn": "cudnn"}
-    label = {n: short.get(n, n.replace("rocm_paged", "paged")) for n in names}
+    short = {"rocm_append": "append", "sdpa_flash": "flash", "sdpa_cudnn": "cudnn", "rocm_bhsd": "bhsd"}
+    label = {n: short.get(n, n.replace("rocm_paged", "paged").replace("rocm_splits", "s")) for n in names}
     keys = [("batch", "batch", "d"), ("cache", "cache", "d"), ("KV GB", "kv_gb", ".3f")]
     print(f"\n== decode: ms (sq=1 h={HEADS} h_k={HEADS_K} d={HEADDIM} {args.dtype}, {common.device_name()}) ==")
     print(common.format_table(table, keys + [(label[n], f"{n}_ms", ".4f") for n in names]))
