@@ -1,0 +1,24 @@
+"""The benchmark scripts' command lines, checked without a GPU (only their timing needs one)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+bench_decode = pytest.importorskip("bench_decode")
+
+
+def test_decode_lists_forced_splits_and_probes_when_asked():
+    args = bench_decode.parse_args(["--splits", "8", "16", "--probe", "--page-sizes", "16"])
+    assert bench_decode.backend_names(args) == [
+        "rocm", "rocm_splits8", "rocm_splits16", "rocm_bhsd", "rocm_paged16",
+        "sdpa_flash", "sdpa_cudnn", "copy", "read",
+    ]
+
+
+def test_decode_default_run_has_no_probes():
+    names = bench_decode.backend_names(bench_decode.parse_args([]))
+    assert names[0] == "rocm" and "copy" in names
+    assert not {"read", "rocm_bhsd"} & set(names)
+    assert not any(n.startswith("rocm_splits") for n in names)
