@@ -45,6 +45,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import warnings
@@ -151,14 +152,14 @@ def rel_diff(out, ref) -> float:
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
-def read_pass(buf: torch.Tensor):
-    """A function that reads every byte of buf once (int32 sums per program, Triton if present)."""
-    words = buf.view(torch.int32)
+@functools.cache
+def triton_read_kernel():
+    """The read pass's Triton kernel (built once, compiled once), or None without Triton."""
     try:
         import triton
         import triton.language as tl
     except ImportError:
-        return lambda: words.sum()
+        return None
 
     @triton.jit
     def read_kernel(x, partial, n, BLOCK: tl.constexpr, STEPS: tl.constexpr):
@@ -169,8 +170,17 @@ def read_pass(buf: torch.Tensor):
             acc += tl.load(x + offs, mask=offs < n, other=0)
         tl.store(partial + tl.program_id(0), tl.sum(acc))
 
+    return read_kernel
+
+
+def read_pass(buf: torch.Tensor):
+    """A function that reads every byte of buf once (int32 sums per program, Triton if present)."""
+    words = buf.view(torch.int32)
+    read_kernel = triton_read_kernel()
+    if read_kernel is None:
+        return lambda: words.sum()
     block, steps = 4096, 16
-    programs = triton.cdiv(words.numel(), block * steps)
+    programs = (words.numel() + block * steps - 1) // (block * steps)
     partial = torch.empty(programs, dtype=torch.int32, device=buf.device)
     return lambda: read_kernel[(programs,)](words, partial, words.numel(), BLOCK=block, STEPS=steps)
 
@@ -223,7 +233,8 @@ def run_config(args, kvcache_fn, batch: int, cache: int, dtype: torch.dtype) -> 
 
     # SDPA: its own K/V layout, built untimed; expanded to h heads only if GQA is refused.
     qt = q.transpose(1, 2)  # [b, h, 1, d]
-    if args.sdpa_layout == "bhsd" and fits(nbytes):
+    sdpa_copy = args.sdpa_layout == "bhsd" and fits(nbytes)
+    if sdpa_copy:
         kt, vt = (t.transpose(1, 2).contiguous() for t in (k_cache, v_cache))
         layout = "[b,hk,s,d]"
     else:
@@ -249,7 +260,7 @@ def run_config(args, kvcache_fn, batch: int, cache: int, dtype: torch.dtype) -> 
         diff = rel_diff(out.transpose(1, 2) if out is not None else None, ref)
         add(name, ms, variant, layout + (" expanded to h" if variant == "expanded" else ""), why, diff)
         del out
-    if args.probe and kvcache_fn is not None and layout == "[b,hk,s,d]":
+    if args.probe and kvcache_fn is not None and sdpa_copy:
         kb, vb = (t.transpose(1, 2) for t in (kt, vt))  # [b, s, h_k, d] views of the [b, h_k, s, d] copies
         ms, out, why = timed("rocm_bhsd", lambda: kvcache_fn(q, kb, vb, cache_seqlens=seqlens, num_splits=0),
                              args.quick)
