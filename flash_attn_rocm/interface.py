@@ -100,8 +100,10 @@ def _resolve_softmax_scale(softmax_scale, head_dim: int) -> float:
         return 1.0 / math.sqrt(head_dim)
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
-    if not math.isfinite(softmax_scale):
-        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
+    if not math.isfinite(softmax_scale) or softmax_scale < 0:
+        # The kernels scale after taking the row max of the raw scores: a negative scale would
+        # exponentiate the distance to the wrong end of the row and overflow.
+        raise ValueError(f"softmax_scale must be finite and >= 0, got {softmax_scale}")
     return float(softmax_scale)
 
 

@@ -22,7 +22,7 @@ _torch_sdpa = F.scaled_dot_product_attention
 _warned: set[str] = set()
 
 
-def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa) -> str | None:
+def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> str | None:
     tensors = (query, key, value)
     if any(t.device.type != "cuda" for t in tensors):
         return "inputs are not on a CUDA device"
@@ -40,6 +40,8 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, enable_
         return "query and key/value head counts differ without enable_gqa"
     if any(t.stride(-1) != 1 for t in tensors):
         return "a last dimension is not contiguous"
+    if scale is not None and scale < 0:
+        return f"scale {scale} < 0 (the kernels take scale >= 0)"
     if is_causal and query.shape[2] != key.shape[2]:
         return "is_causal with seqlen_q != seqlen_k (PyTorch aligns it top-left)"
     if attn_mask is not None:
@@ -88,7 +90,7 @@ def _padded_keys_attention(q, k, v, keep, scale, dropout_p):
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False):
     """torch.nn.functional.scaled_dot_product_attention's signature and [b, h, s, d] layout."""
-    reason = _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    reason = _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if reason is not None:
         _warn_once(reason)
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,

@@ -45,6 +45,7 @@ INVALID_ARGUMENTS = {
     "k-none": ({"k": None}, TypeError, ARG_K),
     "v-float": ({"v": 1.0}, TypeError, ARG_V),
     "softmax_scale-str": ({"softmax_scale": "0.125"}, TypeError, "softmax_scale"),
+    "softmax_scale-negative": ({"softmax_scale": -0.125}, ValueError, "softmax_scale"),
     "q-3d": ({"q": tensor()[0]}, ValueError, ARG_Q),
     "k-5d": ({"k": tensor()[None]}, ValueError, ARG_K),
     "v-3d": ({"v": tensor()[0]}, ValueError, ARG_V),

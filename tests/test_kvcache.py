@@ -596,6 +596,7 @@ INVALID_ARGUMENTS = {
     "window_size-below-minus-1": ({"window_size": (-2, 0)}, ValueError, "window_size"),
     "window_size-not-a-pair": ({"window_size": (4,)}, TypeError, "window_size"),
     "softcap-negative": ({"softcap": -1.0}, ValueError, "softcap"),
+    "softmax_scale-negative": ({"softmax_scale": -0.5}, ValueError, r"\bsoftmax_scale\b"),
     "cache_leftpad-int64": ({"cache_leftpad": int_tensor([0, 1], torch.int64)}, BAD_TYPE, r"\bcache_leftpad\b"),
     "cache_leftpad-wrong-length": ({"cache_leftpad": int_tensor([0, 1, 2])}, ValueError, r"\bcache_leftpad\b"),
     "alibi_slopes-wrong-heads": ({"alibi_slopes": torch.ones(H + 1)}, ValueError, "alibi_slopes"),

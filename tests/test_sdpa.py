@@ -104,6 +104,7 @@ def test_gradients_flow_like_torch():
     ("float-mask", {"attn_mask": "float"}, "key-padding"),
     ("fp32", {"dtype": torch.float32}, "dtype"),
     ("causal-top-left", {"seqlen_k": 100}, "top-left"),
+    ("negative-scale", {"scale": -0.125}, "scale"),
 ])
 def test_falls_back_with_reason(case, kwargs, reason):
     dtype = kwargs.pop("dtype", torch.float16)

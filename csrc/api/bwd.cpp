@@ -30,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
               "softmax_lse must have shape [batch, nheads, seqlen_q] = ", at::IntArrayRef({batch, h, seqlen_q}),
               ", got ", softmax_lse.sizes());
   TORCH_CHECK(softmax_lse.is_contiguous(), "softmax_lse must be contiguous");
-  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite");
+  check_softmax_scale(softmax_scale);
 
   auto dq = at::empty({batch, seqlen_q, h, head_dim}, q.options());
   auto dk = at::empty({batch, seqlen_k, h_k, head_dim}, q.options());

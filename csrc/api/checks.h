@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "../kernels/api.h"
 #include "../kernels/platform.h"
 
@@ -71,6 +73,13 @@ inline void check_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const 
   check_same(q, dout, "dout");
   check_same_shape(out, q, "out", "q");
   check_same_shape(dout, q, "dout", "q");
+}
+
+// The kernels take the row max of the raw scores and scale after it, which is the softmax's max
+// only for a scale >= 0.
+inline void check_softmax_scale(double softmax_scale) {
+  TORCH_CHECK(std::isfinite(softmax_scale) && softmax_scale >= 0, "softmax_scale must be finite and >= 0, got ",
+              softmax_scale);
 }
 
 inline flash::DType kernel_dtype(const at::Tensor& t) {

@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h = q.size(2), head_dim = q.size(3);
   TORCH_CHECK(batch <= 65535, "batch must be at most 65535");
-  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite");
+  check_softmax_scale(softmax_scale);
 
   auto out = at::empty({batch, seqlen_q, h, head_dim}, q.options());
   auto softmax_lse = at::empty({batch, h, seqlen_q}, q.options().dtype(at::kFloat));

@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
               "head dim must be a multiple of 8 and at most 256 (and compiled into this build), got ", head_dim);
   TORCH_CHECK(h_k > 0 && h % h_k == 0, "nheads of q (", h, ") must be divisible by nheads of k_cache (", h_k, ")");
   TORCH_CHECK(batch <= 65535 && h <= 65535, "batch and nheads must be at most 65535");
-  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite");
+  check_softmax_scale(softmax_scale);
   TORCH_CHECK(num_splits >= 0 && num_splits <= 128, "num_splits must be in [0, 128] (0: heuristic), got ", num_splits);
   TORCH_CHECK(k_new.has_value() == v_new.has_value(), "k and v must be given together");
   TORCH_CHECK(!rotary_cos.has_value() || k_new.has_value(), "rotary_cos/rotary_sin need the new k and v");

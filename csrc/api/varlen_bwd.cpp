@@ -29,7 +29,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
   TORCH_CHECK(softmax_lse.sizes() == at::IntArrayRef({h, total_q}), "softmax_lse must have shape [nheads, total_q] = ",
               at::IntArrayRef({h, total_q}), ", got ", softmax_lse.sizes());
   TORCH_CHECK(softmax_lse.is_contiguous(), "softmax_lse must be contiguous");
-  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite");
+  check_softmax_scale(softmax_scale);
 
   auto dq = at::zeros_like(q, at::MemoryFormat::Contiguous);
   auto dk = at::zeros_like(k, at::MemoryFormat::Contiguous);

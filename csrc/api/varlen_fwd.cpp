@@ -26,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, c
   TORCH_CHECK(cu_seqlens_q.size(0) == cu_seqlens_k.size(0), "cu_seqlens_q and cu_seqlens_k must have the same length");
   TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0, "max_seqlen_q and max_seqlen_k must be >= 0");
   TORCH_CHECK(cu_seqlens_q.size(0) - 1 <= 65535, "batch must be at most 65535");
-  TORCH_CHECK(std::isfinite(softmax_scale), "softmax_scale must be finite");
+  check_softmax_scale(softmax_scale);
 
   const int64_t total_q = q.size(0), h = q.size(1);
   auto out = at::empty_like(q, at::MemoryFormat::Contiguous);

@@ -174,6 +174,8 @@ def _fallback_reason(q, k, v, attention_mask, opts: _Options) -> str | None:
         return f"{q.shape[2]} query heads over {k.shape[2]} key/value heads"
     if opts.sinks is not None:
         return "attention sinks (s_aux)"
+    if opts.scale < 0:
+        return f"scaling {opts.scale} < 0 (the kernels take a scale >= 0)"
     if attention_mask is not None and attention_mask.dim() != 2:
         return f"a {attention_mask.dim()}-D attention mask (the kernels take a 2-D padding mask)"
     return None
