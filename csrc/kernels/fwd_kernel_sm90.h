@@ -190,7 +190,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   } else {
     // Consumers: warpgroup c owns query rows 64 c .. 64 c + 63 of each tile.
     warpgroup_registers_inc<Traits::kConsumerRegs>();
-    // consumer_warp (0 .. 7) counts the warps of both consumers: its strip is rows 16 consumer_warp .. + 15.
     const int consumer = warpgroup - 1, consumer_warp = warp - 4;
     const uint32_t q_addr = smem_u32(sQ), k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
@@ -206,7 +205,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if constexpr (kQInRegisters) {
 #pragma unroll
           for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-            load_matrix_x4(q_frag[kk], QTile::a_fragment_row(sQ, 16 * consumer_warp, kk, lane));
+            load_matrix_x4(q_frag[kk], QTile::a_fragment_row(sQ, 64 * consumer + 16 * consumer_warp, kk, lane));
           }
           mbarrier_arrive(q_empty);
         }
