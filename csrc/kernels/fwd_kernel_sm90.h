@@ -8,8 +8,8 @@
 // 16-row strip 16 (4 g + w), so each thread holds the same fragments as in the sm80 kernel (the
 // online softmax and the masks are shared). Per key block:
 //
-//   wait K | S = Q K^T (wgmma, smem x smem) | mask, softmax | wait V |
-//   O += P V (wgmma, P from registers, V read N-major) | release the stage
+//   wait K | S = Q K^T (wgmma, K from smem; Q from registers at d <= 128) | mask, softmax |
+//   wait V | O += P V (wgmma, P from registers, V read N-major) | release the stage
 //
 // At head dims 64 and 128 each consumer overlaps its own softmax with its products (S(i + 1)
 // and P(i) V(i) are in flight while it runs the softmax of S(i + 1): kOverlapSoftmax), and the
@@ -48,6 +48,9 @@ struct FwdTraitsSm90 {
   static constexpr bool kOverlapSoftmax = kHeadDim <= 128;
   static constexpr bool kPingPong = kHeadDim <= 128;
   static_assert(!kPingPong || kOverlapSoftmax, "the turns are taken in the overlapped loop only");
+  // Q's fragments in registers (32 a thread at d128): S = Q K^T reads only K from shared memory,
+  // and Q's buffer is free for the next tile as soon as the consumers have loaded it.
+  static constexpr bool kQInRegisters = kHeadDim <= 128;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
@@ -95,6 +98,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
   constexpr int kStages = Traits::kStages, kNTiles = Traits::kNTiles, kDTiles = Traits::kDTiles;
+  constexpr bool kQInRegisters = Traits::kQInRegisters;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
 
@@ -103,7 +107,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   T* sK = sQ + QTile::kElems;              // [kStages][KVTile::kElems]
   T* sV = sK + kStages * KVTile::kElems;   // [kStages][KVTile::kElems]
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Traits::kTileBytes);
-  uint64_t* q_empty = q_full + 1;          // both consumers have their last S of the tile back
+  uint64_t* q_empty = q_full + 1;          // both consumers are done reading the tile's Q
   uint64_t* k_full = q_empty + 1;          // [kStages]: the producer's copies landed
   uint64_t* v_full = k_full + kStages;     // [kStages]
   uint64_t* empty = v_full + kStages;      // [kStages]: both consumers are done with the stage
@@ -186,6 +190,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   } else {
     // Consumers: warpgroup c owns query rows 64 c .. 64 c + 63 of each tile.
     warpgroup_registers_inc<Traits::kConsumerRegs>();
+    // consumer_warp (0 .. 7) counts the warps of both consumers: its strip is rows 16 consumer_warp .. + 15.
     const int consumer = warpgroup - 1, consumer_warp = warp - 4;
     const uint32_t q_addr = smem_u32(sQ), k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
@@ -195,7 +200,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       float acc_o[1][kDTiles][4] = {};
       OnlineSoftmax<1, kNTiles, kDTiles> softmax;
       const int thread_row0 = row_begin + 16 * consumer_warp + lane / 4;
-      if (n_blocks > 0) mbarrier_wait(q_full, q_tiles & 1);
+      uint32_t q_frag[kQInRegisters ? kHeadDim / 16 : 1][4];
+      if (n_blocks > 0) {
+        mbarrier_wait(q_full, q_tiles & 1);
+        if constexpr (kQInRegisters) {
+#pragma unroll
+          for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+            load_matrix_x4(q_frag[kk], QTile::a_fragment_row(sQ, 16 * consumer_warp, kk, lane));
+          }
+          mbarrier_arrive(q_empty);
+        }
+      }
 
       // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps
       // the second product and O is rescaled once it is back. Otherwise one product at a time.
@@ -208,8 +223,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-          wgmma_ss<kBlockN, T>(acc_s[0], QTile::k_major(q_addr, 64 * consumer, kk),
-                               KVTile::k_major(k_addr + stage_of(i) * kStageBytes, 0, kk), kk > 0);
+          const uint64_t k_desc = KVTile::k_major(k_addr + stage_of(i) * kStageBytes, 0, kk);
+          if constexpr (kQInRegisters) {
+            wgmma_rs_k_major<kBlockN, T>(acc_s[0], q_frag[kk], k_desc, kk > 0);
+          } else {
+            wgmma_ss<kBlockN, T>(acc_s[0], QTile::k_major(q_addr, 64 * consumer, kk), k_desc, kk > 0);
+          }
         }
         wgmma_commit();
       };
@@ -256,7 +275,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         for (int i = 0; i < n_blocks; ++i) {
           scores(i);
           wgmma_wait<0>();
-          if (i + 1 == n_blocks) mbarrier_arrive(q_empty);
+          if (!kQInRegisters && i + 1 == n_blocks) mbarrier_arrive(q_empty);
           float o_factor[2];
           softmax_of(i, o_factor);
           softmax.rescale(acc_o, o_factor);
@@ -288,12 +307,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           softmax.rescale(acc_o, o_factor);
           pack_p();
         }
-        mbarrier_arrive(q_empty);
+        if constexpr (!kQInRegisters) mbarrier_arrive(q_empty);
         accumulate_pv(n_blocks - 1);
         wgmma_wait<0>();
         wgmma_fence_operands(acc_o[0]);
         release(n_blocks - 1);
       }
+      // The hardware reads Q's fragments until the tile's last S is back: keep them allocated.
+      if constexpr (kQInRegisters) wgmma_fence_operands(q_frag);
       step0 += n_blocks;
       q_tiles += n_blocks > 0;
 

@@ -34,6 +34,14 @@ struct GmmaTile {
     for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * kColBlockElems, map, bar, 64 * cb, row, head, batch);
   }
 
+  // Where lane `lane` points ldmatrix (x4) for the A fragments (mma.sync's layout) of rows
+  // row0 .. row0 + 15 and head-dim elements 16 kk .. 16 kk + 15: row row0 + lane % 16, 16-byte
+  // chunk 2 kk + lane / 16 (matrices: rows 0-7 / 8-15 of the low 8 columns, then of the high 8).
+  template <class T>
+  static FA_DEVICE const T* a_fragment_row(const T* tile, int row0, int kk, int lane) {
+    return tile + offset(row0 + lane % 16, 2 * kk + lane / 16);
+  }
+
   // A descriptor for the tile plus a byte offset (a multiple of 16): the start address sits in the
   // low 14 bits in 16-byte units and never carries out of them (shared memory < 256 KB), so the
   // offset adds to the whole descriptor. The base is the same for every k step of a product, so

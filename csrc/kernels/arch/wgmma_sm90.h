@@ -28,6 +28,9 @@ template <int N, class T> FA_DEVICE void wgmma_ss(float (&d)[N / 8][4], uint64_t
 // Same with A from registers (mma.sync's A fragment layout per warp) and B N-major (transposed).
 template <int N, class T>
 FA_DEVICE void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate);
+// Same with B K-major (S = Q K^T with Q's fragments held in registers).
+template <int N, class T>
+FA_DEVICE void wgmma_rs_k_major(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate);
 // Same as wgmma_ss with both operands MN-major (transposed): A is 16 x 64, B is 16 x N, each
 // with its k rows apart (the backward's dQ = dS K reads dS^T and K as stored).
 template <int N, class T>
@@ -135,7 +138,7 @@ FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shar
 // operands (FA_WGMMA_ACC_<N>: N / 2 floats a thread) and their placeholders %0 ..
 // (FA_WGMMA_REGS_<N>, without braces); the A registers, the descriptors and the accumulate
 // predicate are numbered after them. SS: A and B from shared memory, K-major ("0, 0") or
-// MN-major ("1, 1"); RS: A from registers, B N-major.
+// MN-major ("1, 1"); RS: A from registers, B N-major ("1") or K-major ("0").
 #define FA_WGMMA_ACC4(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
 #define FA_WGMMA_ACC_64 \
   FA_WGMMA_ACC4(0), FA_WGMMA_ACC4(1), FA_WGMMA_ACC4(2), FA_WGMMA_ACC4(3), FA_WGMMA_ACC4(4), \
@@ -171,14 +174,14 @@ FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shar
                  : FA_WGMMA_ACC_##N                                                                 \
                  : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                      \
   }
-#define FA_WGMMA_RS(N, T, PTX_T, A0, A1, A2, A3, DB, P)                                             \
+#define FA_WGMMA_RS(NAME, N, T, PTX_T, TRANS_B, A0, A1, A2, A3, DB, P)                              \
   template <>                                                                                       \
-  FA_DEVICE void wgmma_rs<N, T>(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b,      \
-                                int accumulate) {                                                   \
+  FA_DEVICE void NAME<N, T>(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b,          \
+                            int accumulate) {                                                       \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P ", 0;\n"                                   \
                  "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_T "." PTX_T " "              \
                  "{" FA_WGMMA_REGS_##N "}, {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #DB         \
-                 ", p, 1, 1, 1;\n}\n"                                                               \
+                 ", p, 1, 1, " TRANS_B ";\n}\n"                                                     \
                  : FA_WGMMA_ACC_##N                                                                 \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));       \
   }
@@ -188,19 +191,21 @@ FA_WGMMA_SS(wgmma_ss, 64, half_t, "f16", "0, 0", 32, 33, 34)
 FA_WGMMA_SS(wgmma_ss, 64, bf16_t, "bf16", "0, 0", 32, 33, 34)
 FA_WGMMA_SS(wgmma_ss_mn_major, 64, half_t, "f16", "1, 1", 32, 33, 34)
 FA_WGMMA_SS(wgmma_ss_mn_major, 64, bf16_t, "bf16", "1, 1", 32, 33, 34)
-FA_WGMMA_RS(64, half_t, "f16", 32, 33, 34, 35, 36, 37)
-FA_WGMMA_RS(64, bf16_t, "bf16", 32, 33, 34, 35, 36, 37)
+FA_WGMMA_RS(wgmma_rs, 64, half_t, "f16", "1", 32, 33, 34, 35, 36, 37)
+FA_WGMMA_RS(wgmma_rs, 64, bf16_t, "bf16", "1", 32, 33, 34, 35, 36, 37)
 // m64n80: the forward's S at head dim 256 (80-key blocks).
 FA_WGMMA_SS(wgmma_ss, 80, half_t, "f16", "0, 0", 40, 41, 42)
 FA_WGMMA_SS(wgmma_ss, 80, bf16_t, "bf16", "0, 0", 40, 41, 42)
-// m64n128: S over 128 keys, S^T and dP^T over 128 queries (head dim 64); P V, dV, dK at 128.
+// m64n128: S over 128 keys (Q from shared memory or registers), S^T and dP^T over 128 queries (head dim 64); P V, dV, dK at 128.
 FA_WGMMA_SS(wgmma_ss, 128, half_t, "f16", "0, 0", 64, 65, 66)
 FA_WGMMA_SS(wgmma_ss, 128, bf16_t, "bf16", "0, 0", 64, 65, 66)
-FA_WGMMA_RS(128, half_t, "f16", 64, 65, 66, 67, 68, 69)
-FA_WGMMA_RS(128, bf16_t, "bf16", 64, 65, 66, 67, 68, 69)
+FA_WGMMA_RS(wgmma_rs, 128, half_t, "f16", "1", 64, 65, 66, 67, 68, 69)
+FA_WGMMA_RS(wgmma_rs, 128, bf16_t, "bf16", "1", 64, 65, 66, 67, 68, 69)
+FA_WGMMA_RS(wgmma_rs_k_major, 128, half_t, "f16", "0", 64, 65, 66, 67, 68, 69)
+FA_WGMMA_RS(wgmma_rs_k_major, 128, bf16_t, "bf16", "0", 64, 65, 66, 67, 68, 69)
 // m64n256: the forward's P V at head dim 256 (O is 128 registers a thread).
-FA_WGMMA_RS(256, half_t, "f16", 128, 129, 130, 131, 132, 133)
-FA_WGMMA_RS(256, bf16_t, "bf16", 128, 129, 130, 131, 132, 133)
+FA_WGMMA_RS(wgmma_rs, 256, half_t, "f16", "1", 128, 129, 130, 131, 132, 133)
+FA_WGMMA_RS(wgmma_rs, 256, bf16_t, "bf16", "1", 128, 129, 130, 131, 132, 133)
 
 #undef FA_WGMMA_RS
 #undef FA_WGMMA_SS
