@@ -147,6 +147,9 @@ FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shar
 #define FA_WGMMA_ACC_128 \
   FA_WGMMA_ACC_64, FA_WGMMA_ACC4(8), FA_WGMMA_ACC4(9), FA_WGMMA_ACC4(10), FA_WGMMA_ACC4(11), \
   FA_WGMMA_ACC4(12), FA_WGMMA_ACC4(13), FA_WGMMA_ACC4(14), FA_WGMMA_ACC4(15)
+#define FA_WGMMA_ACC_192 \
+  FA_WGMMA_ACC_128, FA_WGMMA_ACC4(16), FA_WGMMA_ACC4(17), FA_WGMMA_ACC4(18), FA_WGMMA_ACC4(19), \
+  FA_WGMMA_ACC4(20), FA_WGMMA_ACC4(21), FA_WGMMA_ACC4(22), FA_WGMMA_ACC4(23)
 #define FA_WGMMA_ACC_256 \
   FA_WGMMA_ACC_128, FA_WGMMA_ACC4(16), FA_WGMMA_ACC4(17), FA_WGMMA_ACC4(18), FA_WGMMA_ACC4(19), \
   FA_WGMMA_ACC4(20), FA_WGMMA_ACC4(21), FA_WGMMA_ACC4(22), FA_WGMMA_ACC4(23), FA_WGMMA_ACC4(24), \
@@ -159,6 +162,9 @@ FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shar
 #define FA_WGMMA_REGS_128 \
   FA_WGMMA_REGS_64 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, " \
   "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define FA_WGMMA_REGS_192 \
+  FA_WGMMA_REGS_128 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, " \
+  "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
 #define FA_WGMMA_REGS_256 \
   FA_WGMMA_REGS_128 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, " \
   "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, " \
@@ -203,6 +209,9 @@ FA_WGMMA_RS(wgmma_rs, 128, half_t, "f16", "1", 64, 65, 66, 67, 68, 69)
 FA_WGMMA_RS(wgmma_rs, 128, bf16_t, "bf16", "1", 64, 65, 66, 67, 68, 69)
 FA_WGMMA_RS(wgmma_rs_k_major, 128, half_t, "f16", "0", 64, 65, 66, 67, 68, 69)
 FA_WGMMA_RS(wgmma_rs_k_major, 128, bf16_t, "bf16", "0", 64, 65, 66, 67, 68, 69)
+// m64n192: the forward's S at head dim 64 (192-key blocks, Q from registers).
+FA_WGMMA_RS(wgmma_rs_k_major, 192, half_t, "f16", "0", 96, 97, 98, 99, 100, 101)
+FA_WGMMA_RS(wgmma_rs_k_major, 192, bf16_t, "bf16", "0", 96, 97, 98, 99, 100, 101)
 // m64n256: the forward's P V at head dim 256 (O is 128 registers a thread).
 FA_WGMMA_RS(wgmma_rs, 256, half_t, "f16", "1", 128, 129, 130, 131, 132, 133)
 FA_WGMMA_RS(wgmma_rs, 256, bf16_t, "bf16", "1", 128, 129, 130, 131, 132, 133)
@@ -215,6 +224,8 @@ FA_WGMMA_RS(wgmma_rs, 256, bf16_t, "bf16", "1", 128, 129, 130, 131, 132, 133)
 #undef FA_WGMMA_ACC_80
 #undef FA_WGMMA_REGS_128
 #undef FA_WGMMA_ACC_128
+#undef FA_WGMMA_REGS_192
+#undef FA_WGMMA_ACC_192
 #undef FA_WGMMA_REGS_256
 #undef FA_WGMMA_ACC_256
 #undef FA_WGMMA_ACC4
