@@ -66,6 +66,42 @@ def test_hopper_forward_varlen(causal):
         assert_within_eager_error(out_portable[rows][None], out_ref, out_pt)
 
 
+# Head dim 64 without the causal mask takes 192-key blocks from 4096 keys on (fwd_launch_sm90.h);
+# the last blocks here are partial, and a window leaves whole blocks out.
+@pytest.mark.parametrize("seqlen_q, seqlen_k",
+                         [(1, 4096), pytest.param(131, 4133, marks=pytest.mark.sanitizer), (4133, 4133)])
+@pytest.mark.parametrize("window_size", [(-1, -1), (500, 70)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hopper_forward_wide_key_blocks(dtype, window_size, seqlen_q, seqlen_k):
+    q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=4, nheads_k=2, head_dim=64,
+                       dtype=dtype)
+    poison_allocator_cache((q.shape, q.dtype))
+    (out, lse, _), (out_portable, lse_portable, _) = both_paths(
+        lambda: flash_attn_func(q, k, v, window_size=window_size, return_attn_probs=True))
+    out_ref, lse_ref = attention_ref(q, k, v, False, window_size=window_size)
+    out_pt, _ = attention_ref(q, k, v, False, window_size=window_size, upcast=False)
+    assert_within_eager_error(out, out_ref, out_pt)
+    seen = lse_ref.isfinite()
+    torch.testing.assert_close(lse[seen], lse_ref[seen], atol=1e-3, rtol=0)
+    torch.testing.assert_close(lse, lse_portable, atol=1e-3, rtol=0)
+
+
+def test_hopper_forward_varlen_wide_key_blocks():
+    # The longest sequence picks the key-block width for all of them, the short ones included.
+    lengths = [17, 4100, 0, 300]
+    cu = cu_seqlens(lengths)
+    q, k, v = (t[0] for t in make_qkv(batch=1, seqlen_q=sum(lengths), nheads=4, nheads_k=4, head_dim=64))
+    out, out_portable = both_paths(lambda: flash_attn_varlen_func(q, k, v, cu, cu, max(lengths), max(lengths)))
+    for b, length in enumerate(lengths):
+        if length == 0:
+            continue
+        rows = slice(cu[b].item(), cu[b + 1].item())
+        out_ref, _ = attention_ref(q[rows][None], k[rows][None], v[rows][None], False)
+        out_pt, _ = attention_ref(q[rows][None], k[rows][None], v[rows][None], False, upcast=False)
+        assert_within_eager_error(out[rows][None], out_ref, out_pt)
+        assert_within_eager_error(out_portable[rows][None], out_ref, out_pt)
+
+
 def test_hopper_forward_strided_inputs_and_backward():
     # [b, h, s, d] views (as transformers passes them) and the gradients of the portable backward
     # on the Hopper forward's output.

@@ -32,15 +32,15 @@
 
 namespace flash {
 
-template <class T_, int kHeadDim_>
+// Head dim 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the key
+// blocks shrink to 80 and two stages fit (64 KB of Q + 2 x 80 KB). Head dim 64 may take 192-key
+// blocks (S 96 registers a thread, three stages of 48 KB): a block step's products are half of
+// d128's for the same softmax and barriers (run_fwd_sm90 says when).
+template <class T_, int kHeadDim_, int kBlockN_ = kHeadDim_ <= 128 ? 128 : 80>
 struct FwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  // Head dim 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the
-  // key blocks shrink to 80 and two stages fit (64 KB of Q + 2 x 80 KB). Head dim 64: a block
-  // step's products are half of d128's for the same softmax and barriers, so the key blocks
-  // grow to 192 (S 96 registers a thread, three stages of 48 KB).
-  static constexpr int kBlockM = 128, kBlockN = kHeadDim == 64 ? 192 : kHeadDim <= 128 ? 128 : 80;
+  static constexpr int kBlockM = 128, kBlockN = kBlockN_;
   static constexpr int kStages = kHeadDim <= 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   // One producer thread issues the TMA copies; the consumers take the registers.
