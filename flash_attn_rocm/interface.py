@@ -101,8 +101,8 @@ def _resolve_softmax_scale(softmax_scale, head_dim: int) -> float:
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
     if not math.isfinite(softmax_scale) or softmax_scale < 0:
-        # The kernels scale after taking the row max of the raw scores: a negative scale would
-        # exponentiate the distance to the wrong end of the row and overflow.
+        # The kernels scale after taking the row max of the raw scores: with a negative scale
+        # the exponents are distances from the wrong end of the row, and the fp16 P can overflow.
         raise ValueError(f"softmax_scale must be finite and >= 0, got {softmax_scale}")
     return float(softmax_scale)
 
