@@ -21,6 +21,8 @@ def test_version_matches_pyproject():
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
     with PYPROJECT.open("rb") as f:
         declared = tomllib.load(f)["project"]["version"]
+    if flash_attn_rocm.__version__ == "0.0.0+unknown":
+        pytest.skip("flash_attn_rocm is not installed (a source tree on PYTHONPATH has no metadata)")
     assert flash_attn_rocm.__version__ == declared
 
 
