@@ -202,7 +202,8 @@ FA_WGMMA_RS(wgmma_rs, 64, bf16_t, "bf16", "1", 32, 33, 34, 35, 36, 37)
 // m64n80: the forward's S at head dim 256 (80-key blocks).
 FA_WGMMA_SS(wgmma_ss, 80, half_t, "f16", "0, 0", 40, 41, 42)
 FA_WGMMA_SS(wgmma_ss, 80, bf16_t, "bf16", "0, 0", 40, 41, 42)
-// m64n128: S over 128 keys (Q from shared memory or registers), S^T and dP^T over 128 queries (head dim 64); P V, dV, dK at 128.
+// m64n128: S over 128 keys (Q from shared memory or registers), S^T and dP^T over 128 queries
+// (head dim 64); P V, dV, dK at 128.
 FA_WGMMA_SS(wgmma_ss, 128, half_t, "f16", "0, 0", 64, 65, 66)
 FA_WGMMA_SS(wgmma_ss, 128, bf16_t, "bf16", "0, 0", 64, 65, 66)
 FA_WGMMA_RS(wgmma_rs, 128, half_t, "f16", "1", 64, 65, 66, 67, 68, 69)
