@@ -6,8 +6,12 @@ TORCH_VERSION ?= 2.11.0
 HIP_ARCHS ?= gfx90a gfx940
 HIPCC ?= hipcc
 HIP_BUILD := build/hip-check
+# Debian's AMD toolchains for the ISA gates (tests/test_amd_isa.py): hipcc 5.2 (gfx90a, gfx940),
+# clang/LLVM 19 (gfx942, gfx1100, gfx1201) and 22 (gfx950). Compile only.
+AMD_PACKAGES := hipcc clang-19 lld-19 llvm-19 clang-22 lld-22 llvm-22
+AMD_TOOLS := hipcc clang++-19 llvm-as-19 llvm-mca-19 clang++-22 llvm-as-22
 
-.PHONY: deps build test bench hip-check gpu-check clean
+.PHONY: deps amd-toolchains build test bench hip-check amd-isa gpu-check clean
 
 # torch from PyPI (its CUDA 13 build, matching nvcc 13); kept if some torch is already there.
 deps:
@@ -15,10 +19,24 @@ deps:
 	@$(PYTHON) -c "import setuptools, wheel, ninja, pytest, numpy" 2>/dev/null || \
 		$(PIP) install setuptools wheel ninja pytest numpy
 
+# Installs the AMD toolchains where one is missing and apt-get can (root); without them the
+# ISA gates skip, except under CI=true, where they fail.
+amd-toolchains:
+	@missing=$$(for t in $(AMD_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "installing the AMD toolchains (missing: $$(echo $$missing))"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				$(AMD_PACKAGES) >/dev/null; \
+		else \
+			echo "AMD toolchains missing ($$(echo $$missing)): apt-get install $(AMD_PACKAGES)"; \
+		fi; \
+	fi
+
 build: deps
 	$(PIP) install --no-build-isolation --no-deps -e .
 
-test: build
+test: build amd-toolchains
 	$(PYTHON) -m pytest -q tests
 
 # bench_llm.py needs transformers 5 (it switches a built model between attention implementations).
@@ -31,14 +49,18 @@ bench: build
 
 # Compiles the kernel library (no torch) for AMD GPUs with Debian's hipcc: compile only, never
 # run here. -O1 keeps the check quick; the scalar fallback MMA layer is what compiles for now.
-hip-check:
-	@command -v $(HIPCC) >/dev/null || (apt-get update && apt-get install -y hipcc)
+hip-check: amd-toolchains
 	@mkdir -p $(HIP_BUILD)
 	@$(PYTHON) tools/generate_kernels.py --out-dir $(HIP_BUILD)/generated | \
 		xargs -P $$(nproc) -I{} sh -c 'echo "hipcc $(HIP_ARCHS:%=--offload-arch=%) $$(basename {})" && \
 			$(HIPCC) -x hip -std=c++17 -O1 -Werror $(HIP_ARCHS:%=--offload-arch=%) -I csrc/kernels -c {} \
 			-o $(HIP_BUILD)/$$(basename {} .cu).o' || (echo "hip-check: FAILED"; exit 1)
 	@echo "hip-check: the kernel library compiles for $(HIP_ARCHS) (compile only, not run)"
+
+# The ISA report over every head dim and dtype for every AMD target (device assembly at -O3,
+# cached in build/amd-isa): rewrites docs/amd_isa_report.md. Compile only, never run.
+amd-isa: amd-toolchains
+	$(PYTHON) tools/amd_isa_report.py --head-dims all --dtypes all --out docs/amd_isa_report.md
 
 # For the lent GPU machine: build there, run the GPU tests and the benchmark, logs under $OUT.
 gpu-check:
