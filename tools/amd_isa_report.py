@@ -103,8 +103,8 @@ class Hardware:
     - SGPRs (GFX9 only): at most 100 of them keep 8 waves;
     - LDS: a workgroup over lds_per_workgroup cannot launch (0 waves); otherwise
       lds_per_cu // LDS workgroups share one CU (RDNA: one WGP in WGP mode), their waves spread
-      over its simds_per_cu SIMDs (the busiest SIMD's count: rounded up). 64 KiB a workgroup and a CU on CDNA2/3, 160 KiB on CDNA4;
-      64 KiB a workgroup and 128 KiB a WGP on RDNA3/4;
+      over its simds_per_cu SIMDs (the busiest SIMD's count: rounded up). 64 KiB a workgroup
+      and a CU on CDNA2/3, 160 KiB on CDNA4; 64 KiB a workgroup and 128 KiB a WGP on RDNA3/4;
     - max_waves per SIMD: 8 on CDNA2/3/4 (gfx90a and later), 16 on RDNA3/4.
     """
 
@@ -157,6 +157,7 @@ class Toolchain:
     compiler: str       # executable on PATH
     llvm_suffix: str    # "-19": llvm-dis-19 etc. prepare the device libraries; "" for hipcc
     flags: tuple = ()
+    link_hip_bitcode: bool = False  # link hip.bc ourselves (HIP 5.2's __syncthreads calls into it)
 
     @property
     def uses_hipcc(self) -> bool:
@@ -169,9 +170,9 @@ TOOLCHAINS = {
     "gfx942": Toolchain("clang++-19", "-19"),
     "gfx1100": Toolchain("clang++-19", "-19"),
     "gfx1201": Toolchain("clang++-19", "-19"),
-    # clang 22 defaults to code object v6, which ROCm 5.2's device library predates; it no longer
-    # links hip.bc (HIP 5.2's __syncthreads calls into it) by itself.
-    "gfx950": Toolchain("clang++-22", "-22", ("-mcode-object-version=5",)),
+    # clang 22 defaults to code object v6, which ROCm 5.2's device library predates, and no
+    # longer links hip.bc by itself.
+    "gfx950": Toolchain("clang++-22", "-22", ("-mcode-object-version=5",), link_hip_bitcode=True),
 }
 TARGETS = tuple(TOOLCHAINS)
 
@@ -209,12 +210,14 @@ def device_lib_dir(chain: Toolchain, build_dir: Path) -> Path:
     template = subprocess.run([f"llvm-dis{chain.llvm_suffix}", str(DEBIAN_BITCODE / "oclc_isa_version_940.bc"), "-o", "-"],
                               check=True, capture_output=True, text=True).stdout
     for target, version in ISA_VERSION.items():
-        target_bc = out / f"oclc_isa_version_{target[3:]}.bc"
-        if target_bc.exists() and not target_bc.is_symlink():
+        name = f"oclc_isa_version_{target[3:]}.bc"
+        if (DEBIAN_BITCODE / name).exists():  # a newer package ships it: linked above
             continue
         text = re.sub(r"constant i32 9400\b", f"constant i32 {version}", template)
         assert text != template, "unexpected layout of oclc_isa_version_940.bc"
-        subprocess.run([f"llvm-as{chain.llvm_suffix}", "-", "-o", str(target_bc)], input=text, check=True, text=True)
+        partial = out / f"{name}.partial"
+        subprocess.run([f"llvm-as{chain.llvm_suffix}", "-", "-o", str(partial)], input=text, check=True, text=True)
+        partial.replace(out / name)
     (out / "complete").write_text("")
     return out
 
@@ -225,7 +228,7 @@ def compile_command(source: Path, target: str, output: Path, build_dir: Path) ->
     if not chain.uses_hipcc:
         libs = device_lib_dir(chain, build_dir)
         cmd.append(f"--rocm-device-lib-path={libs}")
-        if chain.compiler == "clang++-22":
+        if chain.link_hip_bitcode:
             cmd += ["-Xclang", "-mlink-builtin-bitcode", "-Xclang", str(libs / "hip.bc")]
     return cmd + ["-I", str(KERNEL_DIR), str(source), "-o", str(output)]
 
@@ -379,9 +382,8 @@ class KernelMetadata:
     symbol: str
     fields: dict  # the scalar fields of the kernel's entry in amdhsa.kernels, e.g. "vgpr_count"
 
-    def get(self, name: str, default: int = 0) -> int:
-        value = self.fields.get(name, default)
-        return int(value) if isinstance(value, int) or str(value).lstrip("-").isdigit() else value
+    def number(self, name: str) -> int:
+        return int(self.fields.get(name, 0))
 
 
 def parse_metadata(asm: str) -> list[KernelMetadata]:
@@ -516,10 +518,13 @@ def natural_loops(blocks: list[Block]) -> list[set[int]]:
 class LoopSummary:
     instructions: int = 0
     matrix_instructions: int = 0
-    has_matrix: bool = False
     matrix_cycles: int = 0
     matrix_flops: int = 0
     unknown_matrix: tuple = ()  # matrix mnemonics missing from the cycle table
+
+    @property
+    def has_matrix(self) -> bool:
+        return self.matrix_instructions > 0
 
 
 def summarise(instructions: list[tuple[str, str]], hardware: Hardware) -> LoopSummary:
@@ -534,7 +539,6 @@ def summarise(instructions: list[tuple[str, str]], hardware: Hardware) -> LoopSu
             else:
                 summary.matrix_cycles += op.cycles
                 summary.matrix_flops += op.flops
-    summary.has_matrix = summary.matrix_instructions > 0
     summary.unknown_matrix = tuple(sorted(unknown))
     return summary
 
@@ -703,15 +707,15 @@ def kernel_reports(asm_text: str, target: str, dynamic_lds: dict[str, int],
         body = summarise([ins for b in blocks for ins in b.instructions], hardware)
         label = re.search(rf"^{re.escape(meta.symbol)}:", asm_text, re.M)
         occupancy = OCCUPANCY_COMMENT.search(asm_text, label.end()) if label else None
-        agprs, total = meta.get("agpr_count"), meta.get("vgpr_count")
+        agprs, total = meta.number("agpr_count"), meta.number("vgpr_count")
         reports.append(KernelReport(
             name=name, target=target, symbol=meta.symbol,
             vgprs=total - agprs if agprs else total, agprs=agprs, total_vgprs=total,
-            sgprs=meta.get("sgpr_count"), vgpr_spills=meta.get("vgpr_spill_count"),
-            sgpr_spills=meta.get("sgpr_spill_count"), scratch=meta.get("private_segment_fixed_size"),
+            sgprs=meta.number("sgpr_count"), vgpr_spills=meta.number("vgpr_spill_count"),
+            sgpr_spills=meta.number("sgpr_spill_count"), scratch=meta.number("private_segment_fixed_size"),
             dynamic_stack=str(meta.fields.get("uses_dynamic_stack", "false")) == "true",
-            static_lds=meta.get("group_segment_fixed_size"), dynamic_lds=dynamic,
-            workgroup_size=meta.get("max_flat_workgroup_size"), wavefront=meta.get("wavefront_size"),
+            static_lds=meta.number("group_segment_fixed_size"), dynamic_lds=dynamic,
+            workgroup_size=meta.number("max_flat_workgroup_size"), wavefront=meta.number("wavefront_size"),
             matrix_instructions=body.matrix_instructions, instructions=body.instructions,
             calls=sum(mnemonic == "s_swappc_b64" for b in blocks for mnemonic, _ in b.instructions),
             loop=steady_state_loop(blocks, hardware),
