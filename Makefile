@@ -9,7 +9,7 @@ HIP_BUILD := build/hip-check
 # Debian's AMD toolchains for the ISA gates (tests/test_amd_isa.py): hipcc 5.2 (gfx90a, gfx940),
 # clang/LLVM 19 (gfx942, gfx1100, gfx1201) and 22 (gfx950). Compile only.
 AMD_PACKAGES := hipcc clang-19 lld-19 llvm-19 clang-22 lld-22 llvm-22
-AMD_TOOLS := hipcc clang++-19 llvm-as-19 llvm-mca-19 clang++-22 llvm-as-22
+AMD_TOOLS := hipcc clang++-19 llvm-as-19 clang++-22 llvm-as-22 llvm-mca-22
 
 .PHONY: deps amd-toolchains build test bench hip-check amd-isa gpu-check clean
 
