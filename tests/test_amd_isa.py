@@ -19,6 +19,7 @@ is an empty table. Compiling itself is a hard pass on every target.
 whose toolchain is missing skip, except in CI (CI=true), where the Makefile installs them.
 """
 
+import dataclasses
 import os
 import re
 import shutil
@@ -271,6 +272,23 @@ def test_parser_reads_canned_assembly():
     # 129 VGPRs round to 136: 512 // 136 = 3 waves; 104 SGPRs then allow 7 but LDS over 64 KiB none.
     assert (spilled.register_occupancy, spilled.occupancy) == (3, 0)
     assert spilled.loop is None
+
+
+@pytest.mark.parametrize("target,threads,vgprs,sgprs,lds,waves", [
+    ("gfx942", 256, 64, 40, 32 * 1024, 2),     # registers allow 8; two 4-wave workgroups fill the CU's LDS
+    ("gfx942", 256, 64, 40, 0, 8),             # no LDS: the hardware maximum
+    ("gfx942", 256, 257, 40, 0, 1),            # 264 of 512 registers
+    ("gfx90a", 256, 128, 102, 0, 4),           # 512 // 128 = 4, SGPRs allow 7
+    ("gfx950", 128, 387, 40, 100 * 1024, 1),   # one 2-wave workgroup per CU: its SIMDs hold one wave
+    ("gfx1100", 128, 96, 40, 48 * 1024, 2),    # wave32: 4 waves a workgroup, two fit the WGP's 128 KiB
+    ("gfx1201", 128, 256, 40, 0, 5),           # 1536 // 264 (granule 24)
+    ("gfx1100", 128, 96, 40, 65 * 1024, 0),    # over 64 KiB: no launch
+])
+def test_occupancy_model(target, threads, vgprs, sgprs, lds, waves):
+    looped, _ = isa.kernel_reports(CANNED, "gfx942", {}, CANNED_KINDS)
+    report = dataclasses.replace(looped, target=target, vgprs=vgprs, agprs=0, total_vgprs=vgprs, sgprs=sgprs,
+                                 static_lds=lds, workgroup_size=threads, wavefront=isa.HARDWARE[target].wavefront)
+    assert report.occupancy == waves
 
 
 GATE_KINDS = {
