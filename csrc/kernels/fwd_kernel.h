@@ -12,8 +12,10 @@
 // accumulators straight into the second product's A operand.
 #pragma once
 
+#include "arch/warp_gemm_mma.h"
 #include "dropout.h"
 #include "epilogue.h"
+#include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -23,7 +25,6 @@
 #include "smem_tile.h"
 #include "softmax.h"
 #include "tile_config.h"
-#include "warp_gemm.h"
 
 namespace flash {
 
@@ -32,6 +33,9 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
   constexpr int kMTiles = Traits::kMTiles, kNTiles = Traits::kNTiles, kDTiles = Traits::kDTiles;
+  using Layout = MmaAccLayout;
+  using STile = AccTile<Layout, kMTiles, kNTiles>;  // scores, then probabilities: queries x keys
+  using OTile = AccTile<Layout, kMTiles, kDTiles>;  // output: queries x head dim
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
 
@@ -87,9 +91,9 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   if (n_block_end > n_block_begin) load_k(n_block_end - 1);
   copy_async_commit();
 
-  float acc_o[kMTiles][kDTiles][4] = {};
-  OnlineSoftmax<kMTiles, kNTiles, kDTiles> softmax;
-  const int thread_row0 = row_begin + warp_row0 + lane / 4;  // row of fragment element 0
+  OTile acc_o = {};
+  OnlineSoftmax<Layout, kMTiles> softmax;
+  const int thread_row0 = row_begin + warp_row0 + Layout::lane_row(lane);  // row of fragment element 0
 
   for (int n = n_block_end - 1; n >= n_block_begin; --n) {
     copy_async_wait<0>();
@@ -97,11 +101,11 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
     load_v(n);
     copy_async_commit();
 
-    float acc_s[kMTiles][kNTiles][4] = {};
-    gemm_smem<kMTiles, kNTiles, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
-    if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, n * kBlockN + 2 * (lane % 4));
+    STile acc_s = {};
+    gemm_smem<kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
+    if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, n * kBlockN + Layout::lane_col(lane));
     if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
-      apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
+      apply_key_window(acc_s, window, thread_row0, n * kBlockN + Layout::lane_col(lane));
     }
 
     copy_async_wait<0>();
@@ -113,12 +117,12 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
 
     softmax.update(acc_s, acc_o, params.scale_softmax_log2);
     if constexpr (Has_extras) {
-      if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, n * kBlockN + 2 * (lane % 4));
+      if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, n * kBlockN + Layout::lane_col(lane));
     }
-    gemm_regs<kMTiles, kDTiles, kBlockN, Major::kCols, KVTile>(acc_o, acc_s, sV, 0, lane);
+    gemm_regs<Major::kCols, KVTile>(acc_o, acc_s, sV, 0, lane);
   }
 
-  float lse[2 * kMTiles];
+  float lse[OTile::kRows];
   softmax.finalize(acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
 
   store_output<T>(params, seq, batch, head, thread_row0, lane, acc_o, lse);

@@ -19,15 +19,17 @@
 // or dropout) run here; the dispatch sends the rest to the sm80 kernels.
 #pragma once
 
+#include "arch/smem_tile_sm90.h"
 #include "arch/tma_sm90.h"
+#include "arch/warp_gemm_mma.h"
 #include "arch/wgmma_sm90.h"
 #include "epilogue.h"
+#include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
 #include "seq_bounds.h"
-#include "smem_tile_sm90.h"
 #include "softmax.h"
 
 namespace flash {
@@ -200,9 +202,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     int step0 = 0, q_tiles = 0;  // the block's steps and tiles with keys before this tile
     for_each_tile([&](const Tile& t, const KeyWindow<Is_causal>& window) {
       const int n_blocks = t.n_blocks, row_begin = t.row_begin;
-      float acc_o[1][kDTiles][4] = {};
-      OnlineSoftmax<1, kNTiles, kDTiles> softmax;
-      const int thread_row0 = row_begin + 16 * consumer_warp + lane / 4;
+      using Layout = MmaAccLayout;  // wgmma's accumulators, per warp
+      MmaTile<1, kDTiles> acc_o = {};
+      OnlineSoftmax<Layout, 1> softmax;
+      const int thread_row0 = row_begin + 16 * consumer_warp + Layout::lane_row(lane);
       uint32_t q_frag[kQInRegisters ? kHeadDim / 16 : 1][4];
       if (n_blocks > 0) {
         mbarrier_wait(q_full, q_tiles & 1);
@@ -217,7 +220,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
       // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps
       // the second product and O is rescaled once it is back. Otherwise one product at a time.
-      float acc_s[1][kNTiles][4];
+      MmaTile<1, kNTiles> acc_s;
       uint32_t p[kBlockN / 16][4];
       auto stage_of = [&](int i) { return (step0 + i) % kStages; };
       auto parity_of = [&](int i) { return ((step0 + i) / kStages) & 1; };
@@ -228,40 +231,35 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         for (int kk = 0; kk < kHeadDim / 16; ++kk) {
           const uint64_t k_desc = KVTile::k_major(k_addr + stage_of(i) * kStageBytes, 0, kk);
           if constexpr (kQInRegisters) {
-            wgmma_rs_k_major<kBlockN, T>(acc_s[0], q_frag[kk], k_desc, kk > 0);
+            wgmma_rs_k_major<kBlockN, T>(acc_s.v[0], q_frag[kk], k_desc, kk > 0);
           } else {
-            wgmma_ss<kBlockN, T>(acc_s[0], QTile::k_major(q_addr, 64 * consumer, kk), k_desc, kk > 0);
+            wgmma_ss<kBlockN, T>(acc_s.v[0], QTile::k_major(q_addr, 64 * consumer, kk), k_desc, kk > 0);
           }
         }
         wgmma_commit();
       };
       auto accumulate_pv = [&](int i) {
         mbarrier_wait(&v_full[stage_of(i)], parity_of(i));
-        wgmma_fence_operands(acc_o[0]);
+        wgmma_fence_operands(acc_o.v[0]);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
-          wgmma_rs<kHeadDim, T>(acc_o[0], p[kk], KVTile::n_major(v_addr + stage_of(i) * kStageBytes, kk), 1);
+          wgmma_rs<kHeadDim, T>(acc_o.v[0], p[kk], KVTile::n_major(v_addr + stage_of(i) * kStageBytes, kk), 1);
         }
         wgmma_commit();
       };
       auto release = [&](int i) { mbarrier_arrive(&empty[stage_of(i)]); };
       auto softmax_of = [&](int i, float (&o_factor)[2]) {  // S(i) is back
-        wgmma_fence_operands(acc_s[0]);
+        wgmma_fence_operands(acc_s.v[0]);
         const int n = t.n_block_end - 1 - i;
         if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
-          apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
+          apply_key_window(acc_s, window, thread_row0, n * kBlockN + Layout::lane_col(lane));
         }
         softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
       };
       auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
 #pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-          p[kk][0] = pack2<T>(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-          p[kk][1] = pack2<T>(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-          p[kk][2] = pack2<T>(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-          p[kk][3] = pack2<T>(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-        }
+        for (int kk = 0; kk < kBlockN / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
       };
       // Ping-pong: a consumer waits for its turn (its barrier), issues its products and hands
       // the turn over (arrives on the other's). Consumer 0 starts; the two barriers must end each
@@ -285,7 +283,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           pack_p();
           accumulate_pv(i);
           wgmma_wait<0>();
-          wgmma_fence_operands(acc_o[0]);
+          wgmma_fence_operands(acc_o.v[0]);
           release(i);
         }
       } else if (n_blocks > 0) {
@@ -305,7 +303,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           wgmma_wait<1>();  // S(i + 1)
           softmax_of(i + 1, o_factor);
           wgmma_wait<0>();  // P(i) V(i)
-          wgmma_fence_operands(acc_o[0]);
+          wgmma_fence_operands(acc_o.v[0]);
           release(i);
           softmax.rescale(acc_o, o_factor);
           pack_p();
@@ -313,7 +311,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if constexpr (!kQInRegisters) mbarrier_arrive(q_empty);
         accumulate_pv(n_blocks - 1);
         wgmma_wait<0>();
-        wgmma_fence_operands(acc_o[0]);
+        wgmma_fence_operands(acc_o.v[0]);
         release(n_blocks - 1);
       }
       // The hardware reads Q's fragments until the tile's last S is back: keep them allocated.

@@ -9,6 +9,8 @@
 //   wait tile n | issue tile n + kStages - 1 | S = Q K(n)^T, mask | softmax | O += P V(n)
 #pragma once
 
+#include "arch/warp_gemm_mma.h"
+#include "fragment.h"
 #include "kvcache.h"
 #include "mask.h"
 #include "mma.h"
@@ -18,7 +20,6 @@
 #include "smem_tile.h"
 #include "softmax.h"
 #include "tile_config.h"
-#include "warp_gemm.h"
 
 namespace flash {
 
@@ -80,9 +81,11 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
     copy_async_commit();  // one group per stage, empty or not: the waits count groups
   }
 
-  float acc_o[1][kDTiles][4] = {};
-  OnlineSoftmax<1, kWarpKeys / 8, kDTiles> softmax;
-  const int thread_row0 = row_begin + lane / 4;
+  using Layout = MmaAccLayout;
+  using OTile = MmaTile<1, kDTiles>;  // one 16-row strip of queries x head dim
+  OTile acc_o = {};
+  OnlineSoftmax<Layout, 1> softmax;
+  const int thread_row0 = row_begin + Layout::lane_row(lane);
 
   for (int n = n_begin; n < n_end; ++n) {
     const int i = n - n_begin, stage = i % kStages;
@@ -92,16 +95,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
     copy_async_commit();
 
     const int key0 = n * kBlockN + warp * kWarpKeys;
-    float acc_s[1][kWarpKeys / 8][4] = {};
-    gemm_smem<1, kWarpKeys / 8, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, 0, stage_k(stage),
-                                                                                    warp * kWarpKeys, lane);
-    if (has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, key0 + 2 * (lane % 4));
+    MmaTile<1, kWarpKeys / 8> acc_s = {};
+    gemm_smem<kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, 0, stage_k(stage), warp * kWarpKeys, lane);
+    if (has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, key0 + Layout::lane_col(lane));
     if (window.block_needs_mask(row_begin, row_end, key0, key0 + kWarpKeys)) {
-      apply_key_window(acc_s, window, thread_row0, key0 + 2 * (lane % 4));
+      apply_key_window(acc_s, window, thread_row0, key0 + Layout::lane_col(lane));
     }
     softmax.update(acc_s, acc_o, params.scale_softmax_log2);
-    gemm_regs<1, kDTiles, kWarpKeys, Major::kCols, KVTile>(acc_o, acc_s, stage_v(stage) + warp * kWarpKeys * kHeadDim,
-                                                           0, lane);
+    gemm_regs<Major::kCols, KVTile>(acc_o, acc_s, stage_v(stage) + warp * kWarpKeys * kHeadDim, 0, lane);
   }
 
   // Merge the warps' softmax states through shared memory (the tiles are no longer needed):
@@ -113,21 +114,23 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   float* s_lse = s_sum + kNWarps * kBlockM;           // [kBlockM], natural log
   float* s_o = s_lse + kBlockM;                       // [kNWarps][kBlockM][kMergeRowFloats]
   constexpr int kRowFloats = Traits::kMergeRowFloats;
-  float warp_max[2];
+  // Row slot `slot` of the lane (one 16-row strip) is row row_in_block(slot) of the block.
+  auto row_in_block = [&](int slot) { return Layout::lane_row(lane) + OTile::row_offset_of(slot); };
+  float warp_max[OTile::kRows];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const float m = softmax.row_max[half];
-    warp_max[half] = m == -INFINITY ? -INFINITY : m * params.scale_softmax_log2;
-    const float sum = quad_sum(softmax.row_sum[half]);
-    if (lane % 4 == 0) {
-      s_max[warp * kBlockM + lane / 4 + 8 * half] = warp_max[half];
-      s_sum[warp * kBlockM + lane / 4 + 8 * half] = sum;
+  for (int slot = 0; slot < OTile::kRows; ++slot) {
+    const float m = softmax.row_max[slot];
+    warp_max[slot] = m == -INFINITY ? -INFINITY : m * params.scale_softmax_log2;
+    const float sum = Layout::row_sum(softmax.row_sum[slot]);
+    if (Layout::row_leader(lane)) {
+      s_max[warp * kBlockM + row_in_block(slot)] = warp_max[slot];
+      s_sum[warp * kBlockM + row_in_block(slot)] = sum;
     }
   }
   __syncthreads();
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = lane / 4 + 8 * half;
+  for (int slot = 0; slot < OTile::kRows; ++slot) {
+    const int r = row_in_block(slot);
     float m_all = -INFINITY, l_all = 0.f;
 #pragma unroll
     for (int w = 0; w < kNWarps; ++w) m_all = fmaxf(m_all, s_max[w * kBlockM + r]);
@@ -136,14 +139,21 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
       const float m = s_max[w * kBlockM + r];
       if (m != -INFINITY) l_all += s_sum[w * kBlockM + r] * exp2_fast(m - m_all);
     }
-    const float factor = warp_max[half] == -INFINITY || l_all == 0.f ? 0.f : exp2_fast(warp_max[half] - m_all) / l_all;
-    float* o_row = s_o + (warp * kBlockM + r) * kRowFloats + 2 * (lane % 4);
+    const float factor = warp_max[slot] == -INFINITY || l_all == 0.f ? 0.f : exp2_fast(warp_max[slot] - m_all) / l_all;
+    float* o_row = s_o + (warp * kBlockM + r) * kRowFloats + Layout::lane_col(lane);
 #pragma unroll
     for (int dt = 0; dt < kDTiles; ++dt) {
-      *reinterpret_cast<float2*>(o_row + 8 * dt) =
-          make_float2(acc_o[0][dt][2 * half] * factor, acc_o[0][dt][2 * half + 1] * factor);
+#pragma unroll
+      for (int run = 0; run < OTile::kRowElems / Layout::kColRun; ++run) {
+        const int e0 = Layout::element(slot, run * Layout::kColRun);
+#pragma unroll
+        for (int i = 0; i < Layout::kColRun; i += 2) {
+          *pair_at<float>(o_row + OTile::col_offset(dt, e0) + i) =
+              pack_pair<float>(acc_o(0, dt, e0 + i) * factor, acc_o(0, dt, e0 + i + 1) * factor);
+        }
+      }
     }
-    if (warp == 0 && lane % 4 == 0) {
+    if (warp == 0 && Layout::row_leader(lane)) {
       s_lse[r] = m_all == -INFINITY || l_all == 0.f ? -INFINITY : (m_all + __log2f(l_all)) * 0.6931471805599453f;
     }
   }

@@ -12,6 +12,7 @@
 //                               x x
 #pragma once
 
+#include "fragment.h"
 #include "params.h"
 #include "platform.h"
 
@@ -44,22 +45,24 @@ struct KeyWindow {
   FA_DEVICE bool visible(int row, int col) const { return col >= begin(row) && col < end(row); }
 };
 
-// Sets to -inf the scores of keys outside the row's window. Fragment element i of n8 tile nt in
-// strip mt sits at row row0 + 16 mt + 8 (i / 2), column col0 + 8 nt + (i % 2).
-template <bool Is_causal, int kMTiles, int kNTiles>
-FA_DEVICE void apply_key_window(float (&s)[kMTiles][kNTiles][4], const KeyWindow<Is_causal>& window, int row0, int col0) {
+// Sets to -inf the scores of keys outside the row's window; rows are queries, columns keys, and
+// the lane's element 0 of tile (0, 0) sits at (row0, col0) (fragment.h).
+template <bool Is_causal, class Tile>
+FA_DEVICE void apply_key_window(Tile& s, const KeyWindow<Is_causal>& window, int row0, int col0) {
+  using L = typename Tile::Layout;
 #pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
+  for (int mt = 0; mt < Tile::kMT; ++mt) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + 16 * mt + 8 * half;
+    for (int slot = 0; slot < L::kRowSlots; ++slot) {
+      const int row = Tile::row(row0, mt, L::element(slot, 0));
       const int first = window.begin(row), last = window.end(row);
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
+      for (int nt = 0; nt < Tile::kNT; ++nt) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int col = col0 + 8 * nt + j;
-          if (col < first || col >= last) s[mt][nt][2 * half + j] = -INFINITY;
+        for (int j = 0; j < Tile::kRowElems; ++j) {
+          const int e = L::element(slot, j);
+          const int col = Tile::col(col0, nt, e);
+          if (col < first || col >= last) s(mt, nt, e) = -INFINITY;
         }
       }
     }
