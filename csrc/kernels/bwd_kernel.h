@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kPreprocessRows * kGroupSize) bwd_preprocess_k
 FA_DEVICE constexpr bool flag_value(bool flag) { return flag; }
 template <bool kFlag> FA_DEVICE constexpr bool flag_value(std::integral_constant<bool, kFlag>) { return kFlag; }
 
-template <class Traits, bool Is_causal, bool Has_extras>
+template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) flash_bwd_kernel(const BwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
   if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
   // Which keys each query row sees (mask.h).
-  const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
+  const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
   const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
   // Dropout redraws the forward's mask from the (seed, offset) it recorded. The P^T that dV
   // needs is the kept, rescaled one; the P kept for dS^T carries a minus sign where dropped.
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       offset = static_cast<uint64_t>(params.rng_state[1]);
     }
   }
-  const BwdQueryWalk<kBlockM, kBlockN, Is_causal> walk(window, key0, group);
+  const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
   const int steps = walk.steps;
   load_key_block<KVTile, kBlockN, Traits::kNThreads>(params, seq, batch, head_k, key0, sK, sV, tid);
 
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
           }
         }
       };
-      if constexpr (Is_causal) {
+      if constexpr (Has_right_edge) {
         if (needs_mask) {
           exponentiate(std::true_type{});
         } else {

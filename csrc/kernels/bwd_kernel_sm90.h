@@ -80,7 +80,7 @@ struct BwdTensorMaps {
   CUtensorMap q, k, v, dout, dq;
 };
 
-template <class Traits, bool Is_causal>
+template <class Traits, bool Has_right_edge>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flash_bwd_sm90_kernel(const BwdParams params, const __grid_constant__ BwdTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   if (key0 >= seqlen_k) return;
 
-  const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-  const BwdQueryWalk<kBlockM, kBlockN, Is_causal> walk(window, key0, group);
+  const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
+  const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
   const int steps = walk.steps;
 
   if (tid == 0) {

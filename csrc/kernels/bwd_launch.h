@@ -10,14 +10,14 @@
 
 namespace flash {
 
-template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
+template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_bwd(const BwdParams& params, stream_t stream) {
   using Traits = BwdTraits<T, kHeadDim>;
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  return launch(&flash_bwd_kernel<Traits, Is_causal, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes,
+  return launch(&flash_bwd_kernel<Traits, Has_right_edge, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes,
                 stream, params);
 }
 

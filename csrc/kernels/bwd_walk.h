@@ -12,16 +12,16 @@
 
 namespace flash {
 
-template <int kBlockM, int kBlockN, bool Is_causal>
+template <int kBlockM, int kBlockN, bool Has_right_edge>
 struct BwdQueryWalk {
   int m_block_begin;  // the first query block whose rows see one of the keys
   int m_per_head;     // query blocks per query head
   int steps;          // group * m_per_head: (query head, query block) pairs, head-major
 
-  FA_DEVICE BwdQueryWalk(const KeyWindow<Is_causal>& window, int key0, int group) {
+  FA_DEVICE BwdQueryWalk(const KeyWindow<Has_right_edge>& window, int key0, int group) {
     // The rows whose windows reach the keys (mask.h): [first_row, last_row].
     const int shift = window.seqlen_k - window.seqlen_q;
-    const int first_row = Is_causal ? max(0, key0 - shift - window.right) : 0;
+    const int first_row = Has_right_edge ? max(0, key0 - shift - window.right) : 0;
     const int last_row = min(window.seqlen_q - 1, key0 + kBlockN - 1 - shift + window.left);
     m_block_begin = first_row / kBlockM;
     const int m_block_end = last_row < first_row ? m_block_begin : last_row / kBlockM + 1;
@@ -85,8 +85,8 @@ FA_DEVICE void load_query_block(const BwdParams& params, const SeqBounds& seq, i
 // Deterministic dQ: the key blocks that touch a query block are a contiguous run from the one
 // holding its first row's first key; each adds after those before it. All the threads that add
 // call these; `leader` is one of them, `sync` a barrier among them.
-template <int kBlockM, int kBlockN, bool Is_causal, class Sync>
-FA_DEVICE int* dq_semaphore_acquire(const BwdParams& params, const KeyWindow<Is_causal>& window, int batch, int head,
+template <int kBlockM, int kBlockN, bool Has_right_edge, class Sync>
+FA_DEVICE int* dq_semaphore_acquire(const BwdParams& params, const KeyWindow<Has_right_edge>& window, int batch, int head,
                                     int m_block, int n_block, bool leader, Sync&& sync) {
   const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
   int* semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;

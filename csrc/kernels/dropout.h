@@ -74,8 +74,9 @@ FA_DEVICE void philox_seed_offset(const FwdParams& params, uint64_t& seed, uint6
 // row_of(mt) is the row of strip mt that the lane's row slot 0 holds, col_of(nt, e) element
 // (mt, nt, e)'s column, both in the sequence. A word starts in row slot 0 of its tile. The
 // tile's rows are queries and its columns keys, or the other way round with kRowsAreKeys (the
-// backward's S^T). A word starts at column c with c % 16 < 8 (so must the lane's first column),
-// and at row r with r % 16 < 8 where the layout holds rows r and r + 8 in one lane.
+// backward's S^T). Where the layout holds columns c and c + 8 in one lane, a word starts at a
+// column c with c % 16 < 8 (so must the lane's first column); where it holds rows r and r + 8,
+// likewise at a row r with r % 16 < 8.
 struct FragmentIndex {
   int mt, nt, e;
 };
@@ -100,7 +101,7 @@ FA_DEVICE void for_each_dropout_word(const Dropout& dropout, RowOf&& row_of, Col
           } else {
             visit(dropout.keep4(row_of(mt), col_of(nt, e)), here, col8, row8, both8);
           }
-        } else {
+        } else if constexpr (L::kHoldsColPlus8) {
           // This lane holds row r or r + 8 of the word, never both: shift its two bits down.
           constexpr FragmentIndex kNone{-1, -1, -1};
           const int r = row_of(mt), c = col_of(nt, e), high = (r >> 3) & 1;
@@ -109,6 +110,12 @@ FA_DEVICE void for_each_dropout_word(const Dropout& dropout, RowOf&& row_of, Col
           } else {
             visit(dropout.keep4(r & ~8, c) >> (2 * high), here, col8, kNone, kNone);
           }
+        } else {
+          // One value of the word here: shift its bit down.
+          constexpr FragmentIndex kNone{-1, -1, -1};
+          const int r = row_of(mt), c = col_of(nt, e);
+          const int q = kRowsAreKeys ? c : r, k = kRowsAreKeys ? r : c;
+          visit(dropout.keep4(q & ~8, k & ~8) >> (2 * ((q >> 3) & 1) + ((k >> 3) & 1)), here, kNone, kNone, kNone);
         }
       }
     }

@@ -31,9 +31,13 @@ FA_DEVICE void store_output(const FwdParams& params, const SeqBounds& seq, int b
           const int col = Tile::col_offset(dt, L::element(slot, run * L::kColRun)) + L::lane_col(lane);
           if (col < params.d) {
             const int e0 = L::element(slot, run * L::kColRun);
+            if constexpr (L::kColRun == 1) {
+              store_one(o_row + col, acc_o(mt, dt, e0));
+            } else {
 #pragma unroll
-            for (int i = 0; i < L::kColRun; i += 2) {
-              *pair_at<T>(o_row + col + i) = pack_pair<T>(acc_o(mt, dt, e0 + i), acc_o(mt, dt, e0 + i + 1));
+              for (int i = 0; i < L::kColRun; i += 2) {
+                *pair_at<T>(o_row + col + i) = pack_pair<T>(acc_o(mt, dt, e0 + i), acc_o(mt, dt, e0 + i + 1));
+              }
             }
           }
         }
@@ -64,10 +68,14 @@ FA_DEVICE void store_tile(T* dst, int64_t row_stride, const Tile& acc, int row0,
           const int col = col0 + L::kTileCols * nt + L::lane_col(lane) + L::col_offset(L::element(slot, run * L::kColRun));
           if (col < head_dim) {
             const int e0 = L::element(slot, run * L::kColRun);
+            if constexpr (L::kColRun == 1) {
+              store_one(dst + row * row_stride + col, acc(mt, nt, e0) * scale);
+            } else {
 #pragma unroll
-            for (int i = 0; i < L::kColRun; i += 2) {
-              *pair_at<T>(dst + row * row_stride + col + i) =
-                  pack_pair<T>(acc(mt, nt, e0 + i) * scale, acc(mt, nt, e0 + i + 1) * scale);
+              for (int i = 0; i < L::kColRun; i += 2) {
+                *pair_at<T>(dst + row * row_stride + col + i) =
+                    pack_pair<T>(acc(mt, nt, e0 + i) * scale, acc(mt, nt, e0 + i + 1) * scale);
+              }
             }
           }
         }
@@ -83,7 +91,6 @@ template <class Tile>
 FA_DEVICE void atomic_add_tile(float* dst, int64_t row_stride, const Tile& acc, int row0, int col0, int first_row,
                                int row_end, int head_dim, int lane) {
   using L = typename Tile::Layout;
-  static_assert(L::kColRun % 2 == 0, "pairs of adjacent columns");
 #pragma unroll
   for (int mt = 0; mt < Tile::kMT; ++mt) {
 #pragma unroll
@@ -97,9 +104,13 @@ FA_DEVICE void atomic_add_tile(float* dst, int64_t row_stride, const Tile& acc, 
           const int col = col0 + L::kTileCols * nt + L::lane_col(lane) + L::col_offset(L::element(slot, run * L::kColRun));
           if (col < head_dim) {
             const int e0 = L::element(slot, run * L::kColRun);
+            if constexpr (L::kColRun == 1) {
+              atomicAdd(dst + row * row_stride + col, acc(mt, nt, e0));
+            } else {
 #pragma unroll
-            for (int i = 0; i < L::kColRun; i += 2) {
-              atomic_add2(dst + row * row_stride + col + i, acc(mt, nt, e0 + i), acc(mt, nt, e0 + i + 1));
+              for (int i = 0; i < L::kColRun; i += 2) {
+                atomic_add2(dst + row * row_stride + col + i, acc(mt, nt, e0 + i), acc(mt, nt, e0 + i + 1));
+              }
             }
           }
         }

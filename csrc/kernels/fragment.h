@@ -69,4 +69,11 @@ FA_DEVICE Pair<T> pack_pair(float lo, float hi) {
   else return pack2<T>(lo, hi);
 }
 
+// One value, for layouts whose runs are single columns (kColRun == 1).
+template <class T>
+FA_DEVICE void store_one(T* p, float x) {
+  if constexpr (sizeof(T) == 4) *p = x;
+  else *reinterpret_cast<uint16_t*>(p) = static_cast<uint16_t>(pack2<T>(x, 0.f));
+}
+
 }  // namespace flash

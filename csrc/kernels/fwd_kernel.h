@@ -28,7 +28,7 @@
 
 namespace flash {
 
-template <class Traits, bool Is_causal, bool Has_extras>
+template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   T* sV = sK + kBlockN * kHeadDim;
 
   // Causal blocks near the end of the sequence carry the most keys: start those first.
-  const int m_block = Is_causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int m_block = Has_right_edge ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int head = blockIdx.y, batch = blockIdx.z;
   const int head_k = head / (params.h / params.h_k);
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
                                                    keys_in_block(n), params.d, tid);
   };
 
-  const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+  const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
   const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
   const Dropout dropout(params, seed, offset, batch, head);
   const int n_block_begin = window.n_block_begin(row_begin, kBlockN);

@@ -34,11 +34,8 @@
 
 namespace flash {
 
-// Head dim 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the key
-// blocks shrink to 80 and two stages fit (64 KB of Q + 2 x 80 KB). Head dim 64 may take 192-key
-// blocks (S 96 registers a thread, three stages of 48 KB): a block step's products are half of
-// d128's for the same softmax and barriers (run_fwd_sm90 says when).
-template <class T_, int kHeadDim_, int kBlockN_ = kHeadDim_ <= 128 ? 128 : 80>
+// kBlockN_ comes from the tile table (tile_config.h: FwdTileSm90).
+template <class T_, int kHeadDim_, int kBlockN_>
 struct FwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -78,25 +75,25 @@ struct FwdTensorMaps {
 struct FwdTileSchedule {
   int m_blocks, units_per_head, units;
 
-  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m, bool causal) {
+  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m, bool has_right_edge) {
     m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-    units_per_head = causal ? (m_blocks + 1) / 2 : m_blocks;
+    units_per_head = has_right_edge ? (m_blocks + 1) / 2 : m_blocks;
     units = units_per_head * params.h * params.b;
   }
-  FA_DEVICE int tiles_in(int unit, bool causal) const {
-    return causal && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
+  FA_DEVICE int tiles_in(int unit, bool has_right_edge) const {
+    return has_right_edge && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
   }
   // Tile `part` of `unit`: its m_block, head and batch.
-  FA_DEVICE void tile(int unit, int part, bool causal, const FwdParams& params, int& m_block, int& head,
+  FA_DEVICE void tile(int unit, int part, bool has_right_edge, const FwdParams& params, int& m_block, int& head,
                       int& batch) const {
     const int j = unit % units_per_head, head_batch = unit / units_per_head;
-    m_block = causal ? (part == 0 ? m_blocks - 1 - j : j) : j;
+    m_block = has_right_edge ? (part == 0 ? m_blocks - 1 - j : j) : j;
     head = head_batch % params.h;
     batch = head_batch / params.h;
   }
 };
 
-template <class Traits, bool Is_causal>
+template <class Traits, bool Has_right_edge>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -119,7 +116,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index();
-  const FwdTileSchedule schedule(params, kBlockM, Is_causal);
+  const FwdTileSchedule schedule(params, kBlockM, Has_right_edge);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
@@ -142,13 +139,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   };
   auto for_each_tile = [&](auto&& body) {
     for (int unit = blockIdx.x; unit < schedule.units; unit += gridDim.x) {
-      for (int part = 0; part < schedule.tiles_in(unit, Is_causal); ++part) {
+      for (int part = 0; part < schedule.tiles_in(unit, Has_right_edge); ++part) {
         int m_block, head, batch;
-        schedule.tile(unit, part, Is_causal, params, m_block, head, batch);
+        schedule.tile(unit, part, Has_right_edge, params, m_block, head, batch);
         const SeqBounds seq(params, batch);
         const int row_begin = m_block * kBlockM;
         if (row_begin >= seq.seqlen_q) continue;
-        const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+        const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
         const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
         const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
         body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
@@ -200,7 +197,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const uint32_t q_addr = smem_u32(sQ), k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
     int step0 = 0, q_tiles = 0;  // the block's steps and tiles with keys before this tile
-    for_each_tile([&](const Tile& t, const KeyWindow<Is_causal>& window) {
+    for_each_tile([&](const Tile& t, const KeyWindow<Has_right_edge>& window) {
       const int n_blocks = t.n_blocks, row_begin = t.row_begin;
       using Layout = MmaAccLayout;  // wgmma's accumulators, per warp
       MmaTile<1, kDTiles> acc_o = {};

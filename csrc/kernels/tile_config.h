@@ -33,6 +33,20 @@ struct FwdTraits {
   static_assert(kBlockN % 16 == 0 && kHeadDim % 32 == 0, "tiles must be whole mma steps");
 };
 
+// The Hopper forward (fwd_kernel_sm90.h): 128 query rows a block, kBlockN keys a step. Head dim
+// 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the key blocks
+// shrink to 80 and two stages fit (64 KB of Q + 2 x 80 KB). Head dim 64 takes kWideBlockN = 192
+// keys a step (S 96 registers a thread, three stages of 48 KB: a step's products are half of
+// d128's for the same softmax and barriers) without a right edge and from kWideMinSeqlenK = 4096
+// keys on; shorter rows lose more to the last, partial block than the wider step saves, and the
+// causal diagonal's masked blocks never paid for it (benchmarks/NOTES.md, session 10).
+template <int kHeadDim> struct FwdTileSm90 {
+  static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80, kWideBlockN = 0, kWideMinSeqlenK = 0;
+};
+template <> struct FwdTileSm90<64> {
+  static constexpr int kBlockN = 128, kWideBlockN = 192, kWideMinSeqlenK = 4096;
+};
+
 // How the warps of a block share one product's output tile of kRows x kCols: kWarpRows warps
 // along the rows, the rest along the columns; each warp owns kMT 16-row strips x kNT n8 tiles.
 template <int kRows, int kCols, int kWarpRows, int kNWarps>
@@ -44,6 +58,48 @@ struct WarpGrid {
   static_assert(kColsPerWarp % 16 == 0 && kColsPerWarp * kWarpCols == kCols, "each warp takes whole x4 loads");
   static FA_HOST_DEVICE int row0(int warp) { return (warp % kWarpRows) * kRowsPerWarp; }
   static FA_HOST_DEVICE int col0(int warp) { return (warp / kWarpRows) * kColsPerWarp; }
+};
+
+// AMD (fwd_kernel_amd.h): the matrix-core family of the device decides the instruction and with it
+// the tiles. A wave owns kMT instruction tiles of queries (32 rows each on CDNA, 16 on RDNA) and
+// computes every key of a block against them; Q stays in registers where they hold it. Shared
+// memory holds K [kBlockN][kHeadDim + 8] and V^T [kHeadDim][kBlockN + 8] (and Q without
+// registers for it): at most 64 KB, the LDS of gfx90a, gfx942 and RDNA (gfx950 has 160).
+enum class AmdFamily { kCdna, kRdna3, kRdna4 };
+inline constexpr int kAmdLdsBytes = 64 * 1024;
+
+template <AmdFamily kFamily, int kHeadDim> struct FwdTileAmd;
+template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna, kHeadDim> {
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = true;
+};
+template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna3, kHeadDim> {
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = kHeadDim <= 128;  // 16 values a lane per k16 step
+};
+template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = true;
+};
+
+template <class T_, AmdFamily kFamily_, int kHeadDim_>
+struct FwdTraitsAmd {
+  using T = T_;
+  static constexpr AmdFamily kFamily = kFamily_;
+  static constexpr int kHeadDim = kHeadDim_;
+  using Tile = FwdTileAmd<kFamily, kHeadDim>;
+  static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
+  static constexpr int kTileRows = kFamily == AmdFamily::kCdna ? 32 : 16;  // queries per instruction tile
+  static constexpr int kWaves = Tile::kWaves, kMT = Tile::kMT, kBlockN = Tile::kBlockN;
+  static constexpr bool kQInRegisters = Tile::kQInRegisters;
+  static constexpr int kNThreads = kWaves * kWaveSize;
+  static constexpr int kRowsPerWave = kMT * kTileRows, kBlockM = kWaves * kRowsPerWave;
+  static constexpr int kKStride = kHeadDim + 8;   // K and Q rows, padded against bank conflicts
+  static constexpr int kVtStride = kBlockN + 8;   // V^T rows
+  static constexpr int kSmemBytes =
+      (kBlockN * kKStride + kHeadDim * kVtStride + (kQInRegisters ? 0 : kBlockM * kKStride)) * int(sizeof(T));
+  static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD forward's tiles must fit 64 KB of LDS");
+  static_assert(kHeadDim % kTileRows == 0 && kBlockN % 32 == 0, "whole instruction tiles");
 };
 
 // KV-cache attention (decode): a handful of query rows against a long cache, so the block is

@@ -36,7 +36,7 @@ struct MmaAccLayout {
   // tile. So the words start at elements 0 and 1 of every second tile.
   static constexpr int kWordTileStep = 2, kWordStarts = 2;
   static FA_HOST_DEVICE constexpr int word_start(int i) { return i; }
-  static constexpr bool kHoldsRowPlus8 = true;
+  static constexpr bool kHoldsRowPlus8 = true, kHoldsColPlus8 = true;
   static FA_HOST_DEVICE constexpr int row_plus_8(int e) { return e + 2; }
   static FA_HOST_DEVICE constexpr int col_plus_8_tile(int nt) { return nt + 1; }
   static FA_HOST_DEVICE constexpr int col_plus_8_element(int e) { return e; }
