@@ -90,6 +90,12 @@ def build(target: str, jobs: int | None = None, verbose: bool = False) -> Path:
     if missing:
         raise RuntimeError("the AMD emulator needs " + " and ".join(missing))
     identity = _compiler_identity()
+    out_dir = BUILD_DIR / target
+    library = out_dir / "libfa_emu.so"
+    fingerprint = out_dir / "libfa_emu.inputs"
+    inputs = _inputs_digest(identity, target)
+    if library.exists() and fingerprint.exists() and fingerprint.read_text() == inputs:
+        return library  # nothing it is built from has changed: skip even the preprocessing
     objects = BUILD_DIR / "objects"
     objects.mkdir(parents=True, exist_ok=True)
 
@@ -118,9 +124,7 @@ def build(target: str, jobs: int | None = None, verbose: bool = False) -> Path:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         objs = list(pool.map(lambda unit: _compile(unit[0], unit[1], objects, identity), units))
 
-    out_dir = BUILD_DIR / target
     out_dir.mkdir(parents=True, exist_ok=True)
-    library = out_dir / "libfa_emu.so"
     stamp = out_dir / "libfa_emu.objects"
     listing = "\n".join(str(o) for o in objs)
     if not library.exists() or not stamp.exists() or stamp.read_text() != listing:
@@ -130,9 +134,22 @@ def build(target: str, jobs: int | None = None, verbose: bool = False) -> Path:
         _check_tsan_hooks(Path(tmp.name))
         os.replace(tmp.name, library)
         stamp.write_text(listing)
+    fingerprint.write_text(inputs)
     if verbose:
         print(f"{target}: {len(units)} units, {len(set(objs))} objects", file=sys.stderr)
     return library
+
+
+def _inputs_digest(identity: str, target: str) -> str:
+    """A digest of everything the library is built from: sources, headers, layouts' paths, flags."""
+    h = hashlib.sha256("\0".join([identity, target, os.environ.get("FLASH_ATTN_ROCM_HEAD_DIMS", EMU_HEAD_DIMS),
+                                  os.environ.get("FLASH_ATTN_ROCM_DTYPES", ""), str(GOLDEN_LAYOUTS)]).encode())
+    files = [ROOT / "tools" / "generate_kernels.py", Path(__file__).resolve()]
+    for folder in ("csrc/kernels", "csrc/emu", "tests/emu_kernels"):
+        files += sorted(p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".h", ".cpp", ".cu"))
+    for path in files:
+        h.update(str(path).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def _check_tsan_hooks(library: Path) -> None:

@@ -39,6 +39,8 @@ const char* last_error_message();
 // The seed of the block and thread orders (default: $FA_EMU_SEED, else 1); each launch after this
 // draws its own from it.
 void set_seed(uint64_t seed);
+// How many times the last launch resumed a block it had set aside (its threads only polled).
+int last_launch_resumed_blocks();
 
 // Block and wavefront synchronisation.
 void block_barrier();

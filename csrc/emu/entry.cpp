@@ -116,6 +116,7 @@ int fa_emu_lds_bytes() { return fa_emu::lds_bytes(); }
 const char* fa_emu_last_error() { return fa_emu::last_error_message(); }
 void fa_emu_set_layout_dir(const char* dir) { fa_emu::set_layout_dir(dir); }
 void fa_emu_set_seed(uint64_t seed) { fa_emu::set_seed(seed); }
+int fa_emu_last_launch_resumed_blocks() { return fa_emu::last_launch_resumed_blocks(); }
 
 int fa_emu_compiled_head_dims(int* out, int capacity) {
   const std::vector<int> dims = flash::compiled_head_dims();

@@ -233,10 +233,18 @@ struct __half {
 };
 inline __half __ushort_as_half(unsigned short bits) { return __half{bits}; }
 inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+// Exact widening by bit manipulation (the library call behind a _Float16 cast is a hot spot).
 inline float __half2float(__half h) {
-  _Float16 f;
-  std::memcpy(&f, &h.__x, 2);
-  return static_cast<float>(f);
+  const unsigned int sign = (h.__x & 0x8000u) << 16, exponent = (h.__x >> 10) & 0x1fu, mantissa = h.__x & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign ? -magnitude : magnitude;
+  }
+  const unsigned int bits = sign | (exponent == 31 ? 0x7f800000u | (mantissa << 13)
+                                                   : ((exponent + 112) << 23) | (mantissa << 13));
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
 }
 inline __half __float2half(float x) {  // round to nearest even, as v_cvt_f16_f32
   const _Float16 f = static_cast<_Float16>(x);

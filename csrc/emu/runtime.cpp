@@ -82,6 +82,14 @@ struct Random {
   uint32_t below(uint32_t n) { return static_cast<uint32_t>((next() >> 32) * n >> 32); }
 };
 
+// splitmix64's finaliser: nearby seeds give unrelated orders.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
 uint64_t seed_from_environment() {
   const char* value = std::getenv("FA_EMU_SEED");
   return value != nullptr && *value != '\0' ? std::strtoull(value, nullptr, 0) : 1;
@@ -187,6 +195,7 @@ struct Launch {
 Launch* launch_state = nullptr;
 std::string last_error;
 uint64_t base_seed = seed_from_environment();
+int resumed_blocks = 0;  // in the last launch
 uint64_t launch_count = 0;
 std::vector<std::unique_ptr<Stack>> free_stacks;
 
@@ -648,6 +657,8 @@ int set_max_dynamic_lds(const void*, int bytes) {
 
 const char* last_error_message() { return last_error.c_str(); }
 
+int last_launch_resumed_blocks() { return resumed_blocks; }
+
 void set_seed(uint64_t seed) {
   base_seed = seed;
   launch_count = 0;
@@ -671,10 +682,11 @@ int launch(const void* kernel, Index3 grid, Index3 block, size_t dynamic_lds, vo
     return kOutOfResources;
   }
 
+  resumed_blocks = 0;
   Launch L;
   L.kernel = kernel, L.grid = grid, L.block = block, L.lds_size = dynamic_lds, L.body = body, L.context = context;
   L.nthreads = static_cast<int>(threads);
-  L.random.state = (base_seed + 0x9E3779B97F4A7C15ULL * ++launch_count) | 1;
+  L.random.state = mix(base_seed ^ mix(++launch_count)) | 1;
   launch_state = &L;
 
   // Blocks start in a random order; a stuck block waits for another block's progress.
@@ -714,6 +726,7 @@ int launch(const void* kernel, Index3 grid, Index3 block, size_t dynamic_lds, vo
     } else {
       b = candidates[pick];
       b->state = BlockState::kRunnable;
+      ++resumed_blocks;
       ++b->progress;  // its spinners poll afresh
       if (lds_owner != b) {
         if (lds_owner != nullptr) lds_owner->lds_image.assign(lds, lds + dynamic_lds);
