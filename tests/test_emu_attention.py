@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from conftest import DTYPES, assert_within_eager_error, attention_ref, cu_seqlens, fully_masked_rows
-from emu_targets import dropout_module, emu, target_head_dim_params, target_params  # noqa: F401  (emu: a fixture)
+from emu_library import LaunchRefused
+from emu_targets import (REPLACED_BY_ISSUE_21, TARGET_LDS, TARGETS, dropout_module, emu,  # noqa: F401 (emu: a fixture)
+                         target_head_dim_params, target_params)
 
 CPU = "cpu"
 
@@ -269,3 +271,28 @@ def test_kvcache_paged_with_splits(emu, dtype, head_dim):
     assert torch.equal(k_cache, ref.k_cache) and torch.equal(v_cache, ref.v_cache), "the append"
     assert_within_eager_error(out, ref.out, ref.out_eager)
     check_lse(lse, ref.lse)
+
+
+# ---------------------------------------------------------------- what cannot launch where
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_issue_21_marks_are_exactly_the_refused_launches(emu, target):
+    """REPLACED_BY_ISSUE_21 lists what the kernels' LDS (tile_config.h) and the target's limit
+    say, for every head dim of the full build: no mark is missing and none is stale."""
+    assert emu.lds_bytes == TARGET_LDS[target]
+    for kernel in ("fwd", "bwd", "kvcache"):
+        for head_dim in (32, 64, 96, 128, 192, 256):
+            refused = emu.lds_of(kernel, head_dim) > emu.lds_bytes
+            assert refused == (target in REPLACED_BY_ISSUE_21.get((kernel, head_dim), ())), (kernel, head_dim)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_refused_launch_says_which_kernel_and_why(emu, target):
+    q, k, v = make_qkv(1, 40, 40, 1, 1, 64, torch.float16)
+    out, lse, _ = emu.fwd(q, k, v)
+    with pytest.raises(LaunchRefused) as refused:
+        emu.bwd(torch.randn_like(out), q, k, v, out, lse)
+    assert (f"flash::flash_bwd_kernel<flash::BwdTraits<__half, 64>, false, false>(flash::BwdParams): launch refused "
+            f"on {target}: 165888 bytes of dynamic LDS exceed the target's {TARGET_LDS[target]} bytes per workgroup"
+            in refused.value.message)
