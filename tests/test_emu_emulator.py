@@ -275,3 +275,16 @@ def test_blocks_that_wait_for_each_other_make_way(emu, seed):
     emu.call("reverse order", emu.raw.fa_emu_check_reverse_order, 12, ptr(counter), ptr(turns))
     assert turns.tolist() == list(range(11, -1, -1))
     assert emu.raw.fa_emu_last_launch_resumed_blocks() > 0
+
+
+def test_a_static_shared_variable_is_rejected_at_build(tmp_path):
+    """The emulator emulates the dynamic `extern __shared__` buffer only: a `static __shared__`
+    variable must stop the build, not silently become memory that every block shares."""
+    build = emu_library.emu_build
+    source = tmp_path / "static_shared.cpp"
+    source.write_text('#include "platform.h"\n'
+                      "__global__ void k(float* out) { static __shared__ float tile[64]; tile[threadIdx.x] = 1.f;"
+                      " __syncthreads(); out[threadIdx.x] = tile[63 - threadIdx.x]; }\n")
+    flags = [*build.COMMON_FLAGS, build.target_define("gfx942"), *build.KERNEL_FLAGS]
+    with pytest.raises(RuntimeError, match="static __shared__"):
+        build._compile(source, flags, tmp_path, "identity")

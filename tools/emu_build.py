@@ -79,6 +79,11 @@ def _compile(source: Path, flags: list[str], objects: Path, identity: str, langu
     if not obj.exists():
         tmp = obj.with_suffix(f".{os.getpid()}.tmp")
         subprocess.run([CLANG, "-x", language, *flags, "-c", str(source), "-o", str(tmp)], check=True)
+        sections = subprocess.run(["readelf", "-S", "-W", str(tmp)], capture_output=True, text=True, check=True).stdout
+        if "fa_emu_static_shared_is_unsupported" in sections:
+            tmp.unlink()
+            raise RuntimeError(f"{source}: a static __shared__ variable; the emulator has only the dynamic "
+                               "`extern __shared__` buffer (csrc/emu/hip_emu.h)")
         tmp.replace(obj)
     return obj
 
