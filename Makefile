@@ -7,7 +7,9 @@ HIP_ARCHS ?= gfx90a gfx940
 HIPCC ?= hipcc
 HIP_BUILD := build/hip-check
 
-.PHONY: deps build test bench hip-check gpu-check clean
+EMU_TARGETS ?= gfx90a,gfx942,gfx950,gfx1100,gfx1201
+
+.PHONY: deps emu-deps build test emu-test bench hip-check gpu-check clean
 
 # torch from PyPI (its CUDA 13 build, matching nvcc 13); kept if some torch is already there.
 deps:
@@ -15,11 +17,23 @@ deps:
 	@$(PYTHON) -c "import setuptools, wheel, ninja, pytest, numpy" 2>/dev/null || \
 		$(PIP) install setuptools wheel ninja pytest numpy
 
+# The AMD wavefront emulator's toolchain (tests/test_emu_*.py): Debian's clang 19 and Boost.Context.
+emu-deps:
+	@command -v clang++-19 >/dev/null && test -e /usr/include/boost/context/detail/fcontext.hpp || \
+		(apt-get update && apt-get install -y --no-install-recommends clang-19 lld-19 llvm-19 libboost-context-dev)
+
 build: deps
 	$(PIP) install --no-build-isolation --no-deps -e .
 
-test: build
+test: build emu-deps
 	$(PYTHON) -m pytest -q tests
+
+# The AMD kernels compiled for and run in the wavefront emulator only (no extension build), e.g.
+# `make emu-test EMU_TARGETS=gfx942`: compiled and emulated, not run on AMD hardware.
+emu-test: emu-deps
+	@$(PYTHON) -c "import torch, pytest" 2>/dev/null || $(MAKE) deps
+	FA_EMU_TARGETS=$(EMU_TARGETS) $(PYTHON) -m pytest -q tests/test_emu_emulator.py tests/test_emu_attention.py \
+		tests/test_emu_amd_headers.py
 
 # bench_llm.py needs transformers 5 (it switches a built model between attention implementations).
 bench: build
