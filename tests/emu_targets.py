@@ -26,18 +26,12 @@ ALL = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1201")
 # Kernel family x head dim -> the targets whose LDS its tiles (tile_config.h) exceed: the launch is
 # refused there. The MFMA kernels of issue 21 replace these; their bar is to delete the entries.
 REPLACED_BY_ISSUE_21 = {
-    ("fwd", 192): SMALL_LDS,      # 96 KB
-    ("fwd", 256): SMALL_LDS,      # 128 KB
     ("bwd", 32): SMALL_LDS,       # 114 KB
     ("bwd", 64): ALL,             # 162 KB
     ("bwd", 96): SMALL_LDS,       # 129 KB
     ("bwd", 128): ALL,            # 161 KB
     ("bwd", 192): ALL,            # 161 KB
     ("bwd", 256): ALL,            # 209 KB
-    ("kvcache", 96): SMALL_LDS,   # 75 KB
-    ("kvcache", 128): SMALL_LDS,  # 100 KB
-    ("kvcache", 192): SMALL_LDS,  # 102 KB
-    ("kvcache", 256): SMALL_LDS,  # 136 KB
 }
 
 _reason = emu_library.unavailable_reason()

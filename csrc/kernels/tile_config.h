@@ -82,12 +82,19 @@ template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
   static constexpr bool kQInRegisters = true;
 };
 
-template <class T_, AmdFamily kFamily_, int kHeadDim_>
-struct FwdTraitsAmd {
+// The KV-cache forward on AMD: one wave a block (decode has few query rows), kBlockN keys a step;
+// the blocks split the keys (split-KV) where the rows are too few to fill the device.
+template <AmdFamily kFamily, int kHeadDim> struct KvCacheTileAmd {
+  static constexpr int kWaves = 1, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = FwdTileAmd<kFamily, kHeadDim>::kQInRegisters;
+};
+
+template <class T_, AmdFamily kFamily_, int kHeadDim_, class Tile_ = FwdTileAmd<kFamily_, kHeadDim_>>
+struct AmdTraits {
   using T = T_;
   static constexpr AmdFamily kFamily = kFamily_;
   static constexpr int kHeadDim = kHeadDim_;
-  using Tile = FwdTileAmd<kFamily, kHeadDim>;
+  using Tile = Tile_;
   static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
   static constexpr int kTileRows = kFamily == AmdFamily::kCdna ? 32 : 16;  // queries per instruction tile
   static constexpr int kWaves = Tile::kWaves, kMT = Tile::kMT, kBlockN = Tile::kBlockN;
@@ -98,9 +105,13 @@ struct FwdTraitsAmd {
   static constexpr int kVtStride = kBlockN + 8;   // V^T rows
   static constexpr int kSmemBytes =
       (kBlockN * kKStride + kHeadDim * kVtStride + (kQInRegisters ? 0 : kBlockM * kKStride)) * int(sizeof(T));
-  static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD forward's tiles must fit 64 KB of LDS");
+  static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD kernels' tiles must fit 64 KB of LDS");
   static_assert(kHeadDim % kTileRows == 0 && kBlockN % 32 == 0, "whole instruction tiles");
 };
+template <class T, AmdFamily kFamily, int kHeadDim>
+using FwdTraitsAmd = AmdTraits<T, kFamily, kHeadDim>;
+template <class T, AmdFamily kFamily, int kHeadDim>
+using KvCacheTraitsAmd = AmdTraits<T, kFamily, kHeadDim, KvCacheTileAmd<kFamily, kHeadDim>>;
 
 // KV-cache attention (decode): a handful of query rows against a long cache, so the block is
 // sized for streaming keys, not for math. One 16-row strip of queries; the warps split every key
