@@ -25,14 +25,7 @@ ALL = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1201")
 
 # Kernel family x head dim -> the targets whose LDS its tiles (tile_config.h) exceed: the launch is
 # refused there. The MFMA kernels of issue 21 replace these; their bar is to delete the entries.
-REPLACED_BY_ISSUE_21 = {
-    ("bwd", 32): SMALL_LDS,       # 114 KB
-    ("bwd", 64): ALL,             # 162 KB
-    ("bwd", 96): SMALL_LDS,       # 129 KB
-    ("bwd", 128): ALL,            # 161 KB
-    ("bwd", 192): ALL,            # 161 KB
-    ("bwd", 256): ALL,            # 209 KB
-}
+REPLACED_BY_ISSUE_21: dict[tuple[str, int], tuple[str, ...]] = {}
 
 _reason = emu_library.unavailable_reason()
 if _reason is not None and os.environ.get("CI") != "true":

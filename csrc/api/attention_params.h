@@ -159,7 +159,7 @@ inline void run_backward(flash::BwdParams& params, const at::Tensor& dout, const
   const auto float_options = dq.options().dtype(at::kFloat);
   auto dq_accum = at::zeros(dq.sizes(), float_options);
   auto softmax_d = at::empty(softmax_lse.sizes(), float_options);
-  const int64_t m_blocks = (params.seqlen_q + flash::kBwdBlockM - 1) / flash::kBwdBlockM;
+  const int64_t m_blocks = (params.seqlen_q + flash::kDqSemaphoreBlockM - 1) / flash::kDqSemaphoreBlockM;
   auto dq_semaphore = deterministic ? at::zeros({params.b, params.h, m_blocks}, dq.options().dtype(at::kInt)) : at::Tensor();
 
   params.dout = dout.data_ptr();

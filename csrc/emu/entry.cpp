@@ -154,7 +154,7 @@ int fa_emu_bwd(const FaEmuAttention* a, const FaEmuBackward* g) {
   const int64_t lse_rows = a->cu_seqlens_q != nullptr ? int64_t(a->heads) * a->total_q
                                                       : int64_t(a->batch) * a->heads * a->seqlen_q;
   std::vector<float> softmax_d(static_cast<size_t>(lse_rows));
-  const int64_t m_blocks = (a->seqlen_q + flash::kBwdBlockM - 1) / flash::kBwdBlockM;
+  const int64_t m_blocks = (a->seqlen_q + flash::kDqSemaphoreBlockM - 1) / flash::kDqSemaphoreBlockM;
   std::vector<int> semaphore(g->deterministic ? static_cast<size_t>(a->batch) * a->heads * m_blocks : 0, 0);
   p.dout = g->dout.data;
   p.do_batch_stride = g->dout.batch_stride, p.do_row_stride = g->dout.row_stride, p.do_head_stride = g->dout.head_stride;

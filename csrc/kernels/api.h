@@ -39,7 +39,7 @@ KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras
 error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, stream_t stream);
 
 // Backward (preprocess + main kernel); dq_accum must be zeroed, and dq_semaphore too when
-// params.deterministic ([b, h, ceil(seqlen_q / kBwdBlockM)] ints).
+// params.deterministic ([b, h, ceil(seqlen_q / kDqSemaphoreBlockM)] ints).
 error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, stream_t stream);
 
 // KV-cache forward (append, rotary, attention, split-KV combine) for params.d rounded up.

@@ -33,7 +33,6 @@
 #include "arch/tma_sm90.h"
 #include "arch/warp_gemm_mma.h"
 #include "arch/wgmma_sm90.h"
-#include "bwd_kernel.h"  // the preprocess
 #include "bwd_walk.h"
 #include "epilogue.h"
 #include "fragment.h"

@@ -110,6 +110,36 @@ struct AmdTraits {
 };
 template <class T, AmdFamily kFamily, int kHeadDim>
 using FwdTraitsAmd = AmdTraits<T, kFamily, kHeadDim>;
+
+// The AMD backward (bwd_kernel_amd.h): a block owns kBlockN keys, kN (the instruction's N: 32 on
+// CDNA, 16 on RDNA) per wave, and walks query blocks of kM rows (the instruction's M). LDS holds
+// K and V [kBlockN][kHeadDim + 8] -- V only without V in registers -- Q and dO [kBlockM][kHeadDim
+// + 8] and dS [kBlockM][kBlockN + 8], with lse and D: within 64 KB. On CDNA above head dim 128
+// V's operands stay in registers (the accumulators take the AGPRs) so that the rest fits.
+template <AmdFamily kFamily, int kHeadDim> struct BwdTileAmd {
+  static constexpr bool kCdna = kFamily == AmdFamily::kCdna;
+  static constexpr int kWaves = kHeadDim <= 128 ? 2 : 1;
+  static constexpr bool kVInRegisters = kCdna && kHeadDim > 128;
+};
+
+template <class T_, AmdFamily kFamily_, int kHeadDim_>
+struct BwdTraitsAmd {
+  using T = T_;
+  static constexpr AmdFamily kFamily = kFamily_;
+  static constexpr int kHeadDim = kHeadDim_;
+  using Tile = BwdTileAmd<kFamily, kHeadDim>;
+  static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
+  static constexpr int kTile = kFamily == AmdFamily::kCdna ? 32 : 16;  // the instruction's M and N
+  static constexpr int kWaves = Tile::kWaves, kNThreads = kWaves * kWaveSize;
+  static constexpr int kBlockN = kWaves * kTile, kBlockM = kTile, kMinBlocksPerSm = 1;
+  static constexpr bool kVInRegisters = Tile::kVInRegisters;
+  static constexpr int kRowStride = kHeadDim + 8, kDsStride = kBlockN + 8;
+  static constexpr int kKVElems = kBlockN * kRowStride, kQElems = kBlockM * kRowStride;
+  static constexpr int kSmemBytes = ((kVInRegisters ? 1 : 2) * kKVElems + 2 * kQElems + kBlockM * kDsStride) *
+                                        int(sizeof(T)) + 2 * kBlockM * int(sizeof(float));
+  static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD backward's tiles must fit 64 KB of LDS");
+  static_assert(kHeadDim % kTile == 0, "whole instruction tiles");
+};
 template <class T, AmdFamily kFamily, int kHeadDim>
 using KvCacheTraitsAmd = AmdTraits<T, kFamily, kHeadDim, KvCacheTileAmd<kFamily, kHeadDim>>;
 
@@ -144,7 +174,10 @@ struct KvCacheTraits {
 // than strips. dQ may go in column passes to bound the registers it holds beside dK and dV.
 // Small head dims take 128 queries a step: the per-step costs (barriers, softmax terms) then
 // spread over twice the math.
-inline constexpr int kBwdBlockM = 64;  // the smallest kBlockM: the host sizes dq_semaphore with it
+inline constexpr int kBwdBlockM = 64;
+// The deterministic backward's dq_semaphore has one counter per query block: the host sizes it
+// with the smallest kBlockM of any backward (the AMD kernels' RDNA tiles have 16 rows).
+inline constexpr int kDqSemaphoreBlockM = 16;
 template <int kHeadDim> struct BwdTile {
   static constexpr int kBlockM = kHeadDim <= 64 ? 128 : kBwdBlockM;
   static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 64, kNWarps = 8, kMinBlocksPerSm = 1;
