@@ -44,7 +44,7 @@ bench: build
 	$(PYTHON) benchmarks/bench_llm.py
 
 # Compiles the kernel library (no torch) for AMD GPUs with Debian's hipcc: compile only, never
-# run here. -O1 keeps the check quick; the scalar fallback MMA layer is what compiles for now.
+# run here. -O1 keeps the check quick.
 hip-check:
 	@command -v $(HIPCC) >/dev/null || (apt-get update && apt-get install -y hipcc)
 	@mkdir -p $(HIP_BUILD)

@@ -5,10 +5,10 @@ fp32 reference and 2x criterion: forward, backward, varlen (with empty sequences
 window, softcap and ALiBi, dropout (the mask of flash_attn_rocm._dropout), the deterministic
 backward, and the KV cache with pages and splits; tiny odd shapes, fp16 and bf16.
 
-Today's AMD kernels are the NVIDIA-layout kernels on the scalar fallback (arch/
-mma_scalar_fallback.h). Where a kernel's tiles need more LDS than the target has, the launch must
-be refused: those cases are strict expected failures marked "replaced by issue 21"
-(emu_targets.REPLACED_BY_ISSUE_21), which the MFMA kernels must turn into passes.
+The AMD kernels run on the target's matrix cores (MFMA on CDNA, WMMA on RDNA: fwd_kernel_amd.h,
+bwd_kernel_amd.h, fwd_kvcache_kernel_amd.h), whose tiles fit every target's LDS; a kernel that
+could not launch somewhere would be listed, by kernel and target, in emu_targets.REPLACED_BY_ISSUE_21
+(empty) and be a strict expected failure there.
 """
 
 import pytest

@@ -33,6 +33,40 @@
 
 namespace flash {
 
+// Starts the loads of K and V rows key0 .. key0 + kBlockN - 1 (zeros past the end).
+template <class KVTile, int kBlockN, int kNThreads, class T>
+FA_DEVICE void load_key_block(const BwdParams& params, const SeqBounds& seq, int batch, int head_k, int key0,
+                              T* sK, T* sV, int tid) {
+  const int keys_valid = min(kBlockN, seq.seqlen_k - key0);
+  KVTile::template load_async<kNThreads>(
+      sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
+              (seq.k_start + key0) * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
+  KVTile::template load_async<kNThreads>(
+      sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
+              (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
+}
+
+// Starts the loads of query rows row0 .. row0 + kBlockM - 1 of `head`: Q and dO (zeros past the
+// end), and stores their lse (log2 units) and D.
+template <class QTile, int kBlockM, int kNThreads, class T>
+FA_DEVICE void load_query_block(const BwdParams& params, const SeqBounds& seq, int batch, int head, int row0,
+                                T* sQ, T* sdO, float* sLse, float* sD, int tid) {
+  const int rows_valid = min(kBlockM, seq.seqlen_q - row0);
+  QTile::template load_async<kNThreads>(
+      sQ, static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
+              (seq.q_start + row0) * params.q_row_stride, params.q_row_stride, rows_valid, params.d, tid);
+  QTile::template load_async<kNThreads>(
+      sdO, static_cast<const T*>(params.dout) + batch * params.do_batch_stride + head * params.do_head_stride +
+               (seq.q_start + row0) * params.do_row_stride, params.do_row_stride, rows_valid, params.d, tid);
+  if (tid < kBlockM) {
+    const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
+    // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
+    const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
+    sLse[tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+    sD[tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
+  }
+}
+
 // A mask flag known at run time (bool) or at compile time (std::true_type / std::false_type).
 FA_DEVICE constexpr bool flag_value(bool flag) { return flag; }
 template <bool kFlag> FA_DEVICE constexpr bool flag_value(std::integral_constant<bool, kFlag>) { return kFlag; }

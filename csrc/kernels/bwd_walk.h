@@ -1,11 +1,10 @@
-// What the two backward kernels (bwd_kernel.h, bwd_kernel_sm90.h) share: a thread block owns
-// kBlockN keys of one kv head and walks the query blocks of kBlockM rows whose windows reach
-// them, for every query head of the group; step by step it loads a query block's Q, dO, lse and
-// D, and in deterministic mode adds its dQ in key-block order behind a per-query-block semaphore.
+// What the backward kernels (bwd_kernel.h, bwd_kernel_sm90.h, bwd_kernel_amd.h) share: a thread
+// block owns kBlockN keys of one kv head and walks the query blocks of kBlockM rows whose windows
+// reach them, for every query head of the group; in deterministic mode it adds its dQ in
+// key-block order behind a per-query-block semaphore.
 #pragma once
 
 #include "mask.h"
-#include "mma.h"
 #include "params.h"
 #include "platform.h"
 #include "seq_bounds.h"
@@ -47,40 +46,6 @@ struct BwdStepCursor {
     }
   }
 };
-
-// Starts the loads of K and V rows key0 .. key0 + kBlockN - 1 (zeros past the end).
-template <class KVTile, int kBlockN, int kNThreads, class T>
-FA_DEVICE void load_key_block(const BwdParams& params, const SeqBounds& seq, int batch, int head_k, int key0,
-                              T* sK, T* sV, int tid) {
-  const int keys_valid = min(kBlockN, seq.seqlen_k - key0);
-  KVTile::template load_async<kNThreads>(
-      sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
-              (seq.k_start + key0) * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
-  KVTile::template load_async<kNThreads>(
-      sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
-              (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
-}
-
-// Starts the loads of query rows row0 .. row0 + kBlockM - 1 of `head`: Q and dO (zeros past the
-// end), and stores their lse (log2 units) and D.
-template <class QTile, int kBlockM, int kNThreads, class T>
-FA_DEVICE void load_query_block(const BwdParams& params, const SeqBounds& seq, int batch, int head, int row0,
-                                T* sQ, T* sdO, float* sLse, float* sD, int tid) {
-  const int rows_valid = min(kBlockM, seq.seqlen_q - row0);
-  QTile::template load_async<kNThreads>(
-      sQ, static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
-              (seq.q_start + row0) * params.q_row_stride, params.q_row_stride, rows_valid, params.d, tid);
-  QTile::template load_async<kNThreads>(
-      sdO, static_cast<const T*>(params.dout) + batch * params.do_batch_stride + head * params.do_head_stride +
-               (seq.q_start + row0) * params.do_row_stride, params.do_row_stride, rows_valid, params.d, tid);
-  if (tid < kBlockM) {
-    const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
-    // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
-    const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
-    sLse[tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-    sD[tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
-  }
-}
 
 // Deterministic dQ: the key blocks that touch a query block are a contiguous run from the one
 // holding its first row's first key; each adds after those before it. All the threads that add

@@ -1,5 +1,6 @@
-// The matrix-core layer: one warp-level m16n8k16 product plus the shared-memory fragment loads
-// and asynchronous copies that feed it. The kernels use only the functions declared here.
+// NVIDIA's matrix-core layer for the portable kernels: one warp-level m16n8k16 product plus the
+// shared-memory fragment loads and asynchronous copies that feed it. (AMD's is
+// arch/matrix_core_amd.h.)
 //
 // mma_16816, load_matrix_x4(_trans), copy_async_16/commit/wait: their operand and accumulator
 // layouts (which lane holds which element) are described in arch/mma_sm80.h and
@@ -11,5 +12,5 @@
 #if defined(FA_PLATFORM_CUDA)
 #include "arch/mma_sm80.h"
 #else
-#include "arch/mma_scalar_fallback.h"
+#error "mma.h is NVIDIA's mma.sync layer; the AMD kernels use arch/matrix_core_amd.h"
 #endif

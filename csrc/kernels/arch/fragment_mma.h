@@ -6,8 +6,7 @@
 //   row g     c[0]  c[1]
 //   row g+8   c[2]  c[3]
 //
-// A row's 8 columns sit in one quad (lanes 4g .. 4g + 3). The scalar fallback
-// (mma_scalar_fallback.h) reproduces this layout, so it uses this file too.
+// A row's 8 columns sit in one quad (lanes 4g .. 4g + 3).
 #pragma once
 
 #include "../platform.h"

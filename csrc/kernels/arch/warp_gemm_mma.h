@@ -1,5 +1,5 @@
 // Warp-level GEMMs over shared-memory tiles (SmemTile layout) on the m16n8k16 instruction
-// (mma.h: mma.sync on NVIDIA, the scalar fallback elsewhere), into register tiles of its
+// (mma.h: mma.sync), into register tiles of its
 // accumulator layout (fragment_mma.h).
 //
 // A warp computes acc (kMT strips of 16 rows, kNT tiles of 8 columns) over a k range
