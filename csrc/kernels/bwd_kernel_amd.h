@@ -10,8 +10,8 @@
 //
 // so P and dS are computed in the backward's own orientation (rows are keys, as the portable
 // kernel's S^T), and the masks, the score modifiers, dropout's words and the epilogues are the
-// shared ones. Q, dO (and K, V) sit row-major in LDS; the products that want them transposed read
-// them with strided loads. Per query block:
+// shared ones. Q, dO, K (and V up to head dim 128) sit row-major in LDS; the products that want
+// them transposed read them with strided loads. Per query block:
 //
 //   barrier | Q, dO, lse, D -> LDS | barrier | S, dP | P, dS | dS -> LDS | dV, dK | barrier | dQ (atomics)
 #pragma once
@@ -49,6 +49,34 @@ FA_DEVICE typename Core::Operand load_operand_strided(const T* base, int stride,
   return op;
 }
 
+// With the head dim split over kDSplit waves (consecutive ones), each adds its partners' partial
+// sums of a tile to its own: every wave writes its partial to swap[wave], all wait, each reads its
+// partners', all wait again (the buffer is reused for the next tile).
+template <int kDSplit, int kTileFloats, class Tile>
+FA_DEVICE void add_partner_partials(Tile& tile, float* swap, int wave, int lane) {
+  static_assert(Tile::kMT * Tile::kNT * Tile::kElems * Tile::Layout::kWaveSize == kTileFloats, "one tile a wave");
+  float* mine = swap + wave * kTileFloats + lane;
+  constexpr int kStride = Tile::Layout::kWaveSize;
+#pragma unroll
+  for (int nt = 0; nt < Tile::kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < Tile::kElems; ++e) mine[(nt * Tile::kElems + e) * kStride] = tile(0, nt, e);
+  }
+  __syncthreads();
+  const int first = wave - wave % kDSplit;
+#pragma unroll
+  for (int w = first; w < first + kDSplit; ++w) {
+    if (w == wave) continue;
+    const float* theirs = swap + w * kTileFloats + lane;
+#pragma unroll
+    for (int nt = 0; nt < Tile::kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < Tile::kElems; ++e) tile(0, nt, e) += theirs[(nt * Tile::kElems + e) * kStride];
+    }
+  }
+  __syncthreads();
+}
+
 template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) flash_bwd_amd_kernel(const BwdParams params) {
 #if defined(FA_AMD_DEVICE_FAMILY)
@@ -58,27 +86,31 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     using Layout = typename Core::Layout;
     constexpr int kTile = Traits::kTile, kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
     constexpr int kHeadDim = Traits::kHeadDim, kRowStride = Traits::kRowStride, kDsStride = Traits::kDsStride;
-    constexpr int kNThreads = Traits::kNThreads, kWaves = Traits::kWaves;
+    constexpr int kNThreads = Traits::kNThreads, kWaves = Traits::kWaves, kDSplit = Traits::kDSplit;
     constexpr int kKSteps = kHeadDim / Core::kK, kDTiles = kHeadDim / kTile;
+    // The wave's share of the head dim: k-steps of S and dP, channel tiles of dK and dV.
+    constexpr int kWaveKSteps = kKSteps / kDSplit, kWaveDTiles = kDTiles / kDSplit;
     constexpr int kQuerySteps = kBlockM / Core::kK, kKeySteps = kBlockN / Core::kK;
-    constexpr bool kVInRegisters = Traits::kVInRegisters;
+    constexpr bool kVFromGlobal = Traits::kVFromGlobal;
     static_assert(Core::kM == kTile && Core::kN == kTile, "square instruction tiles");
     using STile = AccTile<Layout, 1, kBlockM / kTile>;  // S, then P; dP, then dS: the wave's keys x queries
-    using DkvTile = AccTile<Layout, 1, kDTiles>;        // dK, dV: the wave's keys x head dim
+    using DkvTile = AccTile<Layout, 1, kWaveDTiles>;    // dK, dV: the wave's keys x its channels
     using DqTile = AccTile<Layout, 1, 1>;               // dQ: queries x one tile of head dim
 
     extern __shared__ __align__(16) char smem[];
     T* sK = reinterpret_cast<T*>(smem);                              // [kBlockN][kRowStride]
-    T* sV = sK + Traits::kKVElems;                                   // [kBlockN][kRowStride], unless in registers
-    T* sQ = sV + (kVInRegisters ? 0 : Traits::kKVElems);             // [kBlockM][kRowStride]
+    T* sV = sK + Traits::kKVElems;                                   // [kBlockN][kRowStride], unless from global
+    T* sQ = sV + (kVFromGlobal ? 0 : Traits::kKVElems);              // [kBlockM][kRowStride]
     T* sdO = sQ + Traits::kQElems;                                   // [kBlockM][kRowStride]
     T* sdS = sdO + Traits::kQElems;                                  // [kBlockM][kDsStride]: dS, queries x keys
     float* sLse = reinterpret_cast<float*>(sdS + kBlockM * kDsStride);  // [kBlockM], log2 units
     float* sD = sLse + kBlockM;                                         // [kBlockM]
+    float* sSwap = sD + kBlockM;  // [kWaves][kTile * kTile]: partial S, then dP, with the head dim split
 
     const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
     const int tid = threadIdx.x, wave = tid / Traits::kWaveSize, lane = tid % Traits::kWaveSize;
-    const int key0 = n_block * kBlockN, wave_key0 = wave * kTile;
+    // Waves wave / kDSplit share their keys; wave % kDSplit names the part of the head dim.
+    const int key0 = n_block * kBlockN, wave_key0 = wave / kDSplit * kTile, part = wave % kDSplit;
     const int group = params.h / params.h_k;
     const SeqBounds seq(params, batch);
     const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
@@ -108,15 +140,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     auto operand_k = [&](int i) { return Core::operand_k(lane, i); };
     auto p_key = [&](int i) { return Core::p_key(lane, i); };
     const int wave_key = wave_key0 + lane % Core::kN;  // the block row of the lane's B operand column
-    typename Core::Operand v_frag[kVInRegisters ? kKSteps : 1];
-    if constexpr (kVInRegisters) {
-      const bool valid = wave_key < keys_valid;
-#pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        v_frag[kk] = load_operand<Core>(v + (valid ? wave_key : 0) * params.v_row_stride, kk, operand_k,
-                                        valid ? params.d : 0);
-      }
-    } else {
+    const bool wave_key_valid = wave_key < keys_valid;
+    if constexpr (!kVFromGlobal) {
       copy_rows_to_lds<kBlockN, kHeadDim, kRowStride, false, kNThreads>(
           sV, [&](int row) { return v + row * params.v_row_stride; }, keys_valid, params.d, tid);
     }
@@ -149,20 +174,31 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       }
       __syncthreads();
 
-      // S = Q K^T and dP = dO V^T: A = Q, dO rows (the instruction's M: queries), B = K, V rows.
+      // S = Q K^T and dP = dO V^T: A = Q, dO rows (the instruction's M: queries), B = K, V rows;
+      // over the wave's part of the head dim.
       STile acc_s = {}, acc_dp = {};
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
+      for (int kk = part * kWaveKSteps; kk < (part + 1) * kWaveKSteps; ++kk) {
         const auto b_k = load_operand<Core>(sK + wave_key * kRowStride, kk, operand_k);
         typename Core::Operand b_v;
-        if constexpr (kVInRegisters) b_v = v_frag[kk];
-        else b_v = load_operand<Core>(sV + wave_key * kRowStride, kk, operand_k);
+        if constexpr (kVFromGlobal) {
+          b_v = load_operand<Core>(v + (wave_key_valid ? wave_key : 0) * params.v_row_stride, kk, operand_k,
+                                   wave_key_valid ? params.d : 0);
+        } else {
+          b_v = load_operand<Core>(sV + wave_key * kRowStride, kk, operand_k);
+        }
 #pragma unroll
         for (int qt = 0; qt < STile::kNT; ++qt) {
           const int query = qt * kTile + lane % Core::kM;
           mma_tile<Core>(acc_s, 0, qt, load_operand<Core>(sQ + query * kRowStride, kk, operand_k), b_k);
           mma_tile<Core>(acc_dp, 0, qt, load_operand<Core>(sdO + query * kRowStride, kk, operand_k), b_v);
         }
+      }
+
+      if constexpr (kDSplit > 1) {
+        // The waves of a key tile add each other's partial sums: both end with all of S and dP.
+        add_partner_partials<kDSplit, kTile * kTile>(acc_s, sSwap, wave, lane);
+        add_partner_partials<kDSplit, kTile * kTile>(acc_dp, sSwap, wave, lane);
       }
 
       // P (kept and rescaled, for dV) in acc_s, dS in acc_dp. Keys past the end get P = 0 too:
@@ -209,7 +245,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
           }
           acc_s(0, qt, e) = p_dv;
           acc_dp(0, qt, e) = ds;
-          store_one(sdS + col * kDsStride + wave_key0 + Layout::lane_row(lane), ds);
+          if (part == 0) store_one(sdS + col * kDsStride + wave_key0 + Layout::lane_row(lane), ds);
         }
       }
 
@@ -220,8 +256,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
         const typename Core::Operand b_p = Core::p_operand(acc_s, 0, s, lane);
         const typename Core::Operand b_ds = Core::p_operand(acc_dp, 0, s, lane);
 #pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          const int channel = dt * kTile + lane % Core::kM;
+        for (int dt = 0; dt < kWaveDTiles; ++dt) {
+          const int channel = (part * kWaveDTiles + dt) * kTile + lane % Core::kM;
           mma_tile<Core>(acc_dv, 0, dt, load_operand_strided<Core>(sdO + channel, kRowStride, s, p_key), b_p);
           mma_tile<Core>(acc_dk, 0, dt, load_operand_strided<Core>(sQ + channel, kRowStride, s, p_key), b_ds);
         }
@@ -255,10 +291,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
     store_tile<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride +
                       seq.k_start * params.dk_row_stride,
-                  params.dk_row_stride, acc_dk, key0 + wave_key0, 0, seqlen_k, params.d, params.scale_softmax, lane);
+                  params.dk_row_stride, acc_dk, key0 + wave_key0, part * kWaveDTiles * kTile, seqlen_k, params.d,
+                  params.scale_softmax, lane);
     store_tile<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride +
                       seq.k_start * params.dv_row_stride,
-                  params.dv_row_stride, acc_dv, key0 + wave_key0, 0, seqlen_k, params.d, 1.f, lane);
+                  params.dv_row_stride, acc_dv, key0 + wave_key0, part * kWaveDTiles * kTile, seqlen_k, params.d, 1.f,
+                  lane);
   }
 #endif  // FA_AMD_DEVICE_FAMILY
 }

@@ -74,8 +74,10 @@ template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna, kHeadDim> {
   static constexpr bool kQInRegisters = true;
 };
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna3, kHeadDim> {
-  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
-  static constexpr bool kQInRegisters = kHeadDim <= 128;  // 16 values a lane per k16 step
+  // Q's fragments take 16 values a lane per k16 step: above head dim 128 Q stays in LDS, and two
+  // waves (32 rows) keep it beside K and V^T within 64 KB.
+  static constexpr int kWaves = kHeadDim <= 128 ? 4 : 2, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = kHeadDim <= 128;
 };
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
   static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
@@ -113,13 +115,16 @@ using FwdTraitsAmd = AmdTraits<T, kFamily, kHeadDim>;
 
 // The AMD backward (bwd_kernel_amd.h): a block owns kBlockN keys, kN (the instruction's N: 32 on
 // CDNA, 16 on RDNA) per wave, and walks query blocks of kM rows (the instruction's M). LDS holds
-// K and V [kBlockN][kHeadDim + 8] -- V only without V in registers -- Q and dO [kBlockM][kHeadDim
-// + 8] and dS [kBlockM][kBlockN + 8], with lse and D: within 64 KB. On CDNA above head dim 128
-// V's operands stay in registers (the accumulators take the AGPRs) so that the rest fits.
+// K and V [kBlockN][kHeadDim + 8] -- V not above head dim 128 -- Q and dO [kBlockM][kHeadDim
+// + 8] and dS [kBlockM][kBlockN + 8], with lse and D: within 64 KB.
 template <AmdFamily kFamily, int kHeadDim> struct BwdTileAmd {
-  static constexpr bool kCdna = kFamily == AmdFamily::kCdna;
-  static constexpr int kWaves = kHeadDim <= 128 ? 2 : 1;
-  static constexpr bool kVInRegisters = kCdna && kHeadDim > 128;
+  // Above head dim 128 one wave cannot hold dK and dV for every channel (256 accumulators a lane
+  // at d256): two waves share the block's keys, each with half of the channels of dK and dV and
+  // half of the head dim of S and dP, whose partial sums they swap through LDS. And V's operands
+  // come straight from global memory (L1 and L2 serve the repeats): in LDS they would not fit
+  // beside K, Q and dO.
+  static constexpr int kKeyWaves = kHeadDim <= 128 ? 2 : 1, kDSplit = kHeadDim <= 128 ? 1 : 2;
+  static constexpr bool kVFromGlobal = kHeadDim > 128;
 };
 
 template <class T_, AmdFamily kFamily_, int kHeadDim_>
@@ -130,15 +135,18 @@ struct BwdTraitsAmd {
   using Tile = BwdTileAmd<kFamily, kHeadDim>;
   static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
   static constexpr int kTile = kFamily == AmdFamily::kCdna ? 32 : 16;  // the instruction's M and N
-  static constexpr int kWaves = Tile::kWaves, kNThreads = kWaves * kWaveSize;
-  static constexpr int kBlockN = kWaves * kTile, kBlockM = kTile, kMinBlocksPerSm = 1;
-  static constexpr bool kVInRegisters = Tile::kVInRegisters;
+  static constexpr int kKeyWaves = Tile::kKeyWaves, kDSplit = Tile::kDSplit;
+  static constexpr int kWaves = kKeyWaves * kDSplit, kNThreads = kWaves * kWaveSize;
+  static constexpr int kBlockN = kKeyWaves * kTile, kBlockM = kTile, kMinBlocksPerSm = 1;
+  static constexpr bool kVFromGlobal = Tile::kVFromGlobal;
   static constexpr int kRowStride = kHeadDim + 8, kDsStride = kBlockN + 8;
   static constexpr int kKVElems = kBlockN * kRowStride, kQElems = kBlockM * kRowStride;
-  static constexpr int kSmemBytes = ((kVInRegisters ? 1 : 2) * kKVElems + 2 * kQElems + kBlockM * kDsStride) *
-                                        int(sizeof(T)) + 2 * kBlockM * int(sizeof(float));
+  // With the head dim split, S's (then dP's) partial sums: a tile a wave.
+  static constexpr int kSwapFloats = kDSplit > 1 ? kWaves * kTile * kTile : 0;
+  static constexpr int kSmemBytes = ((kVFromGlobal ? 1 : 2) * kKVElems + 2 * kQElems + kBlockM * kDsStride) *
+                                        int(sizeof(T)) + (2 * kBlockM + kSwapFloats) * int(sizeof(float));
   static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD backward's tiles must fit 64 KB of LDS");
-  static_assert(kHeadDim % kTile == 0, "whole instruction tiles");
+  static_assert(kHeadDim % (kTile * kDSplit) == 0, "whole instruction tiles in each wave's channels");
 };
 template <class T, AmdFamily kFamily, int kHeadDim>
 using KvCacheTraitsAmd = AmdTraits<T, kFamily, kHeadDim, KvCacheTileAmd<kFamily, kHeadDim>>;
