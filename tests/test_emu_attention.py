@@ -27,8 +27,8 @@ def randn(*shape, dtype=torch.float16):
 
 
 def make_qkv(batch, seqlen_q, seqlen_k, heads, heads_k, head_dim, dtype):
-    return (randn(batch, seqlen_q, heads, head_dim, dtype=dtype), randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype),
-            randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype))
+    return (randn(batch, seqlen_q, heads, head_dim, dtype=dtype),
+            randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype), randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype))
 
 
 def check_lse(lse, lse_ref):
@@ -144,7 +144,8 @@ def test_varlen_fwd(emu, dtype, causal):
     q_lens, k_lens = [37, 0, 130, 1], [50, 3, 120, 0]
     q, k, v, cu_q, cu_k = varlen_case(q_lens, k_lens, 2, 1, 64, dtype)
     out, lse, _ = emu.varlen_fwd(q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), causal=causal)
-    for i, (qs, ks, vs, os_) in enumerate(zip(split(q, q_lens), split(k, k_lens), split(v, k_lens), split(out, q_lens))):
+    sequences = zip(split(q, q_lens), split(k, k_lens), split(v, k_lens), split(out, q_lens))
+    for i, (qs, ks, vs, os_) in enumerate(sequences):
         if len(qs) == 0:
             continue
         lse_i = lse[:, cu_q[i]:cu_q[i + 1]]

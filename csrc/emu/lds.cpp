@@ -106,14 +106,14 @@ extern "C" {
 void __tsan_init() {}
 void __tsan_func_entry(void*) {}
 void __tsan_func_exit() {}
-#define FA_EMU_TSAN_ACCESS(n)                                                                              \
-  void __tsan_read##n(void* a) { fa_emu::detail::check_access(a, n, false); }                                     \
-  void __tsan_write##n(void* a) { fa_emu::detail::check_access(a, n, true); }                                     \
-  void __tsan_unaligned_read##n(void* a) { fa_emu::detail::check_access(a, n, false); }                           \
-  void __tsan_unaligned_write##n(void* a) { fa_emu::detail::check_access(a, n, true); }                           \
-  void __tsan_volatile_read##n(void* a) { fa_emu::detail::check_access(a, n, false); }                            \
-  void __tsan_volatile_write##n(void* a) { fa_emu::detail::check_access(a, n, true); }                            \
-  void __tsan_unaligned_volatile_read##n(void* a) { fa_emu::detail::check_access(a, n, false); }                  \
+#define FA_EMU_TSAN_ACCESS(n)                                                                    \
+  void __tsan_read##n(void* a) { fa_emu::detail::check_access(a, n, false); }                    \
+  void __tsan_write##n(void* a) { fa_emu::detail::check_access(a, n, true); }                    \
+  void __tsan_unaligned_read##n(void* a) { fa_emu::detail::check_access(a, n, false); }          \
+  void __tsan_unaligned_write##n(void* a) { fa_emu::detail::check_access(a, n, true); }          \
+  void __tsan_volatile_read##n(void* a) { fa_emu::detail::check_access(a, n, false); }           \
+  void __tsan_volatile_write##n(void* a) { fa_emu::detail::check_access(a, n, true); }           \
+  void __tsan_unaligned_volatile_read##n(void* a) { fa_emu::detail::check_access(a, n, false); } \
   void __tsan_unaligned_volatile_write##n(void* a) { fa_emu::detail::check_access(a, n, true); }
 FA_EMU_TSAN_ACCESS(1)
 FA_EMU_TSAN_ACCESS(2)

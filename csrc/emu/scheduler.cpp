@@ -124,8 +124,6 @@ void switch_from(Fiber* self, Fiber* next) {
   on_resume(fctx::jump_fcontext(target, self));
 }
 
-
-
 Fiber* take_ready(Block& b) {
   const uint32_t i = launch_state->random.below(static_cast<uint32_t>(b.ready.size()));
   Fiber* f = b.ready[i];

@@ -37,8 +37,8 @@ struct Random {
 struct Stack {
   char* base = nullptr;
   Stack() {
-    base = static_cast<char*>(mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                                   -1, 0));
+    base = static_cast<char*>(
+        mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
     if (base == MAP_FAILED) std::abort();
     mprotect(base, 4096, PROT_NONE);
   }
