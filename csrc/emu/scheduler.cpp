@@ -310,12 +310,9 @@ std::unique_ptr<Block> make_block(Index3 index) {
 
 // Runs `b` until it is done, stuck or deadlocked (or the launch fails).
 void run_block(Block& b) {
-  Launch& L = *launch_state;
-  L.running_block = &b;
   Fiber* first = take_ready(b);
   run_fiber(first);
   on_resume(fctx::jump_fcontext(first->context, nullptr));
-  L.running_block = nullptr;
 }
 
 std::string deadlock_report(const Block& b) {

@@ -99,7 +99,7 @@ struct ShadowCell {
   uint16_t writer, reader;
 };
 
-enum class BlockState { kRunnable, kStuck, kDone };
+enum class BlockState { kRunnable, kStuck };
 
 struct Block {
   Index3 index{};
@@ -123,7 +123,6 @@ struct Launch {
   void (*body)(void*) = nullptr;
   void* context = nullptr;
   Random random{1};
-  Block* running_block = nullptr;
   Fiber* running = nullptr;
   fctx::fcontext_t scheduler = nullptr;
   uint64_t activity = 0;  // progress events of every block: a stuck block waits for one
