@@ -27,8 +27,8 @@ def randn(*shape, dtype=torch.float16):
 
 
 def make_qkv(batch, seqlen_q, seqlen_k, heads, heads_k, head_dim, dtype):
-    return (randn(batch, seqlen_q, heads, head_dim, dtype=dtype), randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype),
-            randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype))
+    return (randn(batch, seqlen_q, heads, head_dim, dtype=dtype),
+            randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype), randn(batch, seqlen_k, heads_k, head_dim, dtype=dtype))
 
 
 def check_lse(lse, lse_ref):
@@ -144,7 +144,8 @@ def test_varlen_fwd(emu, dtype, causal):
     q_lens, k_lens = [37, 0, 130, 1], [50, 3, 120, 0]
     q, k, v, cu_q, cu_k = varlen_case(q_lens, k_lens, 2, 1, 64, dtype)
     out, lse, _ = emu.varlen_fwd(q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), causal=causal)
-    for i, (qs, ks, vs, os_) in enumerate(zip(split(q, q_lens), split(k, k_lens), split(v, k_lens), split(out, q_lens))):
+    sequences = zip(split(q, q_lens), split(k, k_lens), split(v, k_lens), split(out, q_lens))
+    for i, (qs, ks, vs, os_) in enumerate(sequences):
         if len(qs) == 0:
             continue
         lse_i = lse[:, cu_q[i]:cu_q[i + 1]]
@@ -268,6 +269,28 @@ def test_kvcache_paged_with_splits(emu, dtype, head_dim):
                   block_table=block_table, causal=True, softmax_scale=head_dim ** -0.5)
     ref = kvcache_ref(q, k_cache, v_cache, **kwargs)
     out, lse = emu.fwd_kvcache(q, k_cache, v_cache, num_splits=3, **kwargs)
+    assert torch.equal(k_cache, ref.k_cache) and torch.equal(v_cache, ref.v_cache), "the append"
+    assert_within_eager_error(out, ref.out, ref.out_eager)
+    check_lse(lse, ref.lse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", target_params())
+def test_kvcache_decode_contiguous(emu, dtype):
+    """Decode (one query row per sequence, so the four query heads of the kv head fold into one
+    block's rows) over a contiguous cache whose rows cache_batch_idx picks, left-padded, with one
+    appended row and 2 KV splits."""
+    from test_kvcache import kvcache_ref
+
+    batch, heads, head_dim, capacity = 3, 4, 64, 150
+    q = randn(batch, 1, heads, head_dim, dtype=dtype)
+    k_cache, v_cache = randn(4, capacity, 1, head_dim, dtype=dtype), randn(4, capacity, 1, head_dim, dtype=dtype)
+    kwargs = dict(k=randn(batch, 1, 1, head_dim, dtype=dtype), v=randn(batch, 1, 1, head_dim, dtype=dtype),
+                  cache_seqlens=torch.tensor([100, 5, 140], dtype=torch.int32),
+                  cache_batch_idx=torch.tensor([2, 0, 3], dtype=torch.int32),
+                  cache_leftpad=torch.tensor([10, 0, 30], dtype=torch.int32), softmax_scale=head_dim ** -0.5)
+    ref = kvcache_ref(q, k_cache, v_cache, **kwargs)
+    out, lse = emu.fwd_kvcache(q, k_cache, v_cache, num_splits=2, **kwargs)
     assert torch.equal(k_cache, ref.k_cache) and torch.equal(v_cache, ref.v_cache), "the append"
     assert_within_eager_error(out, ref.out, ref.out_eager)
     check_lse(lse, ref.lse)

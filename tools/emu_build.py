@@ -42,7 +42,7 @@ GOLDEN_LAYOUTS = ROOT.parent / "shared" / "amd_matrix_layouts"
 COMMON_FLAGS = ["-std=c++17", "-O1", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wno-psabi",
                 "-Wno-unused-command-line-argument"]
 # The kernels' translation units: the HIP emulation, and ThreadSanitizer's instrumentation calling
-# the emulator's own hooks (csrc/emu/runtime.cpp) for the LDS race and overrun detector.
+# the emulator's own hooks (csrc/emu/lds.cpp) for the LDS race and overrun detector.
 KERNEL_FLAGS = ["-DFA_PLATFORM_EMU", "-I", str(ROOT / "csrc" / "kernels"), "-fsanitize=thread",
                 "-mllvm", "-tsan-instrument-func-entry-exit=0"]
 
@@ -116,12 +116,11 @@ def build(target: str, jobs: int | None = None, verbose: bool = False) -> Path:
 
     layout_flags = [f'-DFA_EMU_DEFAULT_LAYOUT_DIR="{GOLDEN_LAYOUTS}"',
                     f'-DFA_EMU_OWN_LAYOUT_DIR="{ROOT / "csrc" / "emu" / "layouts"}"']
-    runtime_flags = [*COMMON_FLAGS, define, *layout_flags]
+    emulator_flags = [*COMMON_FLAGS, define, *layout_flags]
     kernel_flags = [*COMMON_FLAGS, define, *KERNEL_FLAGS]
     entry_flags = [*COMMON_FLAGS, define, "-DFA_PLATFORM_EMU", "-I", str(ROOT / "csrc" / "kernels")]
-    units = [(ROOT / "csrc" / "emu" / "runtime.cpp", runtime_flags),
-             (ROOT / "csrc" / "emu" / "matrix.cpp", runtime_flags),
-             (ROOT / "csrc" / "emu" / "entry.cpp", entry_flags)]
+    units = [(ROOT / "csrc" / "emu" / name, emulator_flags) for name in ("scheduler.cpp", "lds.cpp", "matrix.cpp")]
+    units += [(ROOT / "csrc" / "emu" / "entry.cpp", entry_flags)]
     units += [(path, kernel_flags) for path in generated]
     units += [(path, kernel_flags) for path in sorted((ROOT / "tests" / "emu_kernels").glob("*.cpp"))]
 
@@ -158,12 +157,13 @@ def _inputs_digest(identity: str, target: str) -> str:
 
 
 def _check_tsan_hooks(library: Path) -> None:
-    """Every __tsan_* symbol the instrumentation calls must be the emulator's (no TSan runtime)."""
+    """Every __tsan_* symbol the instrumentation calls must be the emulator's (csrc/emu/lds.cpp): no
+    TSan runtime is linked."""
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(library)], capture_output=True, text=True,
                                check=True).stdout
     unresolved = sorted({line.split()[-1] for line in undefined.splitlines() if "__tsan_" in line})
     if unresolved:
-        raise RuntimeError(f"{library}: the emulator does not define {', '.join(unresolved)} (csrc/emu/runtime.cpp)")
+        raise RuntimeError(f"{library}: the emulator does not define {', '.join(unresolved)} (csrc/emu/lds.cpp)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 // The wavefront emulator's runtime interface: what the HIP device-API emulation (hip_emu.h) and
-// the launch in platform.h call. Implemented by runtime.cpp and matrix.cpp, which are compiled
+// the launch in platform.h call. Implemented by scheduler.cpp, lds.cpp and matrix.cpp, compiled
 // without the race detector's instrumentation; the kernels' translation units are compiled with it.
 //
 // One launch runs every thread of every block as a fiber on the calling OS thread. Threads run in

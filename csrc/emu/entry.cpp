@@ -157,7 +157,8 @@ int fa_emu_bwd(const FaEmuAttention* a, const FaEmuBackward* g) {
   const int64_t m_blocks = (a->seqlen_q + flash::kDqSemaphoreBlockM - 1) / flash::kDqSemaphoreBlockM;
   std::vector<int> semaphore(g->deterministic ? static_cast<size_t>(a->batch) * a->heads * m_blocks : 0, 0);
   p.dout = g->dout.data;
-  p.do_batch_stride = g->dout.batch_stride, p.do_row_stride = g->dout.row_stride, p.do_head_stride = g->dout.head_stride;
+  p.do_batch_stride = g->dout.batch_stride, p.do_row_stride = g->dout.row_stride;
+  p.do_head_stride = g->dout.head_stride;
   p.dk = g->dk.data, p.dv = g->dv.data;
   p.dk_batch_stride = g->dk.batch_stride, p.dk_row_stride = g->dk.row_stride, p.dk_head_stride = g->dk.head_stride;
   p.dv_batch_stride = g->dv.batch_stride, p.dv_row_stride = g->dv.row_stride, p.dv_head_stride = g->dv.head_stride;

@@ -49,7 +49,7 @@
 #define __device__
 #define __host__
 // The emulator has one LDS buffer per block: the dynamic `extern __shared__ T name[]` the kernels
-// declare (runtime.cpp defines flash::smem and ::smem over it). A static __shared__ variable is
+// declare (lds.cpp defines flash::smem and ::smem over it). A static __shared__ variable is
 // not emulated: a local one fails to compile on this section attribute, a `static` one lands in
 // the section, which tools/emu_build.py rejects.
 #define __shared__ __attribute__((section("fa_emu_static_shared_is_unsupported")))

@@ -137,13 +137,15 @@ template <> FA_DEVICE floatx16 mfma_32x32x16<half_t>(Operand<half_t, 8> a, Opera
   return __builtin_amdgcn_mfma_f32_32x32x16_f16(a, b, c, 0, 0, 0);
 }
 template <> FA_DEVICE floatx16 mfma_32x32x16<bf16_t>(Operand<bf16_t, 8> a, Operand<bf16_t, 8> b, floatx16 c) {
-  return __builtin_amdgcn_mfma_f32_32x32x16_bf16(__builtin_bit_cast(bf16x8, a), __builtin_bit_cast(bf16x8, b), c, 0, 0, 0);
+  return __builtin_amdgcn_mfma_f32_32x32x16_bf16(__builtin_bit_cast(bf16x8, a), __builtin_bit_cast(bf16x8, b), c,
+                                                 0, 0, 0);
 }
 template <> FA_DEVICE floatx4 mfma_16x16x32<half_t>(Operand<half_t, 8> a, Operand<half_t, 8> b, floatx4 c) {
   return __builtin_amdgcn_mfma_f32_16x16x32_f16(a, b, c, 0, 0, 0);
 }
 template <> FA_DEVICE floatx4 mfma_16x16x32<bf16_t>(Operand<bf16_t, 8> a, Operand<bf16_t, 8> b, floatx4 c) {
-  return __builtin_amdgcn_mfma_f32_16x16x32_bf16(__builtin_bit_cast(bf16x8, a), __builtin_bit_cast(bf16x8, b), c, 0, 0, 0);
+  return __builtin_amdgcn_mfma_f32_16x16x32_bf16(__builtin_bit_cast(bf16x8, a), __builtin_bit_cast(bf16x8, b), c,
+                                                 0, 0, 0);
 }
 #endif
 #endif  // CDNA4

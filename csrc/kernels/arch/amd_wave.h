@@ -25,7 +25,9 @@ FA_DEVICE uint32_t wave_permute(uint32_t value, int src_lane) {
 #endif
 }
 
-FA_DEVICE uint32_t wave_shuffle_xor(uint32_t value, int lane_mask) { return wave_permute(value, lane_id() ^ lane_mask); }
+FA_DEVICE uint32_t wave_shuffle_xor(uint32_t value, int lane_mask) {
+  return wave_permute(value, lane_id() ^ lane_mask);
+}
 
 // The value of the lowest active lane, in every lane (v_readfirstlane_b32).
 FA_DEVICE uint32_t wave_broadcast_first(uint32_t value) {

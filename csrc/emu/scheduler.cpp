@@ -1,56 +1,22 @@
-// The wavefront emulator: fibers, the scheduler, LDS, the race detector and the atomics.
-// Compiled without -fsanitize=thread; the kernels' translation units are compiled with it and
-// call the __tsan_* hooks at the end of this file for every memory access they make.
+// The wavefront emulator's scheduler: fibers, blocks, wavefront collectives, barriers, atomics
+// and the launch. Compiled without -fsanitize=thread (lds.cpp holds the race detector).
 //
-// Scheduling. A launch runs its blocks one at a time, in a seeded random order. Inside a block
-// the running thread keeps the CPU until it reaches a synchronisation point (a barrier, a wave
-// collective, an atomic that polls, its exit); the next thread is drawn at random from the ready
-// ones. A block whose ready threads only poll global memory that no thread of it changes (the
-// deterministic backward's semaphore) is set aside, its LDS saved, and another block runs, as
-// on a GPU with several resident blocks; it resumes once some other block made progress.
-//
-// Race detection. Every byte of the running block's LDS has a shadow cell: its last writer and
-// reader, with the block's barrier count and the wavefront's collective count at the time. An
-// access by another thread with no barrier since, and (same wavefront) no collective since,
-// fails the launch, as does an access outside [0, dynamic LDS size).
+// A launch runs its blocks one at a time, in a seeded random order. Inside a block the running
+// thread keeps the CPU until it reaches a synchronisation point (a barrier, a wave collective, an
+// atomic that polls, its exit); the next thread is drawn at random from the ready ones. A
+// collective is one rendezvous: the last lane to arrive computes every lane's result and goes on.
+// A block whose ready threads only poll global memory that no thread of it changes (the
+// deterministic backward's semaphore) is set aside, its LDS saved, and another block runs, as on
+// a GPU with several resident blocks; it resumes once some other block made progress.
 #include <cxxabi.h>
 #include <dlfcn.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
-#include <boost/context/detail/fcontext.hpp>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <string>
-#include <vector>
 
-#include "emulator.h"
-#include "target.h"
-
-namespace fctx = boost::context::detail;
-
-// ---------------------------------------------------------------- LDS: one arena, red zones around
-// The kernels declare `extern __shared__ char smem[]` in namespace flash (or globally); both names
-// are aliases of the arena's middle, so no kernel source changes. Accesses that land in the red
-// zones are overruns.
-namespace {
-constexpr size_t kRedZone = 64 * 1024;
-constexpr size_t kMaxLds = FA_EMU_LDS_BYTES;
-}  // namespace
-extern "C" {
-alignas(4096) char fa_emu_lds_arena[kRedZone + kMaxLds + kRedZone];
-}
-asm(".globl _ZN5flash4smemE\n"
-    ".type _ZN5flash4smemE, @object\n"
-    ".set _ZN5flash4smemE, fa_emu_lds_arena + 65536\n"
-    ".globl smem\n"
-    ".type smem, @object\n"
-    ".set smem, fa_emu_lds_arena + 65536\n");
-static_assert(kRedZone == 65536, "the asm above hard-codes the red zone");
+#include "state.h"
 
 namespace fa_emu {
 
@@ -64,140 +30,9 @@ const char* target_name() { return FA_EMU_TARGET_NAME; }
 int wave_size() { return FA_EMU_WAVE_SIZE; }
 int lds_bytes() { return FA_EMU_LDS_BYTES; }
 
-namespace {
-
-constexpr int kWave = FA_EMU_WAVE_SIZE;
-constexpr int kMaxThreads = 1024;
-constexpr size_t kStackBytes = 256 * 1024;
-constexpr unsigned char kPoison = 0xff;  // NaN as fp16, bf16 and fp32
-char* const lds = fa_emu_lds_arena + kRedZone;
-
-// xorshift64*: the seeded order of blocks and threads.
-struct Random {
-  uint64_t state;
-  uint64_t next() {
-    state ^= state >> 12, state ^= state << 25, state ^= state >> 27;
-    return state * 0x2545F4914F6CDD1DULL;
-  }
-  uint32_t below(uint32_t n) { return static_cast<uint32_t>((next() >> 32) * n >> 32); }
-};
-
-// splitmix64's finaliser: nearby seeds give unrelated orders.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t seed_from_environment() {
-  const char* value = std::getenv("FA_EMU_SEED");
-  return value != nullptr && *value != '\0' ? std::strtoull(value, nullptr, 0) : 1;
-}
-
-// A fiber stack with a guard page below it.
-struct Stack {
-  char* base = nullptr;
-  Stack() {
-    base = static_cast<char*>(mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                                   -1, 0));
-    if (base == MAP_FAILED) std::abort();
-    mprotect(base, 4096, PROT_NONE);
-  }
-  ~Stack() { munmap(base, kStackBytes); }
-  Stack(const Stack&) = delete;
-  Stack& operator=(const Stack&) = delete;
-  void* top() const { return base + kStackBytes; }
-};
-
-enum class Op : uint8_t { kNone, kPermute, kBallot, kReadFirstLane, kWaveBarrier, kMatrix };
-const char* op_name(Op op) {
-  switch (op) {
-    case Op::kPermute: return "a shuffle (ds_bpermute)";
-    case Op::kBallot: return "a ballot";
-    case Op::kReadFirstLane: return "readfirstlane";
-    case Op::kWaveBarrier: return "a wave barrier";
-    case Op::kMatrix: return "a matrix instruction";
-    case Op::kNone: break;
-  }
-  return "nothing";
-}
-
-enum class Wait : uint8_t { kNone, kCollective, kBarrier };
-
-struct Block;
-
-struct Fiber {
-  ThreadCoordinates coords{};
-  fctx::fcontext_t context = nullptr;
-  std::unique_ptr<Stack> stack;
-  Block* block = nullptr;
-  int tid = 0;
-  bool exited = false;
-  Wait waiting = Wait::kNone;
-  // Polling: the last poll's address, value and the block's progress count then.
-  const void* poll_address = nullptr;
-  uint64_t poll_value = 0, poll_progress = ~0ull;
-  bool spinning = false;
-  // A collective's operands and result.
-  uint32_t in_value = 0;
-  int in_index = 0;
-  uint64_t out = 0;
-  const void *matrix_a = nullptr, *matrix_b = nullptr;
-  const float* matrix_c = nullptr;
-  float* matrix_d = nullptr;
-};
-
-struct Wave {
-  int first_tid = 0, lanes = 0, live = 0, arrived = 0;
-  uint32_t epoch = 1;  // collectives completed (+1)
-  Op op = Op::kNone;
-  const char* instruction = nullptr;
-};
-
-// The race detector's view of one LDS byte. Threads are stored as tid + 1 (0: none).
-struct ShadowCell {
-  uint32_t write_barrier, write_collective, read_barrier, read_collective;
-  uint16_t writer, reader;
-};
-
-enum class BlockState { kRunnable, kStuck, kDone };
-
-struct Block {
-  Index3 index{};
-  std::vector<Fiber> fibers;
-  std::vector<Wave> waves;
-  std::vector<Fiber*> ready;
-  std::vector<ShadowCell> shadow;
-  std::vector<char> lds_image;  // the LDS while another block runs
-  int live = 0, barrier_arrived = 0;
-  uint32_t barrier_epoch = 1;
-  uint64_t progress = 0;
-  BlockState state = BlockState::kRunnable;
-  uint64_t stuck_at_activity = 0;
-};
-
-struct Launch {
-  const void* kernel = nullptr;
-  Index3 grid{}, block{};
-  size_t lds_size = 0;
-  int nthreads = 0;
-  void (*body)(void*) = nullptr;
-  void* context = nullptr;
-  Random random{1};
-  Block* running_block = nullptr;
-  Fiber* running = nullptr;
-  fctx::fcontext_t scheduler = nullptr;
-  uint64_t activity = 0;  // progress events of every block: a stuck block waits for one
-  bool failed = false;
-};
+namespace detail {
 
 Launch* launch_state = nullptr;
-std::string last_error;
-uint64_t base_seed = seed_from_environment();
-int resumed_blocks = 0;  // in the last launch
-uint64_t launch_count = 0;
-std::vector<std::unique_ptr<Stack>> free_stacks;
 
 std::string format(const char* fmt, ...) {
   char buffer[1024];
@@ -222,6 +57,45 @@ std::string thread_description(const Block& b, int tid) {
   return format("thread %d (wave %d, lane %d) of block (%u, %u, %u)", tid, tid / kWave, tid % kWave, b.index.x,
                 b.index.y, b.index.z);
 }
+
+namespace {
+std::string last_error;
+}  // namespace
+
+void fail(const std::string& message) {
+  Launch& L = *launch_state;
+  if (!L.failed) {
+    L.failed = true;
+    last_error = format("%s: %s", kernel_name(L.kernel).c_str(), message.c_str());
+  }
+  Fiber* self = L.running;
+  L.running = nullptr;
+  current = nullptr;
+  fctx::jump_fcontext(L.scheduler, self);
+  std::abort();  // a failed launch never resumes its fibers
+}
+
+namespace {
+
+constexpr int kMaxThreads = 1024;
+
+// splitmix64's finaliser: nearby seeds give unrelated orders.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+uint64_t seed_from_environment() {
+  const char* value = std::getenv("FA_EMU_SEED");
+  return value != nullptr && *value != '\0' ? std::strtoull(value, nullptr, 0) : 1;
+}
+
+uint64_t base_seed = seed_from_environment();
+int resumed_blocks = 0;  // in the last launch
+uint64_t launch_count = 0;
+std::vector<std::unique_ptr<Stack>> free_stacks;
 
 // ---------------------------------------------------------------- switching between fibers
 
@@ -249,21 +123,6 @@ void switch_from(Fiber* self, Fiber* next) {
   }
   on_resume(fctx::jump_fcontext(target, self));
 }
-
-// Records the launch's first failure and returns to the scheduler, never to the caller.
-[[noreturn]] void fail(const std::string& message) {
-  Launch& L = *launch_state;
-  if (!L.failed) {
-    L.failed = true;
-    last_error = format("%s: %s", kernel_name(L.kernel).c_str(), message.c_str());
-  }
-  Fiber* self = L.running;
-  L.running = nullptr;
-  current = nullptr;
-  fctx::jump_fcontext(L.scheduler, self);
-  std::abort();  // a failed launch never resumes its fibers
-}
-
 
 Fiber* take_ready(Block& b) {
   const uint32_t i = launch_state->random.below(static_cast<uint32_t>(b.ready.size()));
@@ -451,12 +310,9 @@ std::unique_ptr<Block> make_block(Index3 index) {
 
 // Runs `b` until it is done, stuck or deadlocked (or the launch fails).
 void run_block(Block& b) {
-  Launch& L = *launch_state;
-  L.running_block = &b;
   Fiber* first = take_ready(b);
   run_fiber(first);
   on_resume(fctx::jump_fcontext(first->context, nullptr));
-  L.running_block = nullptr;
 }
 
 std::string deadlock_report(const Block& b) {
@@ -475,70 +331,6 @@ std::string deadlock_report(const Block& b) {
   return format("deadlock in block (%u, %u, %u): %d threads wait at __syncthreads, %d lanes at a wave collective "
                 "that some lane of their wave never reaches%s",
                 b.index.x, b.index.y, b.index.z, at_barrier, at_collective, where.c_str());
-}
-
-// ---------------------------------------------------------------- LDS accesses (from the hooks)
-
-// Which barrier and collective counts the running thread is at.
-struct Position {
-  Block* block;
-  int tid, wave;
-  uint32_t barrier, collective;
-};
-
-[[noreturn]] void report_overrun(const Position& p, intptr_t offset, size_t size, bool write) {
-  fail(format("LDS overrun: %s %s %zu bytes at LDS offset %" PRIdPTR ", outside the launch's %zu bytes of dynamic LDS",
-              thread_description(*p.block, p.tid).c_str(), write ? "writes" : "reads", size, offset,
-              launch_state->lds_size));
-}
-
-[[noreturn]] void report_race(const Position& p, size_t offset, bool write, int other, bool other_wrote) {
-  const char* kind = other_wrote ? (write ? "write after write" : "read after write") : "write after read";
-  const bool same_wave = other / kWave == p.wave;
-  fail(format("LDS race (%s) at LDS offset %zu: %s %s it; %s %s it with no %s in between", kind, offset,
-              thread_description(*p.block, p.tid).c_str(), write ? "writes" : "reads",
-              thread_description(*p.block, other).c_str(), other_wrote ? "wrote" : "read",
-              same_wave ? "__syncthreads or wave collective" : "__syncthreads"));
-}
-
-// Whether an access by `p` conflicts with one by thread `other` at (barrier, collective) counts.
-bool unordered(const Position& p, int other, uint32_t barrier, uint32_t collective) {
-  if (other == p.tid || barrier != p.barrier) return false;
-  return other / kWave != p.wave || collective == p.collective;
-}
-
-void lds_access(uintptr_t address, size_t size, bool write) {
-  Launch& L = *launch_state;
-  Fiber* self = L.running;
-  const intptr_t offset = static_cast<intptr_t>(address - reinterpret_cast<uintptr_t>(lds));
-  Block& b = *self->block;
-  const Position p{&b, self->tid, self->tid / kWave, b.barrier_epoch, b.waves[self->tid / kWave].epoch};
-  if (offset < 0 || static_cast<size_t>(offset) + size > L.lds_size) report_overrun(p, offset, size, write);
-  const uint16_t me = static_cast<uint16_t>(self->tid + 1);
-  for (size_t i = 0; i < size; ++i) {
-    ShadowCell& cell = b.shadow[offset + i];
-    if (cell.writer != 0 && unordered(p, cell.writer - 1, cell.write_barrier, cell.write_collective)) {
-      report_race(p, offset + i, write, cell.writer - 1, true);
-    }
-    if (write) {
-      if (cell.reader != 0 && unordered(p, cell.reader - 1, cell.read_barrier, cell.read_collective)) {
-        report_race(p, offset + i, write, cell.reader - 1, false);
-      }
-      cell.writer = me, cell.write_barrier = p.barrier, cell.write_collective = p.collective;
-      cell.reader = 0;
-    } else {
-      cell.reader = me, cell.read_barrier = p.barrier, cell.read_collective = p.collective;
-    }
-  }
-}
-
-constexpr uintptr_t kArenaSize = sizeof(fa_emu_lds_arena);
-
-inline void check_access(const void* address, size_t size, bool write) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(address);
-  if (a - reinterpret_cast<uintptr_t>(fa_emu_lds_arena) >= kArenaSize) return;  // not LDS
-  if (launch_state == nullptr || launch_state->running == nullptr) return;      // the emulator's own copies
-  lds_access(a, size, write);
 }
 
 // ---------------------------------------------------------------- atomics
@@ -587,8 +379,11 @@ T atomic_update(T* p, F&& update) {
 }
 
 }  // namespace
+}  // namespace detail
 
 // ---------------------------------------------------------------- the interface
+
+using namespace detail;
 
 int atomic_add(int* p, int v) {
   return atomic_update(p, [v](int x) { return static_cast<int>(static_cast<unsigned>(x) + static_cast<unsigned>(v)); });
@@ -718,10 +513,10 @@ int launch(const void* kernel, Index3 grid, Index3 block, size_t dynamic_lds, vo
       const uint64_t i = order[started++];
       const Index3 index{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
                          static_cast<unsigned>(i / (uint64_t(grid.x) * grid.y))};
-      if (lds_owner != nullptr) lds_owner->lds_image.assign(lds, lds + dynamic_lds);
+      if (lds_owner != nullptr) lds_owner->lds_image.assign(lds(), lds() + dynamic_lds);
       live.push_back(make_block(index));
       b = live.back().get();
-      std::memset(fa_emu_lds_arena, kPoison, sizeof fa_emu_lds_arena);
+      poison_lds();
       lds_owner = b;
     } else {
       b = candidates[pick];
@@ -729,8 +524,8 @@ int launch(const void* kernel, Index3 grid, Index3 block, size_t dynamic_lds, vo
       ++resumed_blocks;
       ++b->progress;  // its spinners poll afresh
       if (lds_owner != b) {
-        if (lds_owner != nullptr) lds_owner->lds_image.assign(lds, lds + dynamic_lds);
-        std::memcpy(lds, b->lds_image.data(), dynamic_lds);
+        if (lds_owner != nullptr) lds_owner->lds_image.assign(lds(), lds() + dynamic_lds);
+        std::memcpy(lds(), b->lds_image.data(), dynamic_lds);
         lds_owner = b;
       }
     }
@@ -763,43 +558,3 @@ int launch(const void* kernel, Index3 grid, Index3 block, size_t dynamic_lds, vo
 
 }  // namespace fa_emu
 
-// ---------------------------------------------------------------- ThreadSanitizer's hooks
-// What clang's -fsanitize=thread instrumentation calls; only LDS accesses are checked here.
-extern "C" {
-void __tsan_init() {}
-void __tsan_func_entry(void*) {}
-void __tsan_func_exit() {}
-#define FA_EMU_TSAN_ACCESS(n)                                                                              \
-  void __tsan_read##n(void* a) { fa_emu::check_access(a, n, false); }                                     \
-  void __tsan_write##n(void* a) { fa_emu::check_access(a, n, true); }                                     \
-  void __tsan_unaligned_read##n(void* a) { fa_emu::check_access(a, n, false); }                           \
-  void __tsan_unaligned_write##n(void* a) { fa_emu::check_access(a, n, true); }                           \
-  void __tsan_volatile_read##n(void* a) { fa_emu::check_access(a, n, false); }                            \
-  void __tsan_volatile_write##n(void* a) { fa_emu::check_access(a, n, true); }                            \
-  void __tsan_unaligned_volatile_read##n(void* a) { fa_emu::check_access(a, n, false); }                  \
-  void __tsan_unaligned_volatile_write##n(void* a) { fa_emu::check_access(a, n, true); }
-FA_EMU_TSAN_ACCESS(1)
-FA_EMU_TSAN_ACCESS(2)
-FA_EMU_TSAN_ACCESS(4)
-FA_EMU_TSAN_ACCESS(8)
-FA_EMU_TSAN_ACCESS(16)
-#undef FA_EMU_TSAN_ACCESS
-void __tsan_read_range(void* a, unsigned long size) { fa_emu::check_access(a, size, false); }
-void __tsan_write_range(void* a, unsigned long size) { fa_emu::check_access(a, size, true); }
-void __tsan_vptr_read(void**) {}
-void __tsan_vptr_update(void**, void*) {}
-void* __tsan_memcpy(void* dst, const void* src, unsigned long size) {
-  fa_emu::check_access(src, size, false);
-  fa_emu::check_access(dst, size, true);
-  return std::memcpy(dst, src, size);
-}
-void* __tsan_memmove(void* dst, const void* src, unsigned long size) {
-  fa_emu::check_access(src, size, false);
-  fa_emu::check_access(dst, size, true);
-  return std::memmove(dst, src, size);
-}
-void* __tsan_memset(void* dst, int value, unsigned long size) {
-  fa_emu::check_access(dst, size, true);
-  return std::memset(dst, value, size);
-}
-}
