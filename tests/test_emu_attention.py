@@ -301,21 +301,12 @@ def test_kvcache_decode_contiguous(emu, dtype):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_issue_21_marks_are_exactly_the_refused_launches(emu, target):
-    """REPLACED_BY_ISSUE_21 lists what the kernels' LDS (tile_config.h) and the target's limit
-    say, for every head dim of the full build: no mark is missing and none is stale."""
+    """REPLACED_BY_ISSUE_21 lists what the AMD kernels' LDS (tile_config.h) and the target's limit
+    say, for every head dim of the full build: no mark is missing and none is stale (today: no
+    kernel needs more LDS than any target has; test_emu_emulator.py shows a refused launch)."""
     assert emu.lds_bytes == TARGET_LDS[target]
     for kernel in ("fwd", "bwd", "kvcache"):
         for head_dim in (32, 64, 96, 128, 192, 256):
             refused = emu.lds_of(kernel, head_dim) > emu.lds_bytes
             assert refused == (target in REPLACED_BY_ISSUE_21.get((kernel, head_dim), ())), (kernel, head_dim)
 
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_a_refused_launch_says_which_kernel_and_why(emu, target):
-    q, k, v = make_qkv(1, 40, 40, 1, 1, 64, torch.float16)
-    out, lse, _ = emu.fwd(q, k, v)
-    with pytest.raises(LaunchRefused) as refused:
-        emu.bwd(torch.randn_like(out), q, k, v, out, lse)
-    assert (f"flash::flash_bwd_kernel<flash::BwdTraits<__half, 64>, false, false>(flash::BwdParams): launch refused "
-            f"on {target}: 165888 bytes of dynamic LDS exceed the target's {TARGET_LDS[target]} bytes per workgroup"
-            in refused.value.message)

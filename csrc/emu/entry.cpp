@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "../kernels/api.h"
+#include "../kernels/arch/matrix_core_amd.h"  // FA_AMD_DEVICE_FAMILY
+#include "../kernels/tile_config.h"
 #include "emulator.h"
 
 extern "C" {
@@ -131,9 +133,11 @@ int fa_emu_lds_of(const char* kernel, int head_dim) {
   auto pick = [&](auto dim) {
     constexpr int d = decltype(dim)::value;
     if (head_dim != d) return;
-    if (std::strcmp(kernel, "fwd") == 0) bytes = flash::FwdTraits<flash::half_t, d>::kSmemBytes;
-    if (std::strcmp(kernel, "bwd") == 0) bytes = flash::BwdTraits<flash::half_t, d>::kSmemBytes;
-    if (std::strcmp(kernel, "kvcache") == 0) bytes = flash::KvCacheTraits<flash::half_t, d>::kSmemBytes;
+    // The AMD kernels of the target's matrix-core family (tile_config.h).
+    constexpr flash::AmdFamily family = FA_AMD_DEVICE_FAMILY;
+    if (std::strcmp(kernel, "fwd") == 0) bytes = flash::FwdTraitsAmd<flash::half_t, family, d>::kSmemBytes;
+    if (std::strcmp(kernel, "bwd") == 0) bytes = flash::BwdTraitsAmd<flash::half_t, family, d>::kSmemBytes;
+    if (std::strcmp(kernel, "kvcache") == 0) bytes = flash::KvCacheTraitsAmd<flash::half_t, family, d>::kSmemBytes;
   };
   pick(std::integral_constant<int, 32>{}), pick(std::integral_constant<int, 64>{});
   pick(std::integral_constant<int, 96>{}), pick(std::integral_constant<int, 128>{});
