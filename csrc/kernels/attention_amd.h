@@ -20,32 +20,58 @@
 
 namespace flash {
 
-// Copies rows [0, rows_valid) of a [rows, d] slice into LDS as K's tile ([kRows][kStride],
-// row-major) or V's transposed ([kHeadDim][kStride]: element (row, c) at c * kStride + row), in
-// 16-byte chunks; other rows, and channels past head_dim, are zeros. row_ptr(row) is row `row`'s
-// first element (strided, or a page of a KV cache).
-template <int kRows, int kHeadDim, int kStride, bool kTransposed, int kNThreads, class T, class RowPtr>
-FA_DEVICE void copy_rows_to_lds(T* lds, const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
-  constexpr int kChunks = kHeadDim / 8, kCopies = kRows * kChunks;
+// A tile of kRows rows of a [rows, d] slice on its way from global memory to LDS, in 16-byte
+// chunks a thread holds in registers between the two halves: load() issues the global loads
+// (rows past rows_valid and channels past head_dim are zeros; row_ptr(row) is row `row`'s first
+// element: strided, or a page of a KV cache), store() writes LDS as K's tile ([kRows][kStride],
+// row-major) or transposed as V^T's ([kHeadDim][kStride]: element (row, c) at c * kStride + row).
+// Between them the kernel can run the last block's products while the loads are in flight.
+template <int kRows, int kHeadDim, int kNThreads>
+struct RowChunks {
+  static constexpr int kChunks = kHeadDim / 8, kCopies = kRows * kChunks;
+  static constexpr int kPerThread = (kCopies + kNThreads - 1) / kNThreads;
+  uint4 chunk[kPerThread];
+
+  template <class RowPtr>
+  FA_DEVICE void load(const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
 #pragma unroll
-  for (int i = 0; i < (kCopies + kNThreads - 1) / kNThreads; ++i) {
-    const int idx = tid + i * kNThreads;
-    if (kCopies % kNThreads != 0 && idx >= kCopies) break;
-    const int row = idx / kChunks, c = 8 * (idx % kChunks);
-    uint4 chunk = make_uint4(0, 0, 0, 0);
-    if (row < rows_valid && c < head_dim) chunk = *reinterpret_cast<const uint4*>(row_ptr(row) + c);
-    if constexpr (!kTransposed) {
-      *reinterpret_cast<uint4*>(lds + row * kStride + c) = chunk;
-    } else {
-      const uint32_t words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};
-      uint16_t* out = reinterpret_cast<uint16_t*>(lds) + c * kStride + row;
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        out[(2 * w) * kStride] = static_cast<uint16_t>(words[w] & 0xffffu);
-        out[(2 * w + 1) * kStride] = static_cast<uint16_t>(words[w] >> 16);
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = tid + i * kNThreads, row = idx / kChunks, c = 8 * (idx % kChunks);
+      chunk[i] = make_uint4(0, 0, 0, 0);
+      if ((kCopies % kNThreads == 0 || idx < kCopies) && row < rows_valid && c < head_dim) {
+        chunk[i] = *reinterpret_cast<const uint4*>(row_ptr(row) + c);
       }
     }
   }
+
+  template <int kStride, bool kTransposed, class T>
+  FA_DEVICE void store(T* lds, int tid) const {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = tid + i * kNThreads;
+      if (kCopies % kNThreads != 0 && idx >= kCopies) break;
+      const int row = idx / kChunks, c = 8 * (idx % kChunks);
+      if constexpr (!kTransposed) {
+        *reinterpret_cast<uint4*>(lds + row * kStride + c) = chunk[i];
+      } else {
+        const uint32_t words[4] = {chunk[i].x, chunk[i].y, chunk[i].z, chunk[i].w};
+        uint16_t* out = reinterpret_cast<uint16_t*>(lds) + c * kStride + row;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          out[(2 * w) * kStride] = static_cast<uint16_t>(words[w] & 0xffffu);
+          out[(2 * w + 1) * kStride] = static_cast<uint16_t>(words[w] >> 16);
+        }
+      }
+    }
+  }
+};
+
+// A tile straight from global memory into LDS (RowChunks' two halves back to back).
+template <int kRows, int kHeadDim, int kStride, bool kTransposed, int kNThreads, class T, class RowPtr>
+FA_DEVICE void copy_rows_to_lds(T* lds, const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
+  RowChunks<kRows, kHeadDim, kNThreads> chunks;
+  chunks.load(row_ptr, rows_valid, head_dim, tid);
+  chunks.template store<kStride, kTransposed>(lds, tid);
 }
 
 // One lane's A or B operand of k-step kk from a row of 16-bit values (LDS or global): elements

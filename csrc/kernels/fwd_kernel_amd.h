@@ -5,7 +5,7 @@
 // registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations. Per key
 // block:
 //
-//   barrier | K(n), V(n)^T -> LDS | barrier | S^T = K Q^T, mask | softmax | O^T += V^T P^T
+//   barrier | K(n), V(n)^T -> LDS | barrier | load K(n-1), V(n-1) | S^T = K Q^T, mask | softmax | O^T += V^T P^T
 #pragma once
 
 #include "attention_amd.h"
@@ -81,16 +81,23 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     }
     const int thread_row0 = row_begin + tile.wave_row0 + Layout::lane_row(lane);  // row of the lane's element 0
 
-    for (int n = n_block_end - 1; n >= n_block_begin; --n) {
+    // K(n) and V(n) travel through registers: their loads are issued before block n + 1's products.
+    RowChunks<kBlockN, kHeadDim, kNThreads> k_next, v_next;
+    auto load_next = [&](int n) {
       const int keys_valid = min(kBlockN, seq.seqlen_k - n * kBlockN);
       const T* k_block = k + n * kBlockN * params.k_row_stride;
       const T* v_block = v + n * kBlockN * params.v_row_stride;
+      k_next.load([&](int row) { return k_block + row * params.k_row_stride; }, keys_valid, params.d, tid);
+      v_next.load([&](int row) { return v_block + row * params.v_row_stride; }, keys_valid, params.d, tid);
+    };
+    if (n_block_end > n_block_begin) load_next(n_block_end - 1);
+
+    for (int n = n_block_end - 1; n >= n_block_begin; --n) {
       __syncthreads();  // every wave is done with the last block's K and V^T
-      copy_rows_to_lds<kBlockN, kHeadDim, kKStride, false, kNThreads>(
-          sK, [&](int row) { return k_block + row * params.k_row_stride; }, keys_valid, params.d, tid);
-      copy_rows_to_lds<kBlockN, kHeadDim, kVtStride, true, kNThreads>(
-          sVt, [&](int row) { return v_block + row * params.v_row_stride; }, keys_valid, params.d, tid);
+      k_next.template store<kKStride, false>(sK, tid);
+      v_next.template store<kVtStride, true>(sVt, tid);
       __syncthreads();  // K(n), V(n)^T (and Q) visible to all
+      if (n > n_block_begin) load_next(n - 1);
 
       typename Wave::STile acc_s = tile.scores(sK, sQ);
       const int col0 = n * kBlockN + Layout::lane_col(lane);

@@ -52,11 +52,11 @@ FA_DEVICE void load_operand_run(Operand& op, int i, const T* p) {
 }
 
 #if defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__) || defined(__gfx950__)
-#define FA_AMD_DEVICE_FAMILY AmdFamily::kCdna
+#define FA_AMD_DEVICE_FAMILY ::flash::AmdFamily::kCdna
 #elif defined(__gfx1100__)
-#define FA_AMD_DEVICE_FAMILY AmdFamily::kRdna3
+#define FA_AMD_DEVICE_FAMILY ::flash::AmdFamily::kRdna3
 #elif defined(__gfx1201__)
-#define FA_AMD_DEVICE_FAMILY AmdFamily::kRdna4
+#define FA_AMD_DEVICE_FAMILY ::flash::AmdFamily::kRdna4
 #endif
 
 template <AmdFamily kFamily, class T> struct MatrixCore;  // AmdFamily: tile_config.h
