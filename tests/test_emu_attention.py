@@ -73,7 +73,7 @@ def check_grads(grads, q, k, v, dout, **kwargs):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("target, head_dim", target_head_dim_params("fwd", [40, 128]))
+@pytest.mark.parametrize("target, head_dim", target_head_dim_params("fwd", [40, 128, 200]))
 def test_fwd_gqa(emu, dtype, head_dim, causal):
     """Two query heads on one kv head; 97 rows against 130 keys (partial tiles both ways)."""
     q, k, v = make_qkv(2, 97, 130, 2, 1, head_dim, dtype)
@@ -180,9 +180,10 @@ def test_bwd_gqa(emu, dtype, causal):
     check_grads(grads, q, k, v, dout, causal=causal)
 
 
-@pytest.mark.parametrize("target, head_dim", target_head_dim_params("bwd", [64, 128]))
-def test_bwd_head_dims_beyond_the_lds(emu, head_dim):
-    """The backward's d64 and d128 tiles need ~162 KB of LDS: no AMD target can launch them."""
+@pytest.mark.parametrize("target, head_dim", target_head_dim_params("bwd", [64, 128, 200, 256]))
+def test_bwd_head_dims(emu, head_dim):
+    """Head dims on both sides of 128, where the AMD backward splits dK and dV's channels over two
+    waves (200 runs the d256 kernel with a partial head dim)."""
     q, k, v = make_qkv(1, 40, 40, 1, 1, head_dim, torch.float16)
     grads, dout, _ = run_backward(emu, q, k, v)
     check_grads(grads, q, k, v, dout)
@@ -248,7 +249,7 @@ def test_varlen_bwd(emu):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("target, head_dim", target_head_dim_params("kvcache", [64, 128]))
+@pytest.mark.parametrize("target, head_dim", target_head_dim_params("kvcache", [64, 128, 256]))
 def test_kvcache_paged_with_splits(emu, dtype, head_dim):
     """Decode of 3 new rows into a paged cache (pages of 16 rows, a shuffled block table), with
     rotary and 3 KV splits, against the GPU tests' reference (test_kvcache.kvcache_ref)."""

@@ -6,10 +6,10 @@ emulator's own check kernels (tests/emu_kernels), as build/emu/<target>/libfa_em
     FLASH_ATTN_ROCM_HEAD_DIMS=64 python3 tools/emu_build.py gfx90a
 
 Head dims: FLASH_ATTN_ROCM_HEAD_DIMS as for the real build, default EMU_HEAD_DIMS (a development
-filter: 32 is there because it is the one head dim whose backward fits an AMD target's LDS,
-gfx950's 160 KB). Objects are cached under build/emu/objects by a hash of the compiler, the flags
-and the preprocessed source, so a target whose preprocessed source equals another's (today: all of
-them, the kernels have no arch-specific code yet) reuses its objects; only the link is per target.
+filter: 32, 64 and 128, and 256 for the kernels' other tiles above 128; 40, 96 and 200 run
+rounded up). Objects are cached under build/emu/objects by a hash of the compiler, the flags and
+the preprocessed source, so targets whose preprocessed sources are equal (those of one
+matrix-core family) share their objects; only the link is per target.
 
 Needs clang++-19 and Boost.Context (Debian: clang-19, libboost-context-dev).
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import generate_kernels  # noqa: E402
 
 TARGETS = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1201")
-EMU_HEAD_DIMS = "32,64,128"
+EMU_HEAD_DIMS = "32,64,128,256"
 BUILD_DIR = ROOT / "build" / "emu"
 CLANG = os.environ.get("FA_EMU_CXX", "clang++-19")
 GOLDEN_LAYOUTS = ROOT.parent / "shared" / "amd_matrix_layouts"
