@@ -122,10 +122,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     const bool has_dropout = Has_extras && params.has_dropout;
     uint64_t seed = 0, offset = 0;
     if constexpr (Has_extras) {
-      if (has_dropout) {
-        seed = static_cast<uint64_t>(params.rng_state[0]);
-        offset = static_cast<uint64_t>(params.rng_state[1]);
-      }
+      if (has_dropout) backward_dropout_seed(params, seed, offset);
     }
     const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
 

@@ -122,6 +122,25 @@ FA_DEVICE void for_each_dropout_word(const Dropout& dropout, RowOf&& row_of, Col
   }
 }
 
+// The forward's (seed, offset) for a call with dropout (else zeros): drawn, and recorded in
+// rng_state for the backward by thread 0 of the grid's first block (blockIdx.x 0 of head 0, batch 0).
+FA_DEVICE void forward_dropout_seed(const FwdParams& params, int head, int batch, int tid, uint64_t& seed,
+                                    uint64_t& offset) {
+  if (params.has_dropout) {
+    philox_seed_offset(params, seed, offset);
+    if (blockIdx.x == 0 && head == 0 && batch == 0 && tid == 0) {
+      params.rng_state[0] = static_cast<int64_t>(seed);
+      params.rng_state[1] = static_cast<int64_t>(offset);
+    }
+  }
+}
+
+// The backward's: the forward's, read back from rng_state.
+FA_DEVICE void backward_dropout_seed(const FwdParams& params, uint64_t& seed, uint64_t& offset) {
+  seed = static_cast<uint64_t>(params.rng_state[0]);
+  offset = static_cast<uint64_t>(params.rng_state[1]);
+}
+
 // The forward's orientation (rows are queries): zeroes the dropped probabilities of a tile whose
 // lane origin is (row0, col0).
 template <class Tile>

@@ -48,23 +48,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     const int row_begin = m_block * kBlockM;
     uint64_t seed = 0, offset = 0;
     if constexpr (Has_extras) {
-      if (params.has_dropout) {
-        philox_seed_offset(params, seed, offset);
-        if (blockIdx.x == 0 && head == 0 && batch == 0 && tid == 0) {
-          params.rng_state[0] = static_cast<int64_t>(seed);
-          params.rng_state[1] = static_cast<int64_t>(offset);
-        }
-      }
+      forward_dropout_seed(params, head, batch, tid, seed, offset);
     }
     const SeqBounds seq(params, batch);
     if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
-    const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
-                 (seq.q_start + row_begin) * params.q_row_stride;
-    const T* k = static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
-                 seq.k_start * params.k_row_stride;
-    const T* v = static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
-                 seq.k_start * params.v_row_stride;
+    const T* q = seq.q_row<T>(params, batch, head, row_begin);
+    const T* k = seq.k_rows<T>(params, batch, head_k);
+    const T* v = seq.v_rows<T>(params, batch, head_k);
     const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
 
     const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};

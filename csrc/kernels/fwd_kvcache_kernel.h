@@ -48,21 +48,16 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   const int row_begin = m_block * kBlockM, row_end = min(row_begin + kBlockM, params.seqlen_q);
 
   const CacheSeq seq(params, batch);
-  const CacheRows<T> k_rows(params, params.k, params.k_batch_stride, params.k_row_stride, params.k_head_stride,
-                            batch, seq.cache_batch, head_k);
-  const CacheRows<T> v_rows(params, params.v, params.v_batch_stride, params.v_row_stride, params.v_head_stride,
-                            batch, seq.cache_batch, head_k);
+  const CacheRows<T> k_rows = key_rows<T>(params, seq, batch, head_k);
+  const CacheRows<T> v_rows = value_rows<T>(params, seq, batch, head_k);
   // Non-causal calls come with an unbounded right side, so one instantiation serves both.
   const KeyWindow<true> window{params.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
   const ScoreMod score_mod(params, batch, head, params.seqlen_q, seq.seqlen_k);
   const bool has_score_mod = params.softcap_prescale != 0.f || params.alibi_slopes != nullptr;
 
   // This split's slice of the key blocks the rows see.
-  const int n_begin_all = window.n_block_begin(row_begin, kBlockN);
-  const int n_blocks = max(window.n_block_end(row_end, kBlockN) - n_begin_all, 0);
-  const int per_split = (n_blocks + params.num_splits - 1) / params.num_splits;
-  const int n_begin = n_begin_all + split * per_split;
-  const int n_end = n_begin_all + min((split + 1) * per_split, n_blocks);
+  const KeyBlockSplit slice(window, row_begin, row_end, kBlockN, split, params.num_splits);
+  const int n_begin = slice.begin, n_end = slice.end;
 
   const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
                row_begin * params.q_row_stride;

@@ -56,6 +56,32 @@ struct CacheRows {
   FA_DEVICE const T* operator()(int row) const { return base + offset(row); }
 };
 
+// The keys of sequence `batch` in the K and V caches, for kv head head_k.
+template <class T>
+FA_DEVICE CacheRows<T> key_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
+  return CacheRows<T>(params, params.k, params.k_batch_stride, params.k_row_stride, params.k_head_stride, batch,
+                      seq.cache_batch, head_k);
+}
+template <class T>
+FA_DEVICE CacheRows<T> value_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
+  return CacheRows<T>(params, params.v, params.v_batch_stride, params.v_row_stride, params.v_head_stride, batch,
+                      seq.cache_batch, head_k);
+}
+
+// Split `split`'s slice [begin, end) of the block_n-key blocks that rows [row_begin, row_end) see.
+struct KeyBlockSplit {
+  int begin, end;
+
+  template <class Window>
+  FA_DEVICE KeyBlockSplit(const Window& window, int row_begin, int row_end, int block_n, int split, int num_splits) {
+    const int begin_all = window.n_block_begin(row_begin, block_n);
+    const int blocks = max(window.n_block_end(row_end, block_n) - begin_all, 0);
+    const int per_split = (blocks + num_splits - 1) / num_splits;
+    begin = begin_all + split * per_split;
+    end = begin_all + min((split + 1) * per_split, blocks);
+  }
+};
+
 // One row of d elements (16-bit, 4-byte aligned) from src to dst, rotated over its first
 // rotary_dim channels at `position` when cos is set, by one warp.
 template <class T>
