@@ -78,7 +78,8 @@ FA_DEVICE void add_partner_partials(Tile& tile, float* swap, int wave, int lane)
 }
 
 template <class Traits, bool Has_right_edge, bool Has_extras>
-__global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) flash_bwd_amd_kernel(const BwdParams params) {
+__global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
+    flash_bwd_amd_kernel(const BwdParams params) {
 #if defined(FA_AMD_DEVICE_FAMILY)
   if constexpr (Traits::kFamily == FA_AMD_DEVICE_FAMILY) {
     using T = typename Traits::T;
@@ -200,7 +201,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 
       // P (kept and rescaled, for dV) in acc_s, dS in acc_dp. Keys past the end get P = 0 too:
       // with K = 0 there, S = 0 and exp(0 - lse) could overflow (inf * 0 would poison dQ).
-      const bool needs_mask = key0 + kBlockN > seqlen_k || window.block_needs_mask(row0, row0 + kBlockM, key0, key0 + kBlockN);
+      const bool needs_mask =
+          key0 + kBlockN > seqlen_k || window.block_needs_mask(row0, row0 + kBlockM, key0, key0 + kBlockN);
       static_assert(STile::kNT * STile::kElems <= 32, "one word of keep bits");
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {

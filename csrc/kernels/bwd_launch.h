@@ -41,8 +41,8 @@ error_t run_bwd(const BwdParams& params, stream_t stream) {
 #else
   using Traits = BwdTraits<T, kHeadDim>;
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  return launch(&flash_bwd_kernel<Traits, Has_right_edge, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes,
-                stream, params);
+  return launch(&flash_bwd_kernel<Traits, Has_right_edge, Has_extras>, grid, dim3(Traits::kNThreads),
+                Traits::kSmemBytes, stream, params);
 #endif
 }
 

@@ -51,8 +51,8 @@ struct BwdStepCursor {
 // holding its first row's first key; each adds after those before it. All the threads that add
 // call these; `leader` is one of them, `sync` a barrier among them.
 template <int kBlockM, int kBlockN, bool Has_right_edge, class Sync>
-FA_DEVICE int* dq_semaphore_acquire(const BwdParams& params, const KeyWindow<Has_right_edge>& window, int batch, int head,
-                                    int m_block, int n_block, bool leader, Sync&& sync) {
+FA_DEVICE int* dq_semaphore_acquire(const BwdParams& params, const KeyWindow<Has_right_edge>& window, int batch,
+                                    int head, int m_block, int n_block, bool leader, Sync&& sync) {
   const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
   int* semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
   const int n_block_first = window.begin(m_block * kBlockM) / kBlockN;

@@ -110,7 +110,9 @@ error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, s
       find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params);
-  if (why_not_hopper(*family, extras, &params, nullptr) == nullptr) return family->hopper[has_right_edge](params, stream);
+  if (why_not_hopper(*family, extras, &params, nullptr) == nullptr) {
+    return family->hopper[has_right_edge](params, stream);
+  }
   return family->portable[has_right_edge][extras](params, stream);
 }
 
@@ -119,7 +121,9 @@ error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, s
       find_family(kKernelTable.bwd, kKernelTable.num_bwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params);
-  if (why_not_hopper(*family, extras, &params, &params) == nullptr) return family->hopper[has_right_edge](params, stream);
+  if (why_not_hopper(*family, extras, &params, &params) == nullptr) {
+    return family->hopper[has_right_edge](params, stream);
+  }
   return family->portable[has_right_edge][extras](params, stream);
 }
 

@@ -5,9 +5,10 @@
 // (batch, head), by position only, so every kernel on every vendor drops the same scores. In
 // NVIDIA's fragments each orientation (the forward's queries x keys, the backward's keys x
 // queries) holds such a group in one thread, so neither pass draws numbers it throws away; a
-// layout that holds one row of the pair uses half of each word (for_each_dropout_word). Counter: (k, q, batch * h + head, offset / 4); key: the seed. A score is kept
-// when its 32-bit draw is below keep_threshold = (1 - p) * 2^32. flash_attn_rocm/_dropout.py is
-// the same function in PyTorch, for tests and return_attn_probs.
+// layout that holds one row of the pair uses half of each word, or a quarter
+// (for_each_dropout_word). Counter: (k, q, batch * h + head, offset / 4); key: the seed. A score
+// is kept when its 32-bit draw is below keep_threshold = (1 - p) * 2^32.
+// flash_attn_rocm/_dropout.py is the same function in PyTorch, for tests and return_attn_probs.
 #pragma once
 
 #include <cstdint>
@@ -68,9 +69,9 @@ FA_DEVICE void philox_seed_offset(const FwdParams& params, uint64_t& seed, uint6
 }
 
 // Where a tile's values meet the Philox words: calls visit(keep, at0, at1, at2, at3) once per
-// word the lane needs (the layout names the elements that start one: word_start), where keep = Dropout::keep4 of the word and at<i> is the element
-// (mt, nt, e) of the tile that bit i of keep decides, or {-1, -1, -1} where another lane holds
-// that position. (By value, not as an array: nvcc then keeps the indices out of local memory.)
+// word the lane needs (the layout names the elements that start one: word_start), where keep =
+// Dropout::keep4 of the word and at<i> is the element (mt, nt, e) of the tile that bit i of keep
+// decides, or {-1, -1, -1} where another lane holds that position. (By value, not as an array: nvcc then keeps the indices out of local memory.)
 // row_of(mt) is the row of strip mt that the lane's row slot 0 holds, col_of(nt, e) element
 // (mt, nt, e)'s column, both in the sequence. A word starts in row slot 0 of its tile. The
 // tile's rows are queries and its columns keys, or the other way round with kRowsAreKeys (the

@@ -65,7 +65,8 @@ FA_DEVICE void store_tile(T* dst, int64_t row_stride, const Tile& acc, int row0,
       for (int nt = 0; nt < Tile::kNT; ++nt) {
 #pragma unroll
         for (int run = 0; run < Tile::kRowElems / L::kColRun; ++run) {
-          const int col = col0 + L::kTileCols * nt + L::lane_col(lane) + L::col_offset(L::element(slot, run * L::kColRun));
+          const int col =
+              col0 + L::kTileCols * nt + L::lane_col(lane) + L::col_offset(L::element(slot, run * L::kColRun));
           if (col < head_dim) {
             const int e0 = L::element(slot, run * L::kColRun);
             if constexpr (L::kColRun == 1) {
@@ -101,7 +102,8 @@ FA_DEVICE void atomic_add_tile(float* dst, int64_t row_stride, const Tile& acc, 
       for (int nt = 0; nt < Tile::kNT; ++nt) {
 #pragma unroll
         for (int run = 0; run < Tile::kRowElems / L::kColRun; ++run) {
-          const int col = col0 + L::kTileCols * nt + L::lane_col(lane) + L::col_offset(L::element(slot, run * L::kColRun));
+          const int col =
+              col0 + L::kTileCols * nt + L::lane_col(lane) + L::col_offset(L::element(slot, run * L::kColRun));
           if (col < head_dim) {
             const int e0 = L::element(slot, run * L::kColRun);
             if constexpr (L::kColRun == 1) {

@@ -40,8 +40,12 @@ struct AccTile {
 
   // Element (mt, nt, e) sits at (row0 + row_offset(mt, e), col0 + col_offset(nt, e)) when the
   // lane's origin is (row0, col0) = (tile row + Layout::lane_row(lane), tile col + Layout::lane_col(lane)).
-  static FA_HOST_DEVICE constexpr int row_offset(int mt, int e) { return Layout::kTileRows * mt + Layout::row_offset(e); }
-  static FA_HOST_DEVICE constexpr int col_offset(int nt, int e) { return Layout::kTileCols * nt + Layout::col_offset(e); }
+  static FA_HOST_DEVICE constexpr int row_offset(int mt, int e) {
+    return Layout::kTileRows * mt + Layout::row_offset(e);
+  }
+  static FA_HOST_DEVICE constexpr int col_offset(int nt, int e) {
+    return Layout::kTileCols * nt + Layout::col_offset(e);
+  }
   // The same as coordinates, for a lane whose element 0 of tile (0, 0) is at (row0, col0). (The
   // sums associate left to right on purpose: nvcc's code for the kernels depends on it.)
   static FA_DEVICE int row(int row0, int mt, int e) { return row0 + Layout::kTileRows * mt + Layout::row_offset(e); }

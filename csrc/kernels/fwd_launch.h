@@ -42,8 +42,8 @@ template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd(const FwdParams& params, stream_t stream) {
   using Traits = FwdTraits<T, kHeadDim>;
   const dim3 grid((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, params.h, params.b);
-  return launch(&flash_fwd_kernel<Traits, Has_right_edge, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes,
-                stream, params);
+  return launch(&flash_fwd_kernel<Traits, Has_right_edge, Has_extras>, grid, dim3(Traits::kNThreads),
+                Traits::kSmemBytes, stream, params);
 }
 
 #endif

@@ -26,8 +26,8 @@ error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
   }
   const FwdTileSchedule schedule(params, Traits::kBlockM, Has_right_edge);
   const int blocks = std::max(1, std::min(schedule.units, sms));
-  return launch(&flash_fwd_sm90_kernel<Traits, Has_right_edge>, dim3(blocks), dim3(Traits::kNThreads), Traits::kSmemBytes,
-                stream, params, maps);
+  return launch(&flash_fwd_sm90_kernel<Traits, Has_right_edge>, dim3(blocks), dim3(Traits::kNThreads),
+                Traits::kSmemBytes, stream, params, maps);
 }
 
 // The block width comes from the tile table (FwdTileSm90): the wide one only without a right
