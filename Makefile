@@ -11,13 +11,20 @@ HIP_BUILD := build/hip-check
 AMD_PACKAGES := hipcc clang-19 lld-19 llvm-19 clang-22 lld-22 llvm-22
 AMD_TOOLS := hipcc clang++-19 llvm-as-19 clang++-22 llvm-as-22 llvm-mca-22
 
-.PHONY: deps amd-toolchains build test bench hip-check amd-isa gpu-check clean
+EMU_TARGETS ?= gfx90a,gfx942,gfx950,gfx1100,gfx1201
+
+.PHONY: deps emu-deps amd-toolchains build test emu-test bench hip-check amd-isa gpu-check clean
 
 # torch from PyPI (its CUDA 13 build, matching nvcc 13); kept if some torch is already there.
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
 	@$(PYTHON) -c "import setuptools, wheel, ninja, pytest, numpy" 2>/dev/null || \
 		$(PIP) install setuptools wheel ninja pytest numpy
+
+# The AMD wavefront emulator's toolchain (tests/test_emu_*.py): Debian's clang 19 and Boost.Context.
+emu-deps:
+	@command -v clang++-19 >/dev/null && test -e /usr/include/boost/context/detail/fcontext.hpp || \
+		(apt-get update && apt-get install -y --no-install-recommends clang-19 lld-19 llvm-19 libboost-context-dev)
 
 # Installs the AMD toolchains where one is missing and apt-get can (root); without them the
 # ISA gates skip, except under CI=true, where they fail.
@@ -36,8 +43,15 @@ amd-toolchains:
 build: deps
 	$(PIP) install --no-build-isolation --no-deps -e .
 
-test: build amd-toolchains
+test: build emu-deps amd-toolchains
 	$(PYTHON) -m pytest -q tests
+
+# The AMD kernels compiled for and run in the wavefront emulator only (no extension build), e.g.
+# `make emu-test EMU_TARGETS=gfx942`: compiled and emulated, not run on AMD hardware.
+emu-test: emu-deps
+	@$(PYTHON) -c "import torch, pytest" 2>/dev/null || $(MAKE) deps
+	FA_EMU_TARGETS=$(EMU_TARGETS) $(PYTHON) -m pytest -q tests/test_emu_emulator.py tests/test_emu_attention.py \
+		tests/test_emu_amd_headers.py
 
 # bench_llm.py needs transformers 5 (it switches a built model between attention implementations).
 bench: build
@@ -48,7 +62,7 @@ bench: build
 	$(PYTHON) benchmarks/bench_llm.py
 
 # Compiles the kernel library (no torch) for AMD GPUs with Debian's hipcc: compile only, never
-# run here. -O1 keeps the check quick; the scalar fallback MMA layer is what compiles for now.
+# run here. -O1 keeps the check quick.
 hip-check: amd-toolchains
 	@mkdir -p $(HIP_BUILD)
 	@$(PYTHON) tools/generate_kernels.py --out-dir $(HIP_BUILD)/generated | \

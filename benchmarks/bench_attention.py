@@ -43,11 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where CSV/PNG files go (default: $OUT/bench if OUT is set, else benchmarks/results)")
     p.add_argument("--quick", action="store_true", help="few seqlens and short timing: a smoke run")
     p.add_argument("--only", choices=("blog", "grid"), help="run only one part (default: both)")
-    p.add_argument("--mode", choices=common.MODES, default="fwd",
-                   help="pass to time: forward, backward, or both (default: fwd)")
+    p.add_argument("--mode", choices=common.MODES, nargs="+", default=["fwd"],
+                   help="passes to time: forward, backward, or both; several run one after another (default: fwd)")
     p.add_argument("--headdims", type=int, nargs="+", default=list(GRID_HEADDIMS),
                    help=f"head dims of the grid (default: {' '.join(map(str, GRID_HEADDIMS))})")
     p.add_argument("--dtype", choices=tuple(common.DTYPES), default="fp16", help="input dtype (default: fp16)")
+    p.add_argument("--seqlens", type=int, nargs="+", default=None,
+                   help=f"sequence lengths of the grid (default: {' '.join(map(str, GRID_SEQLENS))})")
     return p.parse_args(argv)
 
 
@@ -84,16 +86,16 @@ def run_blog(args, flash_attn_func) -> None:
 # --------------------------------------------------------------------------- grid
 
 
-def grid_shapes(quick: bool, headdims=GRID_HEADDIMS) -> list[Shape]:
-    seqlens = GRID_SEQLENS_QUICK if quick else GRID_SEQLENS
+def grid_shapes(quick: bool, headdims=GRID_HEADDIMS, seqlens=None) -> list[Shape]:
+    seqlens = seqlens or (GRID_SEQLENS_QUICK if quick else GRID_SEQLENS)
     return [Shape(batch=GRID_TOKENS // s, heads=GRID_HIDDEN // d, seqlen=s, headdim=d, causal=causal)
             for d in headdims for causal in (False, True) for s in seqlens]
 
 
 def run_grid(args, flash_attn_func) -> None:
     backends = common.make_backends(GRID_BACKENDS, flash_attn_func)
-    rows = common.run_cases(grid_shapes(args.quick, args.headdims), backends, args.mode, common.DTYPES[args.dtype],
-                            args.quick, desc="grid")
+    rows = common.run_cases(grid_shapes(args.quick, args.headdims, args.seqlens), backends, args.mode,
+                            common.DTYPES[args.dtype], args.quick, desc="grid")
 
     table = common.pivot(rows, ("headdim", "causal", "seqlen", "batch", "heads"), ("tflops", "ms"))
     for r in table:
@@ -123,13 +125,15 @@ def main(argv=None) -> None:
     args.out_dir = args.out_dir or common.default_out_dir()
     flash_attn_func = common.import_rocm("flash_attn_func")
     torch.manual_seed(0)
-    print(f"device: {common.device_name()} | torch {torch.__version__} | mode {args.mode} | "
+    print(f"device: {common.device_name()} | torch {torch.__version__} | modes {' '.join(args.mode)} | "
           f"dtype {args.dtype} | timer: {common.timer_name()} | out: {args.out_dir}", flush=True)
 
-    if args.only in (None, "blog"):
-        run_blog(args, flash_attn_func)
-    if args.only in (None, "grid"):
-        run_grid(args, flash_attn_func)  # last: its table is the tail of the output
+    for mode in args.mode:
+        mode_args = argparse.Namespace(**{**vars(args), "mode": mode})
+        if args.only in (None, "blog"):
+            run_blog(mode_args, flash_attn_func)
+        if args.only in (None, "grid"):
+            run_grid(mode_args, flash_attn_func)  # last: its table is the tail of the output
 
 
 if __name__ == "__main__":

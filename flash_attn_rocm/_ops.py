@@ -69,22 +69,34 @@ def set_hopper_kernels(enabled: bool) -> bool:
 
 
 def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward: bool = False, softcap: float = 0.0,
-                  alibi_slopes=None, dropout_p: float = 0.0) -> str:
+                  alibi_slopes=None, dropout_p: float = 0.0, q=None, k=None, v=None, dout=None,
+                  explain: bool = False):
     """Which kernels flash_attn_func (and the varlen and packed variants) run for these arguments
     on the current device: "sm90" (the Hopper wgmma kernels) or "sm80" (the portable mma.sync
     ones), with the compiled head dim the call rounds up to, e.g. "sm90:hdim128". The forward
-    (backward=False) and the backward may differ. The decision comes from the dispatch itself.
-    One exception it cannot see: a forward whose q, k or v has a stride TMA cannot describe (a
-    dimension of more than one index broadcast with stride 0) runs the sm80 kernel."""
+    (backward=False) and the backward may differ. The decision is the dispatch's own
+    (csrc/kernels/dispatch.cu). Pass the call's q, k, v (and dout for the backward), dense
+    [b, s, h, d] or varlen [total, h, d], for an answer that covers their strides too: operands
+    TMA cannot describe (a dimension of more than one index broadcast with stride 0) run the
+    portable kernels. explain=True returns (family, reason): why the portable kernels run, or ""."""
     if dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
     if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 8 != 0:
         raise ValueError(f"head_dim must be a positive multiple of 8, got {head_dim!r}")
+    operands = [q, k, v] + ([dout] if backward else [])
+    given = [t is not None for t in operands]
+    if any(given) and not all(given):
+        raise ValueError("kernel_family: pass all of q, k, v" + (" and dout" if backward else "") + ", or none")
+    if all(given):
+        operands = [t.unsqueeze(0) if t.dim() == 3 else t for t in operands]
+    else:
+        operands = [None] * 4
     extras = softcap != 0.0 or alibi_slopes is not None or dropout_p > 0.0
-    family = ops.kernel_family(backward, head_dim, dtype == torch.bfloat16, extras)
+    family, reason = ops.kernel_family(backward, head_dim, dtype == torch.bfloat16, extras, *operands[:3],
+                                       operands[3] if backward else None)
     if family == "none":
         raise ValueError(f"head_dim {head_dim} is larger than any compiled head dim {compiled_head_dims()}")
-    return family
+    return (family, reason) if explain else family
 
 
 if os.environ.get("FLASH_ATTN_ROCM_HOPPER", "1").strip() == "0":

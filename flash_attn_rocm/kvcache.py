@@ -4,36 +4,32 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import ops
-from .interface import (
-    _DTYPES,
-    _MAX_HEAD_DIM,
-    _check_alibi_slopes,
-    _check_devices,
-    _check_last_dim_contiguous,
-    _named,
-    _resolve_softcap,
-    _resolve_softmax_scale,
-    _resolve_window,
+from ._inputs import (
+    check_alibi_slopes,
+    check_devices,
+    check_dtype,
+    check_gqa,
+    check_head_dim,
+    check_int32,
+    check_last_dim_contiguous,
+    check_same_head_dim,
+    check_same_shape,
+    check_tensor,
+    optional,
+    resolve_softcap,
+    resolve_softmax_scale,
+    resolve_window,
 )
+from ._ops import ops
 
 _MAX_SPLITS = 128
-
-
-def _check_tensor(name, t, rank, layout):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != rank:
-        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
 
 
 def _check_index_tensor(name, t, batch):
     """An optional int32 [batch] tensor."""
     if t is None:
         return
-    _check_tensor(name, t, 1, f"[batch] = [{batch}]")
-    if t.dtype != torch.int32:
-        raise TypeError(f"{name} must be int32, got {t.dtype}")
+    check_int32(name, t, 1, f"[batch] = [{batch}]")
     if t.shape[0] != batch:
         raise ValueError(f"{name} must have shape [batch] = [{batch}], got {tuple(t.shape)}")
 
@@ -44,25 +40,17 @@ def _check_cache(q, k_cache, v_cache, block_table, cache_batch_idx) -> int:
     layout = "[num_pages, page_size, nheads_k, head_dim]" if block_table is not None else \
         "[batch_cache, seqlen_cache, nheads_k, head_dim]"
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        _check_tensor(name, t, 4, layout)
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}: they must share one dtype")
-        if t.shape[-1] != head_dim:
-            raise ValueError(f"{name} has head dim {t.shape[-1]} but q has {head_dim}")
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and "
-                         f"{tuple(v_cache.shape)}")
-    nheads_k = k_cache.shape[2]
-    if nheads_k == 0 or nheads % nheads_k != 0:
-        raise ValueError(f"nheads of q ({nheads}) must be divisible by nheads of k_cache and v_cache ({nheads_k})")
+        check_tensor(name, t, 4, layout)
+        check_dtype(name, t, like=("q", q))
+        check_same_head_dim(name, t, "q", head_dim)
+    check_same_shape("k_cache", k_cache, "v_cache", v_cache)
+    check_gqa(nheads, k_cache.shape[2], "q", "k_cache and v_cache")
     if block_table is None:
         if cache_batch_idx is None and k_cache.shape[0] != batch:
             raise ValueError(f"k_cache has batch size {k_cache.shape[0]} but q has {batch} (pass cache_batch_idx to "
                              f"pick cache rows)")
         return k_cache.shape[1]
-    _check_tensor("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
-    if block_table.dtype != torch.int32:
-        raise TypeError(f"block_table must be int32, got {block_table.dtype}")
+    check_int32("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
     if block_table.shape[0] != batch or block_table.shape[1] == 0:
         raise ValueError(f"block_table must have shape [batch, max_pages_per_sequence] with batch = {batch} and at "
                          f"least one page, got {tuple(block_table.shape)}")
@@ -120,12 +108,10 @@ def flash_attn_with_kvcache(
     Returns out [b, sq, h, d], or (out, softmax_lse [b, h, sq] float32) with return_softmax_lse.
     No backward.
     """
-    _check_tensor("q", q, 4, "[batch, seqlen_q, nheads, head_dim]")
-    if q.dtype not in _DTYPES:
-        raise TypeError(f"q must be float16 or bfloat16, got {q.dtype}")
+    check_tensor("q", q, 4, "[batch, seqlen_q, nheads, head_dim]")
+    check_dtype("q", q)
     batch, _, nheads, head_dim = q.shape
-    if head_dim == 0 or head_dim % 8 != 0 or head_dim > _MAX_HEAD_DIM:
-        raise ValueError(f"head dim of q must be a positive multiple of 8 and at most {_MAX_HEAD_DIM}, got {head_dim}")
+    check_head_dim(head_dim)
     capacity = _check_cache(q, k_cache, v_cache, block_table, cache_batch_idx)
     nheads_k = k_cache.shape[2]
 
@@ -134,11 +120,10 @@ def flash_attn_with_kvcache(
     seqlen_new = 0
     if k is not None:
         for name, t in (("k", k), ("v", v)):
-            _check_tensor(name, t, 4, "[batch, seqlen_new, nheads_k, head_dim]")
+            check_tensor(name, t, 4, "[batch, seqlen_new, nheads_k, head_dim]")
         expected = (batch, k.shape[1], nheads_k, head_dim)
         for name, t in (("k", k), ("v", v)):
-            if t.dtype != q.dtype:
-                raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
+            check_dtype(name, t, like=("q", q))
             if tuple(t.shape) != expected:
                 raise ValueError(f"{name} must have shape [batch, seqlen_new, nheads_k, head_dim] = {expected}, got "
                                  f"{tuple(t.shape)}")
@@ -165,7 +150,7 @@ def flash_attn_with_kvcache(
         if k is None:
             raise ValueError("rotary_cos/rotary_sin rotate the new k: pass k and v too")
         for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
-            _check_tensor(name, t, 2, "[seqlen_ro, rotary_dim / 2]")
+            check_tensor(name, t, 2, "[seqlen_ro, rotary_dim / 2]")
             if not t.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
         if rotary_cos.shape != rotary_sin.shape:
@@ -182,17 +167,18 @@ def flash_attn_with_kvcache(
         raise TypeError(f"num_splits must be an int, got {type(num_splits).__name__}")
     if not 0 <= num_splits <= _MAX_SPLITS:
         raise ValueError(f"num_splits must be in [0, {_MAX_SPLITS}] (0: heuristic, 1: no split), got {num_splits}")
-    scale = _resolve_softmax_scale(softmax_scale, head_dim)
-    window = _resolve_window(window_size)
-    softcap = _resolve_softcap(softcap)
-    _check_alibi_slopes(alibi_slopes, batch, nheads)
-    _check_last_dim_contiguous(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *_named("k", k), *_named("v", v))
+    scale = resolve_softmax_scale(softmax_scale, head_dim)
+    window = resolve_window(window_size)
+    softcap = resolve_softcap(softcap)
+    check_alibi_slopes(alibi_slopes, batch, nheads)
+    check_last_dim_contiguous(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *optional("k", k),
+                              *optional("v", v))
     seqlens_tensor = cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None
-    _check_devices(q, ("k_cache", k_cache), ("v_cache", v_cache), *_named("k", k), *_named("v", v),
-                   *_named("rotary_cos", rotary_cos), *_named("rotary_sin", rotary_sin),
-                   *_named("cache_seqlens", seqlens_tensor), *_named("cache_batch_idx", cache_batch_idx),
-                   *_named("cache_leftpad", cache_leftpad), *_named("block_table", block_table),
-                   *_named("alibi_slopes", alibi_slopes))
+    check_devices(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *optional("k", k), *optional("v", v),
+                  *optional("rotary_cos", rotary_cos), *optional("rotary_sin", rotary_sin),
+                  *optional("cache_seqlens", seqlens_tensor), *optional("cache_batch_idx", cache_batch_idx),
+                  *optional("cache_leftpad", cache_leftpad), *optional("block_table", block_table),
+                  *optional("alibi_slopes", alibi_slopes))
     if isinstance(cache_seqlens, int):
         seqlens_tensor = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
 

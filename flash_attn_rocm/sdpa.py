@@ -2,46 +2,34 @@
 
 Inputs the kernels serve run on them, without copies beyond the [b, h, s, d] -> [b, s, h, d]
 view; anything else falls back to PyTorch's own SDPA with a one-time warning that says why:
-an arbitrary attn_mask, fp32, CPU tensors, head dims the kernels lack, or a causal mask
-with seqlen_q != seqlen_k (PyTorch aligns that one top-left, flash-attn bottom-right).
+an arbitrary attn_mask, a causal mask with seqlen_q != seqlen_k (PyTorch aligns that one
+top-left, flash-attn bottom-right), or inputs that break flash_attn_func's rules
+(flash_attn_rocm._inputs: CPU tensors, fp32, head dims this build lacks, ...).
 A boolean key-padding mask ([b, 1, 1, sk] or [b, sk]) runs through the varlen kernels.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from .interface import _MAX_HEAD_DIM, flash_attn_func, flash_attn_varlen_func
+from ._inputs import check_servable, check_tensor, fallback_reason
+from .interface import flash_attn_func, flash_attn_varlen_func
 
 _torch_sdpa = F.scaled_dot_product_attention
+_NAMES = ("query", "key", "value")
 _warned: set[str] = set()
 
 
 def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa) -> str | None:
-    tensors = (query, key, value)
-    if any(t.device.type != "cuda" for t in tensors):
-        return "inputs are not on a CUDA device"
-    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
-        return "inputs are not 4-D [batch, heads, seqlen, head_dim]"
-    if any(t.dtype not in (torch.float16, torch.bfloat16) for t in tensors) or len({t.dtype for t in tensors}) > 1:
-        return "dtype is not float16/bfloat16 on all of query, key, value"
-    head_dim = query.shape[-1]
-    if head_dim % 8 != 0 or head_dim > _MAX_HEAD_DIM or key.shape[-1] != head_dim or value.shape[-1] != head_dim:
-        return f"head dim {head_dim} (needs a multiple of 8, at most {_MAX_HEAD_DIM}, equal for q, k, v)"
-    if key.shape != value.shape or query.shape[0] != key.shape[0]:
-        return "key/value shapes do not match query's"
-    heads, heads_k = query.shape[1], key.shape[1]
-    if heads != heads_k and not (enable_gqa and heads % heads_k == 0):
+    reason = fallback_reason(lambda: _check_kernel_inputs(query, key, value, scale))
+    if reason is not None:
+        return reason
+    if query.shape[1] != key.shape[1] and not enable_gqa:
         return "query and key/value head counts differ without enable_gqa"
-    if any(t.stride(-1) != 1 for t in tensors):
-        return "a last dimension is not contiguous"
-    if scale is not None and scale < 0:
-        return f"scale {scale} < 0 (the kernels take scale >= 0)"
     if is_causal and query.shape[2] != key.shape[2]:
         return "is_causal with seqlen_q != seqlen_k (PyTorch aligns it top-left)"
     if attn_mask is not None:
@@ -50,6 +38,13 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, scale, 
         if _key_padding(attn_mask, query.shape[0], key.shape[2]) is None:
             return "attn_mask is not a boolean key-padding mask"
     return None
+
+
+def _check_kernel_inputs(query, key, value, scale) -> None:
+    """flash_attn_func's rules (flash_attn_rocm._inputs), on SDPA's [b, h, s, d] layout."""
+    for name, t in zip(_NAMES, (query, key, value)):
+        check_tensor(name, t, 4, "[batch, heads, seqlen, head_dim]")
+    check_servable(*(t.transpose(1, 2) for t in (query, key, value)), scale, names=_NAMES, scale_name="scale")
 
 
 def _key_padding(attn_mask, batch: int, seqlen_k: int):
@@ -95,7 +90,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         _warn_once(reason)
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # views: [b, s, h, d]
     if attn_mask is not None:
         out = _padded_keys_attention(q, k, v, _key_padding(attn_mask, q.shape[0], k.shape[1]), scale, dropout_p)

@@ -9,6 +9,7 @@
 # e.g. on the device, with the other trees exported into the carried scratch/ folder first
 # (git archive fwd-early-k | tar -x -C scratch/early):
 #   scripts/ab_bench.sh . scratch/early scratch/wide --only grid --mode fwd --headdims 128
+# Every tree runs tree A's benchmarks/bench_attention.py against its own package.
 # Environment: ROUNDS (default 2), OUT (default build/ab), MAX_JOBS (default 16), and the
 # build filters of setup.py (FLASH_ATTN_ROCM_HEAD_DIMS, ..._DTYPES) to shorten the builds.
 set -euo pipefail
@@ -36,7 +37,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for k in $(seq 0 $((n - 1))); do
     i=$(((k + round - 1) % n))  # each round starts one tree later
     echo "=== round $round, tree $i (${trees[$i]})"
-    (cd "${trees[$i]}" && PYTHONPATH="${trees[$i]}" python3 benchmarks/bench_attention.py "${bench_args[@]}" \
+    # Every tree runs the first tree's benchmark script (older trees may lack its options),
+    # importing its own flash_attn_rocm.
+    (cd "${trees[$i]}" && PYTHONPATH="${trees[$i]}" python3 "${trees[0]}/benchmarks/bench_attention.py" "${bench_args[@]}" \
       --out-dir "$OUT/tree${i}_round${round}") > "$OUT/bench_${i}_${round}.log" 2>&1 ||
       { tail -30 "$OUT/bench_${i}_${round}.log"; exit 1; }
   done

@@ -54,8 +54,48 @@ def both_paths(fn):
 torch.set_float32_matmul_precision("highest")
 
 DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
-# 40 and 136 are not compiled head dims: they exercise rounding up to the next one.
-HEAD_DIMS = [32, 40, 64, 96, 128, 136, 192, 256]
+
+
+def _compiled_head_dims():
+    """This build's head dims, or None when flash_attn_rocm does not import (the tests that use
+    it then fail on their own, at call time, instead of skipping)."""
+    try:
+        from flash_attn_rocm import compiled_head_dims
+    except ImportError:
+        return None
+    return tuple(compiled_head_dims())
+
+
+COMPILED_HEAD_DIMS = _compiled_head_dims()
+
+
+def head_dim_served(head_dim) -> bool:
+    """Whether this build runs head_dim: some compiled head dim is at least as large (the kernels
+    pad up to it). A development build filtered by FLASH_ATTN_ROCM_HEAD_DIMS may have none."""
+    return COMPILED_HEAD_DIMS is None or head_dim <= COMPILED_HEAD_DIMS[-1]
+
+
+def _not_served(head_dim) -> str:
+    return (f"head dim {head_dim} is above this build's largest, {COMPILED_HEAD_DIMS[-1]} "
+            f"(FLASH_ATTN_ROCM_HEAD_DIMS filtered it out)")
+
+
+def head_dim_params(*head_dims):
+    """pytest params of these head dims, each skipped where this build does not serve it."""
+    return [pytest.param(d, marks=() if head_dim_served(d) else pytest.mark.skip(reason=_not_served(d)))
+            for d in head_dims]
+
+
+def skip_unless_served(head_dim) -> None:
+    """Skips the calling test where this build does not serve head_dim."""
+    if not head_dim_served(head_dim):
+        pytest.skip(_not_served(head_dim))
+
+
+# Every compiled head dim, and two that no build compiles, to exercise the rounding up to the next
+# one: 40 (to 64 in a full build) and 136 (to 192), skipped where nothing as large is compiled.
+ROUNDED_HEAD_DIMS = (40, 136)
+HEAD_DIMS = head_dim_params(*sorted({*(COMPILED_HEAD_DIMS or ()), *ROUNDED_HEAD_DIMS}))
 CAUSAL = [pytest.param(False, id="full"), pytest.param(True, id="causal")]
 
 
@@ -79,7 +119,9 @@ def seed(request):
 
 def make_qkv(*, batch=2, seqlen_q=128, seqlen_k=None, nheads=4, nheads_k=None, head_dim=64,
              dtype=torch.float16, device="cuda"):
-    """Random q [b, sq, h, d] and k, v [b, sk, h_k, d]."""
+    """Random q [b, sq, h, d] and k, v [b, sk, h_k, d]; skips the test where this build does not
+    serve head_dim."""
+    skip_unless_served(head_dim)
     seqlen_k = seqlen_q if seqlen_k is None else seqlen_k
     nheads_k = nheads if nheads_k is None else nheads_k
 

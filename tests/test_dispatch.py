@@ -54,3 +54,26 @@ def test_hopper_families():
     with hopper(False):
         assert kernel_family(128) == "sm80:hdim128"
         assert kernel_family(64, backward=True) == "sm80:hdim64"
+
+
+def test_explain_gives_the_reason_for_the_portable_kernels():
+    family, reason = kernel_family(128, explain=True, softcap=30.0)
+    assert family.startswith("sm80:") and reason  # the extras, or a build/device without Hopper kernels
+    with pytest.raises(ValueError, match="q, k, v"):
+        kernel_family(128, q=torch.empty(1, 8, 2, 128, dtype=torch.float16))
+
+
+@requires_hopper
+def test_tma_fallback_is_reported():
+    # k and v broadcast over the heads (stride 0 on a dimension of 4): TMA cannot describe them,
+    # so the call runs the portable kernels, and kernel_family says so when given the tensors.
+    q = torch.randn(2, 256, 4, 128, device="cuda", dtype=torch.float16)
+    kv = torch.randn(2, 256, 1, 128, device="cuda", dtype=torch.float16).expand(2, 256, 4, 128)
+    assert kernel_family(128) == "sm90:hdim128"
+    assert kernel_family(128, q=q, k=q, v=q) == "sm90:hdim128"
+    family, reason = kernel_family(128, q=q, k=kv, v=kv, explain=True)
+    assert family == "sm80:hdim128" and "TMA" in reason
+    family, reason = kernel_family(128, backward=True, q=q, k=q, v=q, dout=kv, explain=True)
+    assert family == "sm80:hdim128" and "TMA" in reason
+    with hopper(False):
+        assert "switched off" in kernel_family(128, explain=True)[1]

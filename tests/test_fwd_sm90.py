@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, both_paths, cu_seqlens, make_qkv,
-                      poison_allocator_cache, requires_gpu, requires_hopper)
+                      poison_allocator_cache, requires_gpu, requires_hopper, skip_unless_served)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
 
@@ -90,6 +90,7 @@ def test_hopper_forward_wide_key_blocks(dtype, window_size, seqlen_q, seqlen_k):
 def test_hopper_forward_strided_inputs_and_backward():
     # [b, h, s, d] views (as transformers passes them) and the gradients of the portable backward
     # on the Hopper forward's output.
+    skip_unless_served(128)
     base = [torch.randn(2, 6, 333, 128, device="cuda", dtype=torch.float16) for _ in range(3)]
     q, k, v = (t.transpose(1, 2).requires_grad_() for t in base)
     out = flash_attn_func(q, k, v, causal=True)

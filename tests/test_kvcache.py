@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from conftest import DTYPES, api, assert_within_eager_error, attention_ref, poison_allocator_cache, requires_gpu
+from conftest import (DTYPES, api, assert_within_eager_error, attention_ref, head_dim_params, poison_allocator_cache,
+                      requires_gpu, skip_unless_served)
 
 # Where make_kvcache puts the GPU tests' tensors (read at call time).
 DEVICE = "cuda"
@@ -135,7 +136,9 @@ def make_kvcache(*, batch=3, seqlen_q=1, seqlen_new=0, cache_len=300, nheads=8, 
     the first sequence's cache empty, the last's full after the append, the others random),
     "int" (one random int for all) or "none" (the full capacity; no append). leftpad: random
     cache_leftpad[i] in [0, cache_seqlens[i]]. rotary: None, "interleaved" (GPT-J) or "neox",
-    with random angles in q's dtype and rotary_dim (default head_dim) channels."""
+    with random angles in q's dtype and rotary_dim (default head_dim) channels. Skips the test
+    where this build does not serve head_dim."""
+    skip_unless_served(head_dim)
     device = DEVICE
 
     def randn(*shape):
@@ -229,7 +232,7 @@ def run_and_check(q, k_cache, v_cache, num_splits=0, **kwargs):
 
 # ---------------------------------------------------------------- accuracy (GPU)
 
-HEAD_DIMS = [64, 80, 128, 256]  # 80: not a compiled head dim, rounds up
+HEAD_DIMS = head_dim_params(64, 80, 128, 256)  # 80: not a compiled head dim, rounds up
 GQA = [pytest.param(2, 2, id="mha"), pytest.param(8, 2, id="gqa4"), pytest.param(8, 1, id="mqa8")]
 ROTARY = [pytest.param("interleaved", id="gptj"), pytest.param("neox", id="neox")]
 

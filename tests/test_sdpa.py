@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from conftest import assert_within_eager_error, requires_gpu
+from conftest import assert_within_eager_error, requires_gpu, skip_unless_served
 
 import flash_attn_rocm
 from flash_attn_rocm import patch_sdpa, scaled_dot_product_attention, sdpa_patched, unpatch_sdpa
@@ -17,6 +17,7 @@ TORCH_SDPA = F.scaled_dot_product_attention
 
 
 def bhsd(batch=2, heads=4, seqlen=64, head_dim=64, dtype=torch.float16, device="cuda", grad=False):
+    skip_unless_served(head_dim)
     return torch.randn(batch, heads, seqlen, head_dim, dtype=dtype, device=device, requires_grad=grad)
 
 

@@ -1,14 +1,14 @@
-"""Writes the kernel instantiation files and the dispatch table that calls them.
+"""Writes the kernel instantiation files and the table of what they hold (kernel_table.cu).
 
 The single source of truth for what is compiled: setup.py and `make hip-check` call
-`generate()` and compile exactly the files it returns, and the dispatch only knows those.
+`generate()` and compile exactly the files it returns, and the dispatch (csrc/kernels/dispatch.cu,
+hand-written, returned last) only knows the table's rows.
 
 Development filter (fewer instances, faster builds):
     FLASH_ATTN_ROCM_HEAD_DIMS=64,128   FLASH_ATTN_ROCM_DTYPES=fp16
 
 With sm90=True (the build targets sm_90a) the Hopper forward and backward files are added for
-SM90_HEAD_DIMS (per pass) and the dispatch prefers them on a compute capability 9.0 device for
-the plain variants.
+SM90_HEAD_DIMS (per pass) and their rows of the table name them.
 """
 
 from __future__ import annotations
@@ -59,99 +59,60 @@ template error_t {fn}<{ctype}, {hdim}, true>(const {params}&, stream_t);
 }}  // namespace flash
 """
 
-DISPATCH = HEADER + """#include "../kernels/api.h"
+# The table of what was compiled (csrc/kernels/kernel_table.h); csrc/kernels/dispatch.cu holds the
+# hand-written logic that reads it.
+TABLE = HEADER + """#include "../kernels/kernel_table.h"
+
+// Host data only: clang's HIP device pass would otherwise take the const tables for device
+// constants and look for the launchers on the device. (The emulator compiles everything as host
+// code, its device macros included.)
+#if !defined(__CUDA_ARCH__) && (!defined(__HIP_DEVICE_COMPILE__) || defined(FA_PLATFORM_EMU))
 
 namespace flash {{
 
-
-template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
+template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd(const FwdParams& params, stream_t stream);
-template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
+template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_bwd(const BwdParams& params, stream_t stream);
+template <class T, int kHeadDim, bool Has_right_edge>
+error_t run_fwd_sm90(const FwdParams& params, stream_t stream);
+template <class T, int kHeadDim, bool Has_right_edge>
+error_t run_bwd_sm90(const BwdParams& params, stream_t stream);
 template <class T, int kHeadDim>
 error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream);
 
-std::vector<int> compiled_head_dims() {{ return {{{head_dims}}}; }}
+namespace {{
 
-{hopper}
-int kernel_head_dim(int head_dim) {{
-  for (int d : compiled_head_dims()) {{
-    if (d >= head_dim) return d;
-  }}
-  return 0;
-}}
-{functions}
+// {{head dim, dtype, portable[has_right_edge][has_extras], hopper[has_right_edge]}}
+const PassFamily<FwdParams> kFwd[] = {{
+{fwd}
+}};
+const PassFamily<BwdParams> kBwd[] = {{
+{bwd}
+}};
+const KvCacheFamily kKvCache[] = {{
+{kvcache}
+}};
+
+}}  // namespace
+
+const KernelTable kKernelTable = {{kFwd, {n}, kBwd, {n}, kKvCache, {n}}};
+
 }}  // namespace flash
+
+#endif
 """
 
-DISPATCH_FUNCTION = """
-error_t run_mha_{name}(const {params}& params, DType dtype, bool is_causal, stream_t stream) {{
-  const bool extras = has_extras(params);
-{preamble}{cases}
-  return kInvalidConfig;
-}}
-"""
+ROW = """    {{{hdim}, {dtype_enum},
+     {{{{&{fn}<{ctype}, {hdim}, false, false>, &{fn}<{ctype}, {hdim}, false, true>}},
+      {{&{fn}<{ctype}, {hdim}, true, false>, &{fn}<{ctype}, {hdim}, true, true>}}}},
+     {hopper}}},"""
 
-HOPPER_ON = """
-template <class T, int kHeadDim, bool Is_causal> error_t run_fwd_sm90(const FwdParams& params, stream_t stream);
-template <class T, int kHeadDim, bool Is_causal> error_t run_bwd_sm90(const BwdParams& params, stream_t stream);
+HOPPER_ROW = "{{&{fn}<{ctype}, {hdim}, false>, &{fn}<{ctype}, {hdim}, true>}}"
 
-namespace {
-bool hopper_kernels_enabled = true;
+KVCACHE_ROW = "    {{{hdim}, {dtype_enum}, &run_fwd_kvcache<{ctype}, {hdim}>}},"
 
-// Whether the current device runs the Hopper kernels (which have no extras).
-bool use_hopper(bool extras) {
-  if (!hopper_kernels_enabled || extras) return false;
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-  return major == 9;
-}
-}  // namespace
-
-bool set_hopper_kernels(bool enabled) {
-  const bool previous = hopper_kernels_enabled;
-  hopper_kernels_enabled = enabled;
-  return previous;
-}
-"""
-
-HOPPER_OFF = """
-bool set_hopper_kernels(bool) { return false; }  // this build has no sm_90a code
-"""
-
-SM90_CASE = """    if (dtype == {dtype_enum} && kernel_head_dim(params.d) == {hdim}) {{
-      return is_causal ? {fn}<{ctype}, {hdim}, true>(params, stream) : {fn}<{ctype}, {hdim}, false>(params, stream);
-    }}"""
-
-# Which kernel family run_mha_{fwd,bwd} would launch: the same case lists as the dispatch.
-DESCRIBE_FUNCTION = """
-const char* kernel_family(bool backward, int head_dim, DType dtype, bool extras) {{
-  const int d = kernel_head_dim(head_dim);
-  if (d == 0) return "none";
-{hopper}  return "sm80";
-}}
-"""
-
-DESCRIBE_HOPPER = """  if (use_hopper(extras)) {{
-    if (!backward && ({fwd})) return "sm90";
-    if (backward && ({bwd})) return "sm90";
-  }}
-"""
-
-KVCACHE_FUNCTION = """
-error_t run_mha_fwd_kvcache(const KvCacheParams& params, DType dtype, stream_t stream) {{
-{cases}
-  return kInvalidConfig;
-}}
-"""
-
-KVCACHE_CASE = """  if (dtype == {dtype_enum} && kernel_head_dim(params.d) == {hdim}) return run_fwd_kvcache<{ctype}, {hdim}>(params, stream);"""
-
-CASE = """  if (dtype == {dtype_enum} && kernel_head_dim(params.d) == {hdim}) {{
-    if (extras) return is_causal ? {fn}<{ctype}, {hdim}, true, true>(params, stream) : {fn}<{ctype}, {hdim}, false, true>(params, stream);
-    return is_causal ? {fn}<{ctype}, {hdim}, true, false>(params, stream) : {fn}<{ctype}, {hdim}, false, false>(params, stream);
-  }}"""
+DISPATCH = Path(__file__).resolve().parent.parent / "csrc" / "kernels" / "dispatch.cu"
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -176,53 +137,45 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
-    """Writes the files and returns them, instantiations first, dispatch last."""
+    """Writes the instantiation files and the kernel table, and returns the files to compile:
+    instantiations first, then the table and the hand-written dispatch (csrc/kernels/dispatch.cu)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     families = selected_families()
     sm90_families = {name: [(d, t) for d, t in families if d in dims] if sm90 else []
                      for name, dims in SM90_HEAD_DIMS.items()}
-    files, functions = [], []
+    files = []
     for name, (fn, params, launch_header) in SM90_PASSES.items():
         for hdim, dtype in sm90_families[name]:
             path = out_dir / f"{name}_sm90_hdim{hdim}_{dtype}.cu"
             _write_if_changed(path, SM90_INSTANCE.format(launch_header=launch_header, fn=fn, params=params,
                                                          ctype=DTYPES[dtype][0], hdim=hdim))
             files.append(path)
+    rows = {}
     for name, (fn, params, launch_header) in PASSES.items():
+        rows[name] = []
         for hdim, dtype in families:
+            ctype, dtype_enum = DTYPES[dtype]
             path = out_dir / f"{name}_hdim{hdim}_{dtype}.cu"
-            text = INSTANCE.format(launch_header=launch_header, fn=fn, params=params, ctype=DTYPES[dtype][0], hdim=hdim)
-            _write_if_changed(path, text)
+            _write_if_changed(path, INSTANCE.format(launch_header=launch_header, fn=fn, params=params, ctype=ctype,
+                                                    hdim=hdim))
             files.append(path)
-        cases = "\n".join(
-            CASE.format(dtype_enum=DTYPES[t][1], fn=fn, ctype=DTYPES[t][0], hdim=d) for d, t in families
-        )
-        preamble = ""
-        if sm90_families[name]:
-            preamble = "  if (use_hopper(extras)) {\n" + "\n".join(
-                SM90_CASE.format(dtype_enum=DTYPES[t][1], fn=SM90_PASSES[name][0], ctype=DTYPES[t][0], hdim=d)
-                for d, t in sm90_families[name]
-            ) + "\n  }\n"
-        functions.append(DISPATCH_FUNCTION.format(name=name, params=params, cases=cases, preamble=preamble))
+            hopper = "{nullptr, nullptr}"
+            if (hdim, dtype) in sm90_families[name]:
+                hopper = HOPPER_ROW.format(fn=SM90_PASSES[name][0], ctype=ctype, hdim=hdim)
+            rows[name].append(ROW.format(hdim=hdim, dtype_enum=dtype_enum, fn=fn, ctype=ctype, hopper=hopper))
+    kvcache_rows = []
     for hdim, dtype in families:
         path = out_dir / f"fwd_kvcache_hdim{hdim}_{dtype}.cu"
         _write_if_changed(path, KVCACHE_INSTANCE.format(ctype=DTYPES[dtype][0], hdim=hdim))
         files.append(path)
-    def family_test(name: str) -> str:
-        return " || ".join(f"(dtype == {DTYPES[t][1]} && d == {d})" for d, t in sm90_families[name]) or "false"
-
-    hopper = DESCRIBE_HOPPER.format(fwd=family_test("fwd"), bwd=family_test("bwd")) if any(sm90_families.values()) else ""
-    functions.append(DESCRIBE_FUNCTION.format(hopper=hopper))
-    functions.append(KVCACHE_FUNCTION.format(cases="\n".join(
-        KVCACHE_CASE.format(dtype_enum=DTYPES[t][1], ctype=DTYPES[t][0], hdim=d) for d, t in families)))
-    head_dims = ", ".join(str(d) for d in sorted({d for d, _ in families}))
-    dispatch = out_dir / "dispatch.cu"
-    _write_if_changed(dispatch, DISPATCH.format(head_dims=head_dims, functions="".join(functions),
-                                                hopper=HOPPER_ON if any(sm90_families.values()) else HOPPER_OFF))
-    files.append(dispatch)
+        kvcache_rows.append(KVCACHE_ROW.format(hdim=hdim, dtype_enum=DTYPES[dtype][1], ctype=DTYPES[dtype][0]))
+    table = out_dir / "kernel_table.cu"
+    _write_if_changed(table, TABLE.format(fwd="\n".join(rows["fwd"]), bwd="\n".join(rows["bwd"]),
+                                          kvcache="\n".join(kvcache_rows), n=len(families)))
+    files.append(table)
     for path in set(out_dir.glob("*.cu")) - set(files):
         path.unlink()
-    return files
+    return files + [DISPATCH]
 
 
 if __name__ == "__main__":

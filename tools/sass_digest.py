@@ -33,7 +33,7 @@ def generated_sources(tree: Path, work: Path) -> list[Path]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     (work / "kernels").symlink_to(tree / "csrc" / "kernels")
-    return [f for f in module.generate(work / "generated", sm90=True) if f.name != "dispatch.cu"]
+    return [f for f in module.generate(work / "generated", sm90=True) if f.name not in ("dispatch.cu", "kernel_table.cu")]
 
 
 def cuobjdump() -> str:

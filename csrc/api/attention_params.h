@@ -45,7 +45,7 @@ inline void set_attention_params(flash::FwdParams& params, const at::Tensor& q, 
 }
 
 // flash-attn's window_size (-1 = unbounded) and causal (right side 0). Returns whether the rows
-// have a right edge, i.e. which instantiation (Is_causal) the kernels need.
+// have a right edge, i.e. which instantiation (Has_right_edge) the kernels need.
 inline bool set_window_params(flash::FwdParams& params, bool is_causal, int64_t window_left, int64_t window_right) {
   TORCH_CHECK(window_left >= -1 && window_right >= -1, "window_size entries must be >= -1, got (", window_left, ", ",
               window_right, ")");
@@ -154,11 +154,12 @@ inline void set_varlen_params(flash::FwdParams& params, const at::Tensor& cu_seq
 // The backward after the forward's fields are set: dout, dq, dk, dv are 4-D views like q, k, v;
 // softmax_lse is the forward's. Writes dq, dk, dv.
 inline void run_backward(flash::BwdParams& params, const at::Tensor& dout, const at::Tensor& dq, const at::Tensor& dk,
-                         const at::Tensor& dv, const at::Tensor& softmax_lse, bool is_causal, bool deterministic) {
+                         const at::Tensor& dv, const at::Tensor& softmax_lse, bool has_right_edge,
+                         bool deterministic) {
   const auto float_options = dq.options().dtype(at::kFloat);
   auto dq_accum = at::zeros(dq.sizes(), float_options);
   auto softmax_d = at::empty(softmax_lse.sizes(), float_options);
-  const int64_t m_blocks = (params.seqlen_q + flash::kBwdBlockM - 1) / flash::kBwdBlockM;
+  const int64_t m_blocks = (params.seqlen_q + flash::kDqSemaphoreBlockM - 1) / flash::kDqSemaphoreBlockM;
   auto dq_semaphore = deterministic ? at::zeros({params.b, params.h, m_blocks}, dq.options().dtype(at::kInt)) : at::Tensor();
 
   params.dout = dout.data_ptr();
@@ -173,7 +174,8 @@ inline void run_backward(flash::BwdParams& params, const at::Tensor& dout, const
   params.dq_semaphore = deterministic ? dq_semaphore.data_ptr<int>() : nullptr;
   params.deterministic = deterministic;
 
-  check_launch(flash::run_mha_bwd(params, kernel_dtype(dq), is_causal, at::cuda::getCurrentCUDAStream().stream()), "bwd");
+  check_launch(flash::run_mha_bwd(params, kernel_dtype(dq), has_right_edge, at::cuda::getCurrentCUDAStream().stream()),
+               "bwd");
   dq.copy_(dq_accum.mul_(params.scale_softmax));
 }
 

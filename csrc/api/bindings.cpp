@@ -16,15 +16,6 @@ std::vector<int64_t> compiled_head_dims() {
   return {dims.begin(), dims.end()};
 }
 
-// "sm90:hdim128": the dispatch's kernel family and the compiled head dim the call rounds up to;
-// "none" when no compiled head dim fits.
-std::string kernel_family(bool backward, int64_t head_dim, bool bf16, bool extras) {
-  const int d = static_cast<int>(head_dim);
-  const std::string family =
-      flash::kernel_family(backward, d, bf16 ? flash::DType::kBFloat16 : flash::DType::kFloat16, extras);
-  return family == "none" ? family : family + ":hdim" + std::to_string(flash::kernel_head_dim(d));
-}
-
 }  // namespace
 
 TORCH_LIBRARY(flash_attn_rocm, m) {
@@ -59,7 +50,9 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
   // Tests and benchmarks switch the Hopper kernels off to compare them with the portable ones.
   m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
-  m.def("kernel_family(bool backward, int head_dim, bool bf16, bool extras) -> str", &kernel_family);
+  m.def("kernel_family(bool backward, int head_dim, bool bf16, bool extras, Tensor? q=None, Tensor? k=None, "
+        "Tensor? v=None, Tensor? dout=None) -> str[]",
+        &flash_api::kernel_family);
 }
 
 TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) {

@@ -4,7 +4,9 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace flash_api {
 
@@ -44,5 +46,10 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
     const std::optional<at::Tensor>& block_table, double softmax_scale, bool is_causal, int64_t window_size_left,
     int64_t window_size_right, double softcap, bool rotary_interleaved, const std::optional<at::Tensor>& alibi_slopes,
     int64_t num_splits);
+
+// [family ("sm90:hdim128", "sm80:hdim64" or "none"), why not Hopper ("" when Hopper or none)].
+std::vector<std::string> kernel_family(bool backward, int64_t head_dim, bool bf16, bool extras,
+                                       const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
+                                       const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& dout);
 
 }  // namespace flash_api

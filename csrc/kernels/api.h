@@ -1,5 +1,5 @@
-// The kernel library's entry points, implemented by the generated dispatch file
-// (tools/generate_kernels.py writes it together with the instantiations it dispatches to).
+// The kernel library's entry points, implemented by the dispatch (dispatch.cu), which reads the
+// table of compiled kernels that tools/generate_kernels.py writes with the instantiations.
 #pragma once
 
 #include <algorithm>
@@ -20,21 +20,27 @@ std::vector<int> compiled_head_dims();
 // The smallest compiled head dim >= head_dim, or 0 when there is none.
 int kernel_head_dim(int head_dim);
 
-// Lets the forward use the Hopper (sm_90a) kernels where they apply (the default when the build
-// has them); returns the previous setting. false in builds without them.
+// Lets the forward and backward use the Hopper (sm_90a) kernels where they apply (the default
+// when the build has them); returns the previous setting, false in builds without them.
 bool set_hopper_kernels(bool enabled);
 
-// Which kernels run_mha_fwd (backward = false) or run_mha_bwd would launch on the current device:
-// "sm90" (the Hopper wgmma kernels), "sm80" (the portable mma.sync ones), or "none" (no head dim
-// in this build fits). `extras`: softcap, ALiBi or dropout.
-const char* kernel_family(bool backward, int head_dim, DType dtype, bool extras);
+// Which kernels run_mha_fwd (backward = false) or run_mha_bwd would launch on the current device,
+// decided as they decide it (dispatch.cu).
+struct KernelChoice {
+  const char* family;      // "sm90" (the Hopper wgmma kernels), "sm80" (the portable ones), "none"
+  int head_dim;            // the compiled head dim the call rounds up to; 0 with "none"
+  const char* not_hopper;  // with "sm80": why not the Hopper kernels; nullptr otherwise
+};
+// `extras`: softcap, ALiBi or dropout. `operands`: the call's params, whose pointers and strides
+// decide whether TMA can take them (a backward's must be a BwdParams), or nullptr to leave them out.
+KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, const FwdParams* operands);
 
 // Forward for params.d rounded up to kernel_head_dim(params.d).
-error_t run_mha_fwd(const FwdParams& params, DType dtype, bool is_causal, stream_t stream);
+error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, stream_t stream);
 
 // Backward (preprocess + main kernel); dq_accum must be zeroed, and dq_semaphore too when
-// params.deterministic ([b, h, ceil(seqlen_q / kBwdBlockM)] ints).
-error_t run_mha_bwd(const BwdParams& params, DType dtype, bool is_causal, stream_t stream);
+// params.deterministic ([b, h, ceil(seqlen_q / kDqSemaphoreBlockM)] ints).
+error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, stream_t stream);
 
 // KV-cache forward (append, rotary, attention, split-KV combine) for params.d rounded up.
 error_t run_mha_fwd_kvcache(const KvCacheParams& params, DType dtype, stream_t stream);

@@ -1,7 +1,5 @@
 // The backward kernels.
 //
-// bwd_preprocess: D = rowsum(dO * O) per query row, the term the softmax derivative subtracts.
-//
 // flash_bwd_kernel: one thread block per (kBlockN keys, kv head, batch). K and V stay in shared
 // memory while the block walks the query blocks whose windows reach its keys, for every query
 // head that shares the kv head (GQA sums there, in registers, without expanded K/V). Per query
@@ -17,8 +15,11 @@
 // Q and dO are double-buffered: the next query block loads while this one computes.
 #pragma once
 
+#include "arch/warp_gemm_mma.h"
 #include "bwd_walk.h"
 #include "dropout.h"
+#include "epilogue.h"
+#include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -27,69 +28,50 @@
 #include "seq_bounds.h"
 #include "smem_tile.h"
 #include "tile_config.h"
-#include "warp_gemm.h"
 
 #include <type_traits>
 
 namespace flash {
 
-inline constexpr int kPreprocessRows = 8;  // one warp per query row
+// Starts the loads of K and V rows key0 .. key0 + kBlockN - 1 (zeros past the end).
+template <class KVTile, int kBlockN, int kNThreads, class T>
+FA_DEVICE void load_key_block(const BwdParams& params, const SeqBounds& seq, int batch, int head_k, int key0,
+                              T* sK, T* sV, int tid) {
+  const int keys_valid = min(kBlockN, seq.seqlen_k - key0);
+  KVTile::template load_async<kNThreads>(
+      sK, static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
+              (seq.k_start + key0) * params.k_row_stride, params.k_row_stride, keys_valid, params.d, tid);
+  KVTile::template load_async<kNThreads>(
+      sV, static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
+              (seq.k_start + key0) * params.v_row_stride, params.v_row_stride, keys_valid, params.d, tid);
+}
 
-template <class T, int kHeadDim>
-__global__ void __launch_bounds__(kPreprocessRows * kGroupSize) bwd_preprocess_kernel(const BwdParams params) {
-  const int warp = threadIdx.x / kGroupSize, lane = threadIdx.x % kGroupSize;
-  const int row = blockIdx.x * kPreprocessRows + warp, head = blockIdx.y, batch = blockIdx.z;
-  const SeqBounds seq(params, batch);
-  if (row >= seq.seqlen_q) return;  // whole warps leave together: the shuffles below stay full
-  const T* dout = static_cast<const T*>(params.dout) + batch * params.do_batch_stride + head * params.do_head_stride +
-                  (seq.q_start + row) * params.do_row_stride;
-  const T* out = static_cast<const T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
-                 (seq.q_start + row) * params.o_row_stride;
-  float dot = 0.f;
-  // Each lane takes 16-byte chunks of the row.
-  for (int col = lane * 8; col < params.d; col += kGroupSize * 8) {
-    const uint4 a = *reinterpret_cast<const uint4*>(dout + col);
-    const uint4 b = *reinterpret_cast<const uint4*>(out + col);
-    const uint32_t x[4] = {a.x, a.y, a.z, a.w}, y[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 xf = unpack2<T>(x[i]), yf = unpack2<T>(y[i]);
-      dot += xf.x * yf.x + xf.y * yf.y;
-    }
+// Starts the loads of query rows row0 .. row0 + kBlockM - 1 of `head`: Q and dO (zeros past the
+// end), and stores their lse (log2 units) and D.
+template <class QTile, int kBlockM, int kNThreads, class T>
+FA_DEVICE void load_query_block(const BwdParams& params, const SeqBounds& seq, int batch, int head, int row0,
+                                T* sQ, T* sdO, float* sLse, float* sD, int tid) {
+  const int rows_valid = min(kBlockM, seq.seqlen_q - row0);
+  QTile::template load_async<kNThreads>(
+      sQ, static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
+              (seq.q_start + row0) * params.q_row_stride, params.q_row_stride, rows_valid, params.d, tid);
+  QTile::template load_async<kNThreads>(
+      sdO, static_cast<const T*>(params.dout) + batch * params.do_batch_stride + head * params.do_head_stride +
+               (seq.q_start + row0) * params.do_row_stride, params.do_row_stride, rows_valid, params.d, tid);
+  if (tid < kBlockM) {
+    const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
+    // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
+    const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
+    sLse[tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+    sD[tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
   }
-#pragma unroll
-  for (int offset = kGroupSize / 2; offset > 0; offset /= 2) dot += shfl_xor(dot, offset);
-  if (lane == 0) params.softmax_d[seq.lse_index(params, batch, head, row)] = dot;
 }
 
 // A mask flag known at run time (bool) or at compile time (std::true_type / std::false_type).
 FA_DEVICE constexpr bool flag_value(bool flag) { return flag; }
 template <bool kFlag> FA_DEVICE constexpr bool flag_value(std::integral_constant<bool, kFlag>) { return kFlag; }
 
-// Writes a warp's fp32 accumulator tile (kMT strips from row0, kNT n8 tiles from col0) to a
-// [rows, d] tensor, scaled and rounded to T, skipping rows >= rows_valid and cols >= head_dim.
-template <class T, int kMT, int kNT>
-FA_DEVICE void store_tile(T* dst, int64_t row_stride, const float (&acc)[kMT][kNT][4], int row0, int col0,
-                          int rows_valid, int head_dim, float scale, int lane) {
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + 16 * mt + lane / 4 + 8 * half;
-      if (row >= rows_valid) continue;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        const int col = col0 + 8 * nt + 2 * (lane % 4);
-        if (col < head_dim) {
-          *reinterpret_cast<uint32_t*>(dst + row * row_stride + col) =
-              pack2<T>(acc[mt][nt][2 * half] * scale, acc[mt][nt][2 * half + 1] * scale);
-        }
-      }
-    }
-  }
-}
-
-template <class Traits, bool Is_causal, bool Has_extras>
+template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) flash_bwd_kernel(const BwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -117,19 +99,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
   if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
   // Which keys each query row sees (mask.h).
-  const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
+  const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
   const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
   // Dropout redraws the forward's mask from the (seed, offset) it recorded. The P^T that dV
   // needs is the kept, rescaled one; the P kept for dS^T carries a minus sign where dropped.
   const bool has_dropout = Has_extras && params.has_dropout;
   uint64_t seed = 0, offset = 0;
   if constexpr (Has_extras) {
-    if (has_dropout) {
-      seed = static_cast<uint64_t>(params.rng_state[0]);
-      offset = static_cast<uint64_t>(params.rng_state[1]);
-    }
+    if (has_dropout) backward_dropout_seed(params, seed, offset);
   }
-  const BwdQueryWalk<kBlockM, kBlockN, Is_causal> walk(window, key0, group);
+  const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
   const int steps = walk.steps;
   load_key_block<KVTile, kBlockN, Traits::kNThreads>(params, seq, batch, head_k, key0, sK, sV, tid);
 
@@ -151,7 +130,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
   const int dkv_row0 = DkvGrid::row0(warp), dkv_col0 = DkvGrid::col0(warp);
   const int dq_row0 = DqGrid::row0(warp), dq_col0 = DqGrid::col0(warp);
 
-  float acc_dk[DkvGrid::kMT][DkvGrid::kNT][4] = {}, acc_dv[DkvGrid::kMT][DkvGrid::kNT][4] = {};
+  using Layout = MmaAccLayout;
+  MmaTile<DkvGrid::kMT, DkvGrid::kNT> acc_dk = {}, acc_dv = {};
 
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
@@ -173,39 +153,39 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     // together.
     {
       using Grid = SdpGrid;
+      using STile = MmaTile<Grid::kMT, Grid::kNT>;  // S^T, dP^T: keys x queries
       // Keys past the end must give P = 0 too: with K = 0 there, S = 0 and exp(0 - lse) can
       // overflow, and inf * 0 would poison dQ.
       const bool needs_mask = key0 + kBlockN > seqlen_k || window.block_needs_mask(row0, row0 + kBlockM, key0, key0 + kBlockN);
-      // Fragment element (mt, nt, 2 half + j) sits at key row key_row(mt, half), query column col(nt) + j.
-      auto key_row = [&](int mt, int half) { return sdp_row0 + 16 * mt + lane / 4 + 8 * half; };
-      auto col = [&](int nt) { return sdp_col0 + 8 * nt + 2 * (lane % 4); };
+      // A row (key) holds one pair of adjacent columns (queries) per tile, packed into one 32-bit
+      // word of P^T / dS^T: element (mt, nt, element(half, j)) is key key_row(mt, half), query col(nt) + j.
+      static_assert(Layout::kColRun == 2 && STile::kRowElems == 2, "one packed pair per row and tile");
+      auto key_row = [&](int mt, int half) {
+        return sdp_row0 + Layout::kTileRows * mt + Layout::lane_row(lane) + Layout::kRowSlotStride * half;
+      };
+      auto col = [&](int nt) { return sdp_col0 + Layout::kTileCols * nt + Layout::lane_col(lane); };
       auto p_offset = [&](int mt, int nt, int half) { return PTile::offset(key_row(mt, half), col(nt) / 8) + col(nt) % 8; };
 
-      // Keep bits of this thread's scores, bit 4 nt + 2 half + j of word mt (dropout.h's groups:
-      // keys k0, k0 + 8 are the two halves, queries q0, q0 + 8 the n8 tiles nt, nt + 1).
-      static_assert(Grid::kNT * 4 <= 32, "one word of keep bits per strip");
+      // Keep bits of this thread's scores: bit kElems nt + e of word mt decides element (mt, nt, e).
+      static_assert(Grid::kNT * STile::kElems <= 32, "one word of keep bits per strip");
       [[maybe_unused]] uint32_t keep_bits[Grid::kMT] = {};
       if constexpr (Has_extras) {
         if (has_dropout) {
           const Dropout dropout(params, seed, offset, batch, head);
-#pragma unroll
-          for (int mt = 0; mt < Grid::kMT; ++mt) {
-#pragma unroll
-            for (int nt = 0; nt < Grid::kNT; nt += 2) {
-#pragma unroll
-              for (int j = 0; j < 2; ++j) {
-                const uint32_t keep = dropout.keep4(row0 + col(nt) + j, key0 + key_row(mt, 0));
-                keep_bits[mt] |= (keep & 1) << (4 * nt + j) | (keep >> 1 & 1) << (4 * nt + 2 + j) |
-                                 (keep >> 2 & 1) << (4 * nt + 4 + j) | (keep >> 3 & 1) << (4 * nt + 6 + j);
-              }
-            }
-          }
+          auto bit = [](const FragmentIndex& at) { return STile::kElems * at.nt + at.e; };
+          for_each_dropout_word<true, STile>(
+              dropout, [&](int mt) { return key0 + key_row(mt, 0); },
+              [&](int nt, int e) { return row0 + col(nt) + Layout::col_offset(e); },
+              [&](uint32_t keep, FragmentIndex at0, FragmentIndex at1, FragmentIndex at2, FragmentIndex at3) {
+                keep_bits[at0.mt] |= (keep & 1) << bit(at0) | (keep >> 1 & 1) << bit(at1) | (keep >> 2 & 1) << bit(at2) |
+                                     (keep >> 3 & 1) << bit(at3);
+              });
         }
       }
 
       uint32_t p_packed[Grid::kMT][Grid::kNT][2];
-      float acc_s[Grid::kMT][Grid::kNT][4] = {};
-      gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
+      STile acc_s = {};
+      gemm_smem<kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_s, sK, sdp_row0, sQb, sdp_col0, lane);
       // Causal blocks get two bodies: steps off every mask edge skip the per-element test (the
       // compiler would otherwise evaluate it for every score and only predicate the result).
       // Without causal only the last key block has an edge; there the second body's registers
@@ -217,7 +197,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 #pragma unroll
           for (int mt = 0; mt < Grid::kMT; ++mt) {
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
+            for (int half = 0; half < Layout::kRowSlots; ++half) {
               float p[2];
               [[maybe_unused]] float dtanh[2];
 #pragma unroll
@@ -226,12 +206,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
                 const bool visible = !flag_value(masked) || (key < seqlen_k && window.visible(query, key));
                 if constexpr (Has_extras) {
                   const ScoreMod score_mod(params, batch, head, seqlen_q, seqlen_k);
-                  float& x = acc_s[mt][nt][2 * half + j];
+                  float& x = acc_s(mt, nt, Layout::element(half, j));
                   x = score_mod.softcap(x);
                   dtanh[j] = 1.f - x * x;
                   x += score_mod.bias(query, key);
                 }
-                p[j] = visible ? exp2_fast(acc_s[mt][nt][2 * half + j] * params.scale_softmax_log2 - (j ? lse.y : lse.x)) : 0.f;
+                p[j] = visible ? exp2_fast(acc_s(mt, nt, Layout::element(half, j)) * params.scale_softmax_log2 -
+                                           (j ? lse.y : lse.x))
+                               : 0.f;
               }
               if constexpr (Has_extras) {
                 if (has_softcap) *reinterpret_cast<uint32_t*>(sdSt + p_offset(mt, nt, half)) = pack2<half_t>(dtanh[0], dtanh[1]);
@@ -243,7 +225,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
                   float kept[2];
 #pragma unroll
                   for (int j = 0; j < 2; ++j) {
-                    const bool keep = keep_bits[mt] >> (4 * nt + 2 * half + j) & 1;
+                    const bool keep = keep_bits[mt] >> (STile::kElems * nt + Layout::element(half, j)) & 1;
                     kept[j] = keep ? p[j] * params.rp_keep : 0.f;
                     p[j] = keep ? p[j] : -p[j];
                   }
@@ -256,7 +238,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
           }
         }
       };
-      if constexpr (Is_causal) {
+      if constexpr (Has_right_edge) {
         if (needs_mask) {
           exponentiate(std::true_type{});
         } else {
@@ -265,22 +247,23 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
       } else {
         exponentiate(needs_mask);
       }
-      float acc_dp[Grid::kMT][Grid::kNT][4] = {};
-      gemm_smem<Grid::kMT, Grid::kNT, kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, sdp_row0, sdOb, sdp_col0, lane);
+      STile acc_dp = {};
+      gemm_smem<kHeadDim, Major::kRows, Major::kRows, KVTile, QTile>(acc_dp, sV, sdp_row0, sdOb, sdp_col0, lane);
 #pragma unroll
       for (int mt = 0; mt < Grid::kMT; ++mt) {
 #pragma unroll
         for (int nt = 0; nt < Grid::kNT; ++nt) {
 #pragma unroll
-          for (int half = 0; half < 2; ++half) {
+          for (int half = 0; half < Layout::kRowSlots; ++half) {
             const float2 p = unpack2<T>(p_packed[mt][nt][half]);
             const float2 d = *reinterpret_cast<const float2*>(sDb + col(nt));
-            float ds0 = p.x * (acc_dp[mt][nt][2 * half] - d.x);
-            float ds1 = p.y * (acc_dp[mt][nt][2 * half + 1] - d.y);
+            const float dp0 = acc_dp(mt, nt, Layout::element(half, 0)), dp1 = acc_dp(mt, nt, Layout::element(half, 1));
+            float ds0 = p.x * (dp0 - d.x);
+            float ds1 = p.y * (dp1 - d.y);
             if constexpr (Has_extras) {
               if (has_dropout) {  // dropped: dS = -P D, which is the stored -P times D
-                ds0 = signbit(p.x) ? p.x * d.x : p.x * (acc_dp[mt][nt][2 * half] * params.rp_keep - d.x);
-                ds1 = signbit(p.y) ? p.y * d.y : p.y * (acc_dp[mt][nt][2 * half + 1] * params.rp_keep - d.y);
+                ds0 = signbit(p.x) ? p.x * d.x : p.x * (dp0 * params.rp_keep - d.x);
+                ds1 = signbit(p.y) ? p.y * d.y : p.y * (dp1 * params.rp_keep - d.y);
               }
             }
             if (has_softcap) {
@@ -296,8 +279,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
     __syncthreads();  // P^T and dS^T complete
 
     // 2. dV += P^T dO and dK += dS^T Q over this block's queries.
-    gemm_smem<DkvGrid::kMT, DkvGrid::kNT, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dv, sPt, dkv_row0, sdOb, dkv_col0, lane);
-    gemm_smem<DkvGrid::kMT, DkvGrid::kNT, kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dk, sdSt, dkv_row0, sQb, dkv_col0, lane);
+    gemm_smem<kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dv, sPt, dkv_row0, sdOb, dkv_col0, lane);
+    gemm_smem<kBlockM, Major::kRows, Major::kCols, PTile, QTile>(acc_dk, sdSt, dkv_row0, sQb, dkv_col0, lane);
 
     // 3. dQ += dS K for this warp's queries x head-dim columns, into the fp32 accumulator.
     int* semaphore = nullptr;
@@ -311,21 +294,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm) fl
 #pragma unroll
     for (int pass = 0; pass < Traits::kDqPasses; ++pass) {
       const int col0 = pass * (kHeadDim / Traits::kDqPasses) + dq_col0;
-      float acc_dq[DqGrid::kMT][DqGrid::kNT][4] = {};
-      gemm_smem<DqGrid::kMT, DqGrid::kNT, kBlockN, Major::kCols, Major::kCols, PTile, KVTile>(acc_dq, sdSt, dq_row0, sK, col0, lane);
-#pragma unroll
-      for (int mt = 0; mt < DqGrid::kMT; ++mt) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = dq_row0 + 16 * mt + lane / 4 + 8 * half;
-          if (row0 + row >= seqlen_q) continue;
-#pragma unroll
-          for (int nt = 0; nt < DqGrid::kNT; ++nt) {
-            const int col = col0 + 8 * nt + 2 * (lane % 4);
-            if (col < params.d) atomic_add2(dq + row * dq_row_stride + col, acc_dq[mt][nt][2 * half], acc_dq[mt][nt][2 * half + 1]);
-          }
-        }
-      }
+      MmaTile<DqGrid::kMT, DqGrid::kNT> acc_dq = {};
+      gemm_smem<kBlockN, Major::kCols, Major::kCols, PTile, KVTile>(acc_dq, sdSt, dq_row0, sK, col0, lane);
+      atomic_add_tile(dq, dq_row_stride, acc_dq, dq_row0, col0, row0, seqlen_q, params.d, lane);
     }
     if (params.deterministic) dq_semaphore_release(semaphore, tid == 0, [] { __syncthreads(); });
   }

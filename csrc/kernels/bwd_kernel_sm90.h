@@ -28,16 +28,19 @@
 // to the sm80 kernels.
 #pragma once
 
+#include "arch/dq_stage_sm90.h"
+#include "arch/smem_tile_sm90.h"
 #include "arch/tma_sm90.h"
+#include "arch/warp_gemm_mma.h"
 #include "arch/wgmma_sm90.h"
-#include "bwd_kernel.h"  // store_tile
 #include "bwd_walk.h"
+#include "epilogue.h"
+#include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
 #include "seq_bounds.h"
-#include "smem_tile_sm90.h"
 
 #include <type_traits>
 
@@ -76,39 +79,7 @@ struct BwdTensorMaps {
   CUtensorMap q, k, v, dout, dq;
 };
 
-// A 64 x 64 fp32 dQ piece in shared memory as the TMA reduction reads it: two boxes of 32
-// columns, each [64 rows][8 chunks of 4 floats] with chunk c of row r at c ^ (r % 8) (the
-// 128-byte swizzle).
-struct DqStage {
-  static constexpr int kBoxFloats = 64 * 32;
-  // Stores a warpgroup's 64 x 64 accumulator (warp w: rows 16 w ..; mma.sync's C layout). A
-  // float2 store is served a half-warp at a time: its four rows (lane / 4) must hit four
-  // different chunk pairs, but their swizzle only reaches two, so the lanes of odd rows store
-  // the n8 tile two further on at each step (chunks 4 away) and the half-warp fills all 32 banks.
-  static FA_DEVICE void store(float* stage, const float (&acc)[8][4], int warp, int lane) {
-    float* rows = stage + (16 * warp + lane / 4) * 32;
-    const bool odd_row = (lane / 4) % 2;
-    // Column 2 (lane % 4) of n8 tile m is in chunk 2 m + (lane % 4) / 2, at chunk ^ (row % 8).
-    const int swizzled = ((((lane % 4) / 2) ^ (lane / 4)) << 2 | 2 * (lane % 2)) ^ (odd_row ? 16 : 0);
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-      float* at = rows + (swizzled ^ (8 * m));  // tile m, or m ^ 2 in odd rows
-#pragma unroll
-      for (int box = 0; box < 2; ++box) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const float(&mine)[4] = acc[4 * box + m];
-          const float(&other)[4] = acc[4 * box + (m ^ 2)];
-          *reinterpret_cast<float2*>(at + box * kBoxFloats + half * 8 * 32) =
-              odd_row ? make_float2(other[2 * half], other[2 * half + 1])
-                      : make_float2(mine[2 * half], mine[2 * half + 1]);
-        }
-      }
-    }
-  }
-};
-
-template <class Traits, bool Is_causal>
+template <class Traits, bool Has_right_edge>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flash_bwd_sm90_kernel(const BwdParams params, const __grid_constant__ BwdTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -145,8 +116,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
   if (key0 >= seqlen_k) return;
 
-  const KeyWindow<Is_causal> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-  const BwdQueryWalk<kBlockM, kBlockN, Is_causal> walk(window, key0, group);
+  const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
+  const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
   const int steps = walk.steps;
 
   if (tid == 0) {
@@ -243,16 +214,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // Consumers.
   warpgroup_registers_inc<Traits::kConsumerRegs>();
   const int consumer = warpgroup - 1;
-  // This thread's rows of S^T (keys): key_row(half); its columns (queries): col(nt) + j.
+  // This thread's rows of S^T (keys): key_row(half); its columns (queries): col(nt) + j, for
+  // element (nt, element(half, j)) of the warp's strip (wgmma's accumulators, per warp).
+  using Layout = MmaAccLayout;
+  using STile = MmaTile<1, kMTiles>;
   const int wg_key0 = 64 * consumer;
-  auto key_row = [&](int half) { return wg_key0 + 16 * group_warp + lane / 4 + 8 * half; };
-  auto col = [&](int nt) { return 8 * nt + 2 * (lane % 4); };
+  auto key_row = [&](int half) {
+    return wg_key0 + 16 * group_warp + Layout::lane_row(lane) + Layout::kRowSlotStride * half;
+  };
+  auto col = [&](int nt) { return Layout::kTileCols * nt + Layout::lane_col(lane); };
   const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
   // This consumer's dQ piece: rows dq_row0 .., columns dq_col0 .. of the query block.
   const int dq_row0 = Traits::kDqSplitsRows ? 64 * consumer : 0;
   const int dq_col0 = Traits::kDqSplitsRows ? 0 : 64 * consumer;
 
-  float acc_dk[1][kHeadDim / 8][4] = {}, acc_dv[1][kHeadDim / 8][4] = {};  // store_tile's [strip][n8 tile]
+  MmaTile<1, kHeadDim / 8> acc_dk = {}, acc_dv = {};
   if (steps > 0) mbarrier_wait(kv_full, 0);
 
   BwdStepCursor at = first_step;
@@ -265,25 +241,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     T* sdS = sdSt + (step & 1) * DsTile::kElems;
 
     // S^T and dP^T for this warpgroup's 64 keys x the block's queries.
-    float acc_s[kMTiles][4], acc_dp[kMTiles][4];
+    STile acc_s, acc_dp;
     mbarrier_wait(&q_full[stage], parity);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      wgmma_ss<kBlockM, T>(acc_s, KVTile::k_major(k_addr, wg_key0, kk), QTile::k_major(q_addr, 0, kk), kk > 0);
+      wgmma_ss<kBlockM, T>(acc_s.v[0], KVTile::k_major(k_addr, wg_key0, kk), QTile::k_major(q_addr, 0, kk), kk > 0);
     }
     wgmma_commit();
     mbarrier_wait(&do_full[stage], parity);
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      wgmma_ss<kBlockM, T>(acc_dp, KVTile::k_major(v_addr, wg_key0, kk), QTile::k_major(do_addr, 0, kk), kk > 0);
+      wgmma_ss<kBlockM, T>(acc_dp.v[0], KVTile::k_major(v_addr, wg_key0, kk), QTile::k_major(do_addr, 0, kk), kk > 0);
     }
     wgmma_commit();
 
     // P^T while dP^T is still running. Keys past the end must give P = 0 too: K there is zero or another
     // sequence's, and exp(S - lse) could overflow (inf * 0 would poison dQ).
     wgmma_wait<1>();
-    wgmma_fence_operands(acc_s);
+    wgmma_fence_operands(acc_s.v[0]);
     const bool needs_mask = key0 + wg_key0 + 64 > seqlen_k ||
                             window.block_needs_mask(row0, row0 + kBlockM, key0 + wg_key0, key0 + wg_key0 + 64);
     auto exponentiate = [&](auto masked) {
@@ -294,7 +270,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         for (int half = 0; half < 2; ++half) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            float& s = acc_s[nt][2 * half + j];
+            float& s = acc_s(0, nt, Layout::element(half, j));
             s = exp2_fast(s * params.scale_softmax_log2 - (j ? lse.y : lse.x));
             if constexpr (decltype(masked)::value) {
               const int key = key0 + key_row(half), query = row0 + col(nt) + j;
@@ -313,19 +289,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // Two adjacent n8 tiles (queries) are one k16 A fragment of P^T or dS^T. dV's product
     // starts as soon as P^T is packed, and runs while dS^T is computed.
     uint32_t p[kBlockM / 16][4], ds[kBlockM / 16][4];
-    auto fragment = [](const float (&acc)[kMTiles][4], int kk, int i) {
-      const int nt = 2 * kk + i / 2, e = 2 * (i % 2);
-      return pack2<T>(acc[nt][e], acc[nt][e + 1]);
-    };
 #pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) p[kk][i] = fragment(acc_s, kk, i);
-    }
-    wgmma_fence_operands(acc_dv[0]);
+    for (int kk = 0; kk < kBlockM / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
+    wgmma_fence_operands(acc_dv.v[0]);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv[0], p[kk], QTile::n_major(do_addr, kk), 1);
+    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv.v[0], p[kk], QTile::n_major(do_addr, kk), 1);
     wgmma_commit();
     // This thread's D now: its loads run under the products instead of stalling the first dS^T.
     float2 d[kMTiles];
@@ -333,54 +302,51 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     for (int nt = 0; nt < kMTiles; ++nt) d[nt] = *reinterpret_cast<const float2*>(sDb + col(nt));
 
     wgmma_wait<1>();  // dP^T
-    wgmma_fence_operands(acc_dp);
+    wgmma_fence_operands(acc_dp.v[0]);
     // dS^T = P^T (dP^T - D), P^T as packed (acc_s is free by now).
 #pragma unroll
     for (int nt = 0; nt < kMTiles; ++nt) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const float2 pv = unpack2<T>(p[nt / 2][2 * (nt % 2) + half]);
-        acc_dp[nt][2 * half] = pv.x * (acc_dp[nt][2 * half] - d[nt].x);
-        acc_dp[nt][2 * half + 1] = pv.y * (acc_dp[nt][2 * half + 1] - d[nt].y);
+        float& ds0 = acc_dp(0, nt, Layout::element(half, 0));
+        float& ds1 = acc_dp(0, nt, Layout::element(half, 1));
+        ds0 = pv.x * (ds0 - d[nt].x);
+        ds1 = pv.y * (ds1 - d[nt].y);
       }
     }
-    // dS^T also goes to shared memory for dQ, a k16 fragment (four 8 x 8 matrices) per stmatrix:
-    // lane l addresses a row of matrix l / 8, i.e. of row half (l / 8) % 2 and n8 tile 2 kk + l / 16.
+    // dS^T also goes to shared memory for dQ, a k16 A fragment (four 8 x 8 matrices) per stmatrix.
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) ds[kk][i] = fragment(acc_dp, kk, i);
-      const int matrix = lane / 8;
-      stmatrix_x4(smem_u32(sdS + DsTile::offset(wg_key0 + 16 * group_warp + 8 * (matrix % 2) + lane % 8,
-                                                2 * kk + matrix / 2)),
-                  ds[kk]);
+      a_fragment_of<T>(acc_dp, 0, kk, ds[kk]);
+      DsTile::store_a_fragment(sdS, wg_key0 + 16 * group_warp, kk, lane, ds[kk]);
     }
     fence_proxy_async_shared();
     named_barrier_sync(1, 256);  // dS^T complete: both consumers' keys
 
     // dQ (this consumer's 64 x 64 piece) = dS K over the block's keys, then dK += dS^T Q.
-    float acc_dq[8][4];
+    MmaTile<1, 8> acc_dq;
     const uint32_t ds_addr = smem_u32(sdS);
-    wgmma_fence_operands(acc_dk[0]);
+    wgmma_fence_operands(acc_dk.v[0]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      wgmma_ss_mn_major<64, T>(acc_dq, DsTile::n_major(ds_addr, kk, dq_row0 / 64),
+      wgmma_ss_mn_major<64, T>(acc_dq.v[0], DsTile::n_major(ds_addr, kk, dq_row0 / 64),
                                KVTile::n_major(k_addr, kk, dq_col0 / 64), kk > 0);
     }
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dk[0], ds[kk], QTile::n_major(q_addr, kk), 1);
+    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dk.v[0], ds[kk], QTile::n_major(q_addr, kk), 1);
     wgmma_commit();
     wgmma_wait<1>();  // dV and dQ; dK runs on while dQ is handed over
-    wgmma_fence_operands(acc_dq);
-    wgmma_fence_operands(acc_dv[0]);
+    wgmma_fence_operands(acc_dq.v[0]);
+    wgmma_fence_operands(acc_dv.v[0]);
     wgmma_fence_operands(p);
 
     if (!params.deterministic) {
       // Staged for the reducer (producer thread 64), once it has read the last step's.
       if (step > 0) mbarrier_wait(dq_empty, (step - 1) & 1);
-      DqStage::store(sdQ + consumer * 64 * 64, acc_dq, group_warp, lane);
+      DqStage::store(sdQ + consumer * 64 * 64, acc_dq.v[0], group_warp, lane);
       fence_proxy_async_shared();
       __syncwarp();
       if (lane == 0) mbarrier_arrive(dq_full);
@@ -392,22 +358,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
                   (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
       const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = dq_row0 + 16 * group_warp + lane / 4 + 8 * half;
-        if (row0 + row >= seqlen_q) continue;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          const int c = dq_col0 + col(nt);
-          if (c < params.d) atomic_add2(dq + row * dq_row_stride + c, acc_dq[nt][2 * half], acc_dq[nt][2 * half + 1]);
-        }
-      }
+      atomic_add_tile(dq, dq_row_stride, acc_dq, dq_row0 + 16 * group_warp, dq_col0, row0, seqlen_q, params.d, lane);
       dq_semaphore_release(semaphore, tid == 128, consumers_sync);
     }
     // dK's product ends inside the step: one in flight across the loop's back edge makes ptxas
     // serialise every wgmma (C7515).
     wgmma_wait<0>();
-    wgmma_fence_operands(acc_dk[0]);
+    wgmma_fence_operands(acc_dk.v[0]);
     wgmma_fence_operands(ds);
     // Every consumer thread arrives: each has read the stage's lse and D with plain loads, and an
     // arrival releases only its own thread's accesses (one per warp after __syncwarp is ordered

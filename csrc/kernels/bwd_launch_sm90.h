@@ -10,26 +10,23 @@
 
 namespace flash {
 
-template <class T, int kHeadDim, bool Is_causal, bool Has_extras>
-error_t run_bwd(const BwdParams& params, stream_t stream);
-
-template <class T, int kHeadDim, bool Is_causal>
+template <class T, int kHeadDim, bool Has_right_edge>
 error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   using Traits = BwdTraitsSm90<T, kHeadDim>;
   BwdTensorMaps maps;
-  // Strides TMA cannot follow (a broadcast dimension): the portable kernel reads anything.
+  // The dispatch sends calls whose strides TMA cannot describe to the portable kernels.
   if (!encode_qkv_maps<T>(params, Traits::kBlockM, Traits::kBlockN, &maps.q, &maps.k, &maps.v) ||
       !encode_operand_map<T>(&maps.dout, params, params.dout, true, params.do_batch_stride, params.do_row_stride,
                              params.do_head_stride, Traits::kBlockM) ||
       !encode_operand_map<float>(&maps.dq, params, params.dq_accum, true, params.dq_accum_batch_stride,
                                  int64_t(params.h) * params.d, params.d, 64)) {
-    return run_bwd<T, kHeadDim, Is_causal, false>(params, stream);
+    return kInvalidConfig;
   }
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  return launch(&flash_bwd_sm90_kernel<Traits, Is_causal>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes, stream,
+  return launch(&flash_bwd_sm90_kernel<Traits, Has_right_edge>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes, stream,
                 params, maps);
 }
 

@@ -2,7 +2,7 @@
 // backward share.
 #pragma once
 
-#include "bwd_kernel.h"
+#include "bwd_preprocess.h"
 #include "params.h"
 #include "platform.h"
 

@@ -2,15 +2,18 @@
 // backward from a counter-based RNG: Philox4x32-10 keyed by PyTorch's CUDA generator seed.
 //
 // One Philox call decides the four scores {q, q+8} x {k, k+8} (q % 16 < 8, k % 16 < 8) of one
-// (batch, head): each orientation of the mma fragments (the forward's queries x keys and the
-// backward's keys x queries) holds such a group in one thread, so neither pass draws numbers it
-// throws away. Counter: (k, q, batch * h + head, offset / 4); key: the seed. A score is kept
-// when its 32-bit draw is below keep_threshold = (1 - p) * 2^32. flash_attn_rocm/_dropout.py is
-// the same function in PyTorch, for tests and return_attn_probs.
+// (batch, head), by position only, so every kernel on every vendor drops the same scores. In
+// NVIDIA's fragments each orientation (the forward's queries x keys, the backward's keys x
+// queries) holds such a group in one thread, so neither pass draws numbers it throws away; a
+// layout that holds one row of the pair uses half of each word, or a quarter
+// (for_each_dropout_word). Counter: (k, q, batch * h + head, offset / 4); key: the seed. A score
+// is kept when its 32-bit draw is below keep_threshold = (1 - p) * 2^32.
+// flash_attn_rocm/_dropout.py is the same function in PyTorch, for tests and return_attn_probs.
 #pragma once
 
 #include <cstdint>
 
+#include "fragment.h"
 #include "params.h"
 #include "platform.h"
 
@@ -65,25 +68,95 @@ FA_DEVICE void philox_seed_offset(const FwdParams& params, uint64_t& seed, uint6
   }
 }
 
-// The forward's orientation (rows are queries): zeroes the dropped probabilities of a warp's
-// strips. Element i of n8 tile nt in strip mt is (row0 + 16 mt + 8 (i / 2), col0 + 8 nt + i % 2);
-// row0 % 16 < 8 and col0 % 16 < 8.
-template <int kMTiles, int kNTiles>
-FA_DEVICE void apply_dropout(float (&p)[kMTiles][kNTiles][4], const Dropout& dropout, int row0, int col0) {
+// Where a tile's values meet the Philox words: calls visit(keep, at0, at1, at2, at3) once per
+// word the lane needs (the layout names the elements that start one: word_start), where keep =
+// Dropout::keep4 of the word and at<i> is the element (mt, nt, e) of the tile that bit i of keep
+// decides, or {-1, -1, -1} where another lane holds that position. (By value, not as an array: nvcc then keeps the indices out of local memory.)
+// row_of(mt) is the row of strip mt that the lane's row slot 0 holds, col_of(nt, e) element
+// (mt, nt, e)'s column, both in the sequence. A word starts in row slot 0 of its tile. The
+// tile's rows are queries and its columns keys, or the other way round with kRowsAreKeys (the
+// backward's S^T). Where the layout holds columns c and c + 8 in one lane, a word starts at a
+// column c with c % 16 < 8 (so must the lane's first column); where it holds rows r and r + 8,
+// likewise at a row r with r % 16 < 8.
+struct FragmentIndex {
+  int mt, nt, e;
+};
+
+template <bool kRowsAreKeys, class Tile, class RowOf, class ColOf, class Visit>
+FA_DEVICE void for_each_dropout_word(const Dropout& dropout, RowOf&& row_of, ColOf&& col_of, Visit&& visit) {
+  using L = typename Tile::Layout;
+  static_assert(L::row_slot(L::word_start(0)) == 0, "words start in row slot 0");
 #pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
+  for (int mt = 0; mt < Tile::kMT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; nt += 2) {
+    for (int nt = 0; nt < Tile::kNT; nt += L::kWordTileStep) {
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const uint32_t keep = dropout.keep4(row0 + 16 * mt, col0 + 8 * nt + j);
-        if (!(keep & 1)) p[mt][nt][j] = 0.f;
-        if (!(keep & 2)) p[mt][nt + 1][j] = 0.f;
-        if (!(keep & 4)) p[mt][nt][2 + j] = 0.f;
-        if (!(keep & 8)) p[mt][nt + 1][2 + j] = 0.f;
+      for (int i = 0; i < L::kWordStarts; ++i) {
+        const int e = L::word_start(i);  // the element at (row, col) of its word
+        const FragmentIndex here{mt, nt, e}, col8{mt, L::col_plus_8_tile(nt), L::col_plus_8_element(e)};
+        if constexpr (L::kHoldsRowPlus8) {
+          const FragmentIndex row8{mt, nt, L::row_plus_8(e)}, both8{mt, col8.nt, L::row_plus_8(col8.e)};
+          // keep4's bits: (q, k), (q, k + 8), (q + 8, k), (q + 8, k + 8).
+          if constexpr (kRowsAreKeys) {
+            visit(dropout.keep4(col_of(nt, e), row_of(mt)), here, row8, col8, both8);
+          } else {
+            visit(dropout.keep4(row_of(mt), col_of(nt, e)), here, col8, row8, both8);
+          }
+        } else if constexpr (L::kHoldsColPlus8) {
+          // This lane holds row r or r + 8 of the word, never both: shift its two bits down.
+          constexpr FragmentIndex kNone{-1, -1, -1};
+          const int r = row_of(mt), c = col_of(nt, e), high = (r >> 3) & 1;
+          if constexpr (kRowsAreKeys) {
+            visit(dropout.keep4(c, r & ~8) >> high, here, kNone, col8, kNone);
+          } else {
+            visit(dropout.keep4(r & ~8, c) >> (2 * high), here, col8, kNone, kNone);
+          }
+        } else {
+          // One value of the word here: shift its bit down.
+          constexpr FragmentIndex kNone{-1, -1, -1};
+          const int r = row_of(mt), c = col_of(nt, e);
+          const int q = kRowsAreKeys ? c : r, k = kRowsAreKeys ? r : c;
+          visit(dropout.keep4(q & ~8, k & ~8) >> (2 * ((q >> 3) & 1) + ((k >> 3) & 1)), here, kNone, kNone, kNone);
+        }
       }
     }
   }
+}
+
+// The forward's (seed, offset) for a call with dropout (else zeros): drawn, and recorded in
+// rng_state for the backward by thread 0 of the grid's first block (blockIdx.x 0 of head 0, batch 0).
+FA_DEVICE void forward_dropout_seed(const FwdParams& params, int head, int batch, int tid, uint64_t& seed,
+                                    uint64_t& offset) {
+  if (params.has_dropout) {
+    philox_seed_offset(params, seed, offset);
+    if (blockIdx.x == 0 && head == 0 && batch == 0 && tid == 0) {
+      params.rng_state[0] = static_cast<int64_t>(seed);
+      params.rng_state[1] = static_cast<int64_t>(offset);
+    }
+  }
+}
+
+// The backward's: the forward's, read back from rng_state.
+FA_DEVICE void backward_dropout_seed(const FwdParams& params, uint64_t& seed, uint64_t& offset) {
+  seed = static_cast<uint64_t>(params.rng_state[0]);
+  offset = static_cast<uint64_t>(params.rng_state[1]);
+}
+
+// The forward's orientation (rows are queries): zeroes the dropped probabilities of a tile whose
+// lane origin is (row0, col0).
+template <class Tile>
+FA_DEVICE void apply_dropout(Tile& p, const Dropout& dropout, int row0, int col0) {
+  auto drop = [&](bool kept, const FragmentIndex& at) {
+    if (at.e >= 0 && !kept) p(at.mt, at.nt, at.e) = 0.f;
+  };
+  for_each_dropout_word<false, Tile>(
+      dropout, [&](int mt) { return Tile::row(row0, mt, 0); }, [&](int nt, int e) { return Tile::col(col0, nt, e); },
+      [&](uint32_t keep, FragmentIndex at0, FragmentIndex at1, FragmentIndex at2, FragmentIndex at3) {
+        drop(keep & 1, at0);
+        drop(keep & 2, at1);
+        drop(keep & 4, at2);
+        drop(keep & 8, at3);
+      });
 }
 
 #endif  // __CUDACC__ || __HIPCC__

@@ -12,8 +12,10 @@
 // accumulators straight into the second product's A operand.
 #pragma once
 
+#include "arch/warp_gemm_mma.h"
 #include "dropout.h"
 #include "epilogue.h"
+#include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
@@ -23,15 +25,17 @@
 #include "smem_tile.h"
 #include "softmax.h"
 #include "tile_config.h"
-#include "warp_gemm.h"
 
 namespace flash {
 
-template <class Traits, bool Is_causal, bool Has_extras>
+template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdParams params) {
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
   constexpr int kMTiles = Traits::kMTiles, kNTiles = Traits::kNTiles, kDTiles = Traits::kDTiles;
+  using Layout = MmaAccLayout;
+  using STile = AccTile<Layout, kMTiles, kNTiles>;  // scores, then probabilities: queries x keys
+  using OTile = AccTile<Layout, kMTiles, kDTiles>;  // output: queries x head dim
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
 
@@ -41,7 +45,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   T* sV = sK + kBlockN * kHeadDim;
 
   // Causal blocks near the end of the sequence carry the most keys: start those first.
-  const int m_block = Is_causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int m_block = Has_right_edge ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int head = blockIdx.y, batch = blockIdx.z;
   const int head_k = head / (params.h / params.h_k);
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
@@ -49,23 +53,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   const int row_begin = m_block * kBlockM;
   uint64_t seed = 0, offset = 0;
   if constexpr (Has_extras) {
-    if (params.has_dropout) {
-      philox_seed_offset(params, seed, offset);
-      if (blockIdx.x == 0 && head == 0 && batch == 0 && tid == 0) {
-        params.rng_state[0] = static_cast<int64_t>(seed);
-        params.rng_state[1] = static_cast<int64_t>(offset);
-      }
-    }
+    forward_dropout_seed(params, head, batch, tid, seed, offset);
   }
   const SeqBounds seq(params, batch);
   if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
-  const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
-               (seq.q_start + row_begin) * params.q_row_stride;
-  const T* k = static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
-               seq.k_start * params.k_row_stride;
-  const T* v = static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
-               seq.k_start * params.v_row_stride;
+  const T* q = seq.q_row<T>(params, batch, head, row_begin);
+  const T* k = seq.k_rows<T>(params, batch, head_k);
+  const T* v = seq.v_rows<T>(params, batch, head_k);
   const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
   auto keys_in_block = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
   auto load_k = [&](int n) {
@@ -77,7 +72,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
                                                    keys_in_block(n), params.d, tid);
   };
 
-  const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+  const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
   const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
   const Dropout dropout(params, seed, offset, batch, head);
   const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
@@ -87,9 +82,9 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   if (n_block_end > n_block_begin) load_k(n_block_end - 1);
   copy_async_commit();
 
-  float acc_o[kMTiles][kDTiles][4] = {};
-  OnlineSoftmax<kMTiles, kNTiles, kDTiles> softmax;
-  const int thread_row0 = row_begin + warp_row0 + lane / 4;  // row of fragment element 0
+  OTile acc_o = {};
+  OnlineSoftmax<Layout, kMTiles> softmax;
+  const int thread_row0 = row_begin + warp_row0 + Layout::lane_row(lane);  // row of fragment element 0
 
   for (int n = n_block_end - 1; n >= n_block_begin; --n) {
     copy_async_wait<0>();
@@ -97,11 +92,11 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
     load_v(n);
     copy_async_commit();
 
-    float acc_s[kMTiles][kNTiles][4] = {};
-    gemm_smem<kMTiles, kNTiles, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
-    if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, n * kBlockN + 2 * (lane % 4));
+    STile acc_s = {};
+    gemm_smem<kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, warp_row0, sK, 0, lane);
+    if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, n * kBlockN + Layout::lane_col(lane));
     if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
-      apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
+      apply_key_window(acc_s, window, thread_row0, n * kBlockN + Layout::lane_col(lane));
     }
 
     copy_async_wait<0>();
@@ -113,12 +108,12 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
 
     softmax.update(acc_s, acc_o, params.scale_softmax_log2);
     if constexpr (Has_extras) {
-      if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, n * kBlockN + 2 * (lane % 4));
+      if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, n * kBlockN + Layout::lane_col(lane));
     }
-    gemm_regs<kMTiles, kDTiles, kBlockN, Major::kCols, KVTile>(acc_o, acc_s, sV, 0, lane);
+    gemm_regs<Major::kCols, KVTile>(acc_o, acc_s, sV, 0, lane);
   }
 
-  float lse[2 * kMTiles];
+  float lse[OTile::kRows];
   softmax.finalize(acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
 
   store_output<T>(params, seq, batch, head, thread_row0, lane, acc_o, lse);

@@ -19,24 +19,23 @@
 // or dropout) run here; the dispatch sends the rest to the sm80 kernels.
 #pragma once
 
+#include "arch/smem_tile_sm90.h"
 #include "arch/tma_sm90.h"
+#include "arch/warp_gemm_mma.h"
 #include "arch/wgmma_sm90.h"
 #include "epilogue.h"
+#include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
 #include "seq_bounds.h"
-#include "smem_tile_sm90.h"
 #include "softmax.h"
 
 namespace flash {
 
-// Head dim 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the key
-// blocks shrink to 80 and two stages fit (64 KB of Q + 2 x 80 KB). Head dim 64 may take 192-key
-// blocks (S 96 registers a thread, three stages of 48 KB): a block step's products are half of
-// d128's for the same softmax and barriers (run_fwd_sm90 says when).
-template <class T_, int kHeadDim_, int kBlockN_ = kHeadDim_ <= 128 ? 128 : 80>
+// kBlockN_ comes from the tile table (tile_config.h: FwdTileSm90).
+template <class T_, int kHeadDim_, int kBlockN_>
 struct FwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -76,25 +75,25 @@ struct FwdTensorMaps {
 struct FwdTileSchedule {
   int m_blocks, units_per_head, units;
 
-  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m, bool causal) {
+  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m, bool has_right_edge) {
     m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-    units_per_head = causal ? (m_blocks + 1) / 2 : m_blocks;
+    units_per_head = has_right_edge ? (m_blocks + 1) / 2 : m_blocks;
     units = units_per_head * params.h * params.b;
   }
-  FA_DEVICE int tiles_in(int unit, bool causal) const {
-    return causal && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
+  FA_DEVICE int tiles_in(int unit, bool has_right_edge) const {
+    return has_right_edge && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
   }
   // Tile `part` of `unit`: its m_block, head and batch.
-  FA_DEVICE void tile(int unit, int part, bool causal, const FwdParams& params, int& m_block, int& head,
+  FA_DEVICE void tile(int unit, int part, bool has_right_edge, const FwdParams& params, int& m_block, int& head,
                       int& batch) const {
     const int j = unit % units_per_head, head_batch = unit / units_per_head;
-    m_block = causal ? (part == 0 ? m_blocks - 1 - j : j) : j;
+    m_block = has_right_edge ? (part == 0 ? m_blocks - 1 - j : j) : j;
     head = head_batch % params.h;
     batch = head_batch / params.h;
   }
 };
 
-template <class Traits, bool Is_causal>
+template <class Traits, bool Has_right_edge>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -117,7 +116,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index();
-  const FwdTileSchedule schedule(params, kBlockM, Is_causal);
+  const FwdTileSchedule schedule(params, kBlockM, Has_right_edge);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
@@ -140,13 +139,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   };
   auto for_each_tile = [&](auto&& body) {
     for (int unit = blockIdx.x; unit < schedule.units; unit += gridDim.x) {
-      for (int part = 0; part < schedule.tiles_in(unit, Is_causal); ++part) {
+      for (int part = 0; part < schedule.tiles_in(unit, Has_right_edge); ++part) {
         int m_block, head, batch;
-        schedule.tile(unit, part, Is_causal, params, m_block, head, batch);
+        schedule.tile(unit, part, Has_right_edge, params, m_block, head, batch);
         const SeqBounds seq(params, batch);
         const int row_begin = m_block * kBlockM;
         if (row_begin >= seq.seqlen_q) continue;
-        const KeyWindow<Is_causal> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+        const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
         const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
         const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
         body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
@@ -198,11 +197,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const uint32_t q_addr = smem_u32(sQ), k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     constexpr uint32_t kStageBytes = KVTile::kElems * sizeof(T);
     int step0 = 0, q_tiles = 0;  // the block's steps and tiles with keys before this tile
-    for_each_tile([&](const Tile& t, const KeyWindow<Is_causal>& window) {
+    for_each_tile([&](const Tile& t, const KeyWindow<Has_right_edge>& window) {
       const int n_blocks = t.n_blocks, row_begin = t.row_begin;
-      float acc_o[1][kDTiles][4] = {};
-      OnlineSoftmax<1, kNTiles, kDTiles> softmax;
-      const int thread_row0 = row_begin + 16 * consumer_warp + lane / 4;
+      using Layout = MmaAccLayout;  // wgmma's accumulators, per warp
+      MmaTile<1, kDTiles> acc_o = {};
+      OnlineSoftmax<Layout, 1> softmax;
+      const int thread_row0 = row_begin + 16 * consumer_warp + Layout::lane_row(lane);
       uint32_t q_frag[kQInRegisters ? kHeadDim / 16 : 1][4];
       if (n_blocks > 0) {
         mbarrier_wait(q_full, q_tiles & 1);
@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
       // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps
       // the second product and O is rescaled once it is back. Otherwise one product at a time.
-      float acc_s[1][kNTiles][4];
+      MmaTile<1, kNTiles> acc_s;
       uint32_t p[kBlockN / 16][4];
       auto stage_of = [&](int i) { return (step0 + i) % kStages; };
       auto parity_of = [&](int i) { return ((step0 + i) / kStages) & 1; };
@@ -228,40 +228,35 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         for (int kk = 0; kk < kHeadDim / 16; ++kk) {
           const uint64_t k_desc = KVTile::k_major(k_addr + stage_of(i) * kStageBytes, 0, kk);
           if constexpr (kQInRegisters) {
-            wgmma_rs_k_major<kBlockN, T>(acc_s[0], q_frag[kk], k_desc, kk > 0);
+            wgmma_rs_k_major<kBlockN, T>(acc_s.v[0], q_frag[kk], k_desc, kk > 0);
           } else {
-            wgmma_ss<kBlockN, T>(acc_s[0], QTile::k_major(q_addr, 64 * consumer, kk), k_desc, kk > 0);
+            wgmma_ss<kBlockN, T>(acc_s.v[0], QTile::k_major(q_addr, 64 * consumer, kk), k_desc, kk > 0);
           }
         }
         wgmma_commit();
       };
       auto accumulate_pv = [&](int i) {
         mbarrier_wait(&v_full[stage_of(i)], parity_of(i));
-        wgmma_fence_operands(acc_o[0]);
+        wgmma_fence_operands(acc_o.v[0]);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
-          wgmma_rs<kHeadDim, T>(acc_o[0], p[kk], KVTile::n_major(v_addr + stage_of(i) * kStageBytes, kk), 1);
+          wgmma_rs<kHeadDim, T>(acc_o.v[0], p[kk], KVTile::n_major(v_addr + stage_of(i) * kStageBytes, kk), 1);
         }
         wgmma_commit();
       };
       auto release = [&](int i) { mbarrier_arrive(&empty[stage_of(i)]); };
       auto softmax_of = [&](int i, float (&o_factor)[2]) {  // S(i) is back
-        wgmma_fence_operands(acc_s[0]);
+        wgmma_fence_operands(acc_s.v[0]);
         const int n = t.n_block_end - 1 - i;
         if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
-          apply_key_window(acc_s, window, thread_row0, n * kBlockN + 2 * (lane % 4));
+          apply_key_window(acc_s, window, thread_row0, n * kBlockN + Layout::lane_col(lane));
         }
         softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
       };
       auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
 #pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-          p[kk][0] = pack2<T>(acc_s[0][2 * kk][0], acc_s[0][2 * kk][1]);
-          p[kk][1] = pack2<T>(acc_s[0][2 * kk][2], acc_s[0][2 * kk][3]);
-          p[kk][2] = pack2<T>(acc_s[0][2 * kk + 1][0], acc_s[0][2 * kk + 1][1]);
-          p[kk][3] = pack2<T>(acc_s[0][2 * kk + 1][2], acc_s[0][2 * kk + 1][3]);
-        }
+        for (int kk = 0; kk < kBlockN / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
       };
       // Ping-pong: a consumer waits for its turn (its barrier), issues its products and hands
       // the turn over (arrives on the other's). Consumer 0 starts; the two barriers must end each
@@ -285,7 +280,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           pack_p();
           accumulate_pv(i);
           wgmma_wait<0>();
-          wgmma_fence_operands(acc_o[0]);
+          wgmma_fence_operands(acc_o.v[0]);
           release(i);
         }
       } else if (n_blocks > 0) {
@@ -305,7 +300,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           wgmma_wait<1>();  // S(i + 1)
           softmax_of(i + 1, o_factor);
           wgmma_wait<0>();  // P(i) V(i)
-          wgmma_fence_operands(acc_o[0]);
+          wgmma_fence_operands(acc_o.v[0]);
           release(i);
           softmax.rescale(acc_o, o_factor);
           pack_p();
@@ -313,7 +308,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if constexpr (!kQInRegisters) mbarrier_arrive(q_empty);
         accumulate_pv(n_blocks - 1);
         wgmma_wait<0>();
-        wgmma_fence_operands(acc_o[0]);
+        wgmma_fence_operands(acc_o.v[0]);
         release(n_blocks - 1);
       }
       // The hardware reads Q's fragments until the tile's last S is back: keep them allocated.

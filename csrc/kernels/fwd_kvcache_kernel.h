@@ -4,11 +4,13 @@
 // query rows (there are few): warp w multiplies the 16 rows by keys [w kWarpKeys, (w + 1)
 // kWarpKeys) of the tile with its own online softmax, and the warps merge their states at the
 // end. With split-KV (num_splits > 1) a block takes a slice of the key blocks and writes fp32
-// partials with their lse; flash_kvcache_combine_kernel merges the slices.
+// partials with their lse; flash_kvcache_combine_kernel (kvcache.h) merges the slices.
 //
 //   wait tile n | issue tile n + kStages - 1 | S = Q K(n)^T, mask | softmax | O += P V(n)
 #pragma once
 
+#include "arch/warp_gemm_mma.h"
+#include "fragment.h"
 #include "kvcache.h"
 #include "mask.h"
 #include "mma.h"
@@ -18,7 +20,6 @@
 #include "smem_tile.h"
 #include "softmax.h"
 #include "tile_config.h"
-#include "warp_gemm.h"
 
 namespace flash {
 
@@ -47,21 +48,16 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   const int row_begin = m_block * kBlockM, row_end = min(row_begin + kBlockM, params.seqlen_q);
 
   const CacheSeq seq(params, batch);
-  const CacheRows<T> k_rows(params, params.k, params.k_batch_stride, params.k_row_stride, params.k_head_stride,
-                            batch, seq.cache_batch, head_k);
-  const CacheRows<T> v_rows(params, params.v, params.v_batch_stride, params.v_row_stride, params.v_head_stride,
-                            batch, seq.cache_batch, head_k);
+  const CacheRows<T> k_rows = key_rows<T>(params, seq, batch, head_k);
+  const CacheRows<T> v_rows = value_rows<T>(params, seq, batch, head_k);
   // Non-causal calls come with an unbounded right side, so one instantiation serves both.
   const KeyWindow<true> window{params.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
   const ScoreMod score_mod(params, batch, head, params.seqlen_q, seq.seqlen_k);
   const bool has_score_mod = params.softcap_prescale != 0.f || params.alibi_slopes != nullptr;
 
   // This split's slice of the key blocks the rows see.
-  const int n_begin_all = window.n_block_begin(row_begin, kBlockN);
-  const int n_blocks = max(window.n_block_end(row_end, kBlockN) - n_begin_all, 0);
-  const int per_split = (n_blocks + params.num_splits - 1) / params.num_splits;
-  const int n_begin = n_begin_all + split * per_split;
-  const int n_end = n_begin_all + min((split + 1) * per_split, n_blocks);
+  const KeyBlockSplit slice(window, row_begin, row_end, kBlockN, split, params.num_splits);
+  const int n_begin = slice.begin, n_end = slice.end;
 
   const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
                row_begin * params.q_row_stride;
@@ -80,9 +76,11 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
     copy_async_commit();  // one group per stage, empty or not: the waits count groups
   }
 
-  float acc_o[1][kDTiles][4] = {};
-  OnlineSoftmax<1, kWarpKeys / 8, kDTiles> softmax;
-  const int thread_row0 = row_begin + lane / 4;
+  using Layout = MmaAccLayout;
+  using OTile = MmaTile<1, kDTiles>;  // one 16-row strip of queries x head dim
+  OTile acc_o = {};
+  OnlineSoftmax<Layout, 1> softmax;
+  const int thread_row0 = row_begin + Layout::lane_row(lane);
 
   for (int n = n_begin; n < n_end; ++n) {
     const int i = n - n_begin, stage = i % kStages;
@@ -92,16 +90,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
     copy_async_commit();
 
     const int key0 = n * kBlockN + warp * kWarpKeys;
-    float acc_s[1][kWarpKeys / 8][4] = {};
-    gemm_smem<1, kWarpKeys / 8, kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, 0, stage_k(stage),
-                                                                                    warp * kWarpKeys, lane);
-    if (has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, key0 + 2 * (lane % 4));
+    MmaTile<1, kWarpKeys / 8> acc_s = {};
+    gemm_smem<kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, 0, stage_k(stage), warp * kWarpKeys, lane);
+    if (has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, key0 + Layout::lane_col(lane));
     if (window.block_needs_mask(row_begin, row_end, key0, key0 + kWarpKeys)) {
-      apply_key_window(acc_s, window, thread_row0, key0 + 2 * (lane % 4));
+      apply_key_window(acc_s, window, thread_row0, key0 + Layout::lane_col(lane));
     }
     softmax.update(acc_s, acc_o, params.scale_softmax_log2);
-    gemm_regs<1, kDTiles, kWarpKeys, Major::kCols, KVTile>(acc_o, acc_s, stage_v(stage) + warp * kWarpKeys * kHeadDim,
-                                                           0, lane);
+    gemm_regs<Major::kCols, KVTile>(acc_o, acc_s, stage_v(stage) + warp * kWarpKeys * kHeadDim, 0, lane);
   }
 
   // Merge the warps' softmax states through shared memory (the tiles are no longer needed):
@@ -113,21 +109,23 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   float* s_lse = s_sum + kNWarps * kBlockM;           // [kBlockM], natural log
   float* s_o = s_lse + kBlockM;                       // [kNWarps][kBlockM][kMergeRowFloats]
   constexpr int kRowFloats = Traits::kMergeRowFloats;
-  float warp_max[2];
+  // Row slot `slot` of the lane (one 16-row strip) is row row_in_block(slot) of the block.
+  auto row_in_block = [&](int slot) { return Layout::lane_row(lane) + OTile::row_offset_of(slot); };
+  float warp_max[OTile::kRows];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const float m = softmax.row_max[half];
-    warp_max[half] = m == -INFINITY ? -INFINITY : m * params.scale_softmax_log2;
-    const float sum = quad_sum(softmax.row_sum[half]);
-    if (lane % 4 == 0) {
-      s_max[warp * kBlockM + lane / 4 + 8 * half] = warp_max[half];
-      s_sum[warp * kBlockM + lane / 4 + 8 * half] = sum;
+  for (int slot = 0; slot < OTile::kRows; ++slot) {
+    const float m = softmax.row_max[slot];
+    warp_max[slot] = m == -INFINITY ? -INFINITY : m * params.scale_softmax_log2;
+    const float sum = Layout::row_sum(softmax.row_sum[slot]);
+    if (Layout::row_leader(lane)) {
+      s_max[warp * kBlockM + row_in_block(slot)] = warp_max[slot];
+      s_sum[warp * kBlockM + row_in_block(slot)] = sum;
     }
   }
   __syncthreads();
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = lane / 4 + 8 * half;
+  for (int slot = 0; slot < OTile::kRows; ++slot) {
+    const int r = row_in_block(slot);
     float m_all = -INFINITY, l_all = 0.f;
 #pragma unroll
     for (int w = 0; w < kNWarps; ++w) m_all = fmaxf(m_all, s_max[w * kBlockM + r]);
@@ -136,14 +134,21 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
       const float m = s_max[w * kBlockM + r];
       if (m != -INFINITY) l_all += s_sum[w * kBlockM + r] * exp2_fast(m - m_all);
     }
-    const float factor = warp_max[half] == -INFINITY || l_all == 0.f ? 0.f : exp2_fast(warp_max[half] - m_all) / l_all;
-    float* o_row = s_o + (warp * kBlockM + r) * kRowFloats + 2 * (lane % 4);
+    const float factor = warp_max[slot] == -INFINITY || l_all == 0.f ? 0.f : exp2_fast(warp_max[slot] - m_all) / l_all;
+    float* o_row = s_o + (warp * kBlockM + r) * kRowFloats + Layout::lane_col(lane);
 #pragma unroll
     for (int dt = 0; dt < kDTiles; ++dt) {
-      *reinterpret_cast<float2*>(o_row + 8 * dt) =
-          make_float2(acc_o[0][dt][2 * half] * factor, acc_o[0][dt][2 * half + 1] * factor);
+#pragma unroll
+      for (int run = 0; run < OTile::kRowElems / Layout::kColRun; ++run) {
+        const int e0 = Layout::element(slot, run * Layout::kColRun);
+#pragma unroll
+        for (int i = 0; i < Layout::kColRun; i += 2) {
+          *pair_at<float>(o_row + OTile::col_offset(dt, e0) + i) =
+              pack_pair<float>(acc_o(0, dt, e0 + i) * factor, acc_o(0, dt, e0 + i + 1) * factor);
+        }
+      }
     }
-    if (warp == 0 && lane % 4 == 0) {
+    if (warp == 0 && Layout::row_leader(lane)) {
       s_lse[r] = m_all == -INFINITY || l_all == 0.f ? -INFINITY : (m_all + __log2f(l_all)) * 0.6931471805599453f;
     }
   }
@@ -174,57 +179,6 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
     if (is_split) params.lse_accum[partial_row0 + row] = s_lse[tid];
     else params.softmax_lse[batch * params.lse_batch_stride + head * params.lse_head_stride + row] = s_lse[tid];
   }
-}
-
-// Merges the num_splits partials of each (batch, head, row), one warp per row:
-//   lse = log sum_s exp(lse_s),   o = sum_s exp(lse_s - lse) o_s
-template <class T, int kHeadDim>
-__global__ void __launch_bounds__(128) flash_kvcache_combine_kernel(const KvCacheParams params) {
-  wait_for_previous_grid();  // every split's partial is written
-  const int lane = threadIdx.x % kGroupSize;
-  const int64_t row_id = int64_t(blockIdx.x) * (blockDim.x / kGroupSize) + threadIdx.x / kGroupSize;
-  const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;  // one split's partials
-  if (row_id >= rows) return;
-  const int row = row_id % params.seqlen_q, head = (row_id / params.seqlen_q) % params.h;
-  const int batch = row_id / (int64_t(params.seqlen_q) * params.h);
-
-  float m = -INFINITY;
-  for (int s = lane; s < params.num_splits; s += kGroupSize) m = fmaxf(m, params.lse_accum[s * rows + row_id]);
-#pragma unroll
-  for (int mask = kGroupSize / 2; mask > 0; mask /= 2) m = fmaxf(m, shfl_xor(m, mask));
-  float sum = 0.f;
-  if (m != -INFINITY) {
-    for (int s = lane; s < params.num_splits; s += kGroupSize) sum += __expf(params.lse_accum[s * rows + row_id] - m);
-  }
-#pragma unroll
-  for (int mask = kGroupSize / 2; mask > 0; mask /= 2) sum += shfl_xor(sum, mask);
-  const float lse = m == -INFINITY || sum == 0.f ? -INFINITY : m + __logf(sum);
-
-  constexpr int kPairs = kHeadDim / 2, kPairsPerLane = (kPairs + kGroupSize - 1) / kGroupSize;
-  float2 acc[kPairsPerLane];
-#pragma unroll
-  for (int p = 0; p < kPairsPerLane; ++p) acc[p] = make_float2(0.f, 0.f);
-  for (int s = 0; s < params.num_splits && lse != -INFINITY; ++s) {
-    const float weight = __expf(params.lse_accum[s * rows + row_id] - lse);
-    if (weight == 0.f) continue;
-    const float2* part = reinterpret_cast<const float2*>(params.o_accum + (s * rows + row_id) * kHeadDim);
-#pragma unroll
-    for (int p = 0; p < kPairsPerLane; ++p) {
-      const int pair = lane + p * kGroupSize;
-      if (pair < kPairs) {
-        const float2 x = part[pair];
-        acc[p].x += weight * x.x, acc[p].y += weight * x.y;
-      }
-    }
-  }
-  T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
-         row * params.o_row_stride;
-#pragma unroll
-  for (int p = 0; p < kPairsPerLane; ++p) {
-    const int pair = lane + p * kGroupSize;
-    if (pair < kPairs && 2 * pair < params.d) *reinterpret_cast<uint32_t*>(o + 2 * pair) = pack2<T>(acc[p].x, acc[p].y);
-  }
-  if (lane == 0) params.softmax_lse[batch * params.lse_batch_stride + head * params.lse_head_stride + row] = lse;
 }
 
 }  // namespace flash

@@ -13,8 +13,8 @@
 #endif
 
 // clang 22 removed these deprecated reciprocals from its HIP declarations; hip_fp16.h (5.2)
-// still calls them. Same definitions as clang 19 gave.
-#if defined(__clang_major__) && __clang_major__ >= 22
+// still calls them. Same definitions as clang 19 gave (unless a build supplies its own).
+#if defined(__clang_major__) && __clang_major__ >= 22 && !defined(__llvm_amdgcn_rcp_f16)
 __device__ inline _Float16 __llvm_amdgcn_rcp_f16(_Float16 x) { return (_Float16)1.0f / x; }
 __device__ inline __2f16 __llvm_amdgcn_rcp_2f16(__2f16 x) { return (__2f16)1.0f / x; }
 #endif

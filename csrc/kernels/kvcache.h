@@ -1,4 +1,5 @@
-// Where a sequence's keys live in a KV cache, and the kernel that appends new rows to it.
+// Where a sequence's keys live in a KV cache, the kernel that appends new rows to it, and the one
+// that merges split-KV partials: the vendor-neutral parts of the KV-cache forward.
 //
 // Every index read from device memory (cache_seqlens, cache_leftpad, cache_batch_idx,
 // block_table) is clamped to the tensors the host sized: bad values give wrong rows, never an
@@ -53,6 +54,32 @@ struct CacheRows {
     return page * page_stride + (row & ((1 << page_shift) - 1)) * row_stride;
   }
   FA_DEVICE const T* operator()(int row) const { return base + offset(row); }
+};
+
+// The keys of sequence `batch` in the K and V caches, for kv head head_k.
+template <class T>
+FA_DEVICE CacheRows<T> key_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
+  return CacheRows<T>(params, params.k, params.k_batch_stride, params.k_row_stride, params.k_head_stride, batch,
+                      seq.cache_batch, head_k);
+}
+template <class T>
+FA_DEVICE CacheRows<T> value_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
+  return CacheRows<T>(params, params.v, params.v_batch_stride, params.v_row_stride, params.v_head_stride, batch,
+                      seq.cache_batch, head_k);
+}
+
+// Split `split`'s slice [begin, end) of the block_n-key blocks that rows [row_begin, row_end) see.
+struct KeyBlockSplit {
+  int begin, end;
+
+  template <class Window>
+  FA_DEVICE KeyBlockSplit(const Window& window, int row_begin, int row_end, int block_n, int split, int num_splits) {
+    const int begin_all = window.n_block_begin(row_begin, block_n);
+    const int blocks = max(window.n_block_end(row_end, block_n) - begin_all, 0);
+    const int per_split = (blocks + num_splits - 1) / num_splits;
+    begin = begin_all + split * per_split;
+    end = begin_all + min((split + 1) * per_split, blocks);
+  }
 };
 
 // One row of d elements (16-bit, 4-byte aligned) from src to dst, rotated over its first
@@ -115,6 +142,57 @@ __global__ void __launch_bounds__(128) kvcache_prepare_kernel(const KvCacheParam
                            is_k ? params.k_row_stride : params.v_row_stride,
                            is_k ? params.k_head_stride : params.v_head_stride, batch, seq.cache_batch, head);
   rotate_row(src, const_cast<T*>(cache(row)), params, is_k ? params.rotary_cos : nullptr, seq.position(t), lane);
+}
+
+// Merges the num_splits partials of each (batch, head, row), one warp per row:
+//   lse = log sum_s exp(lse_s),   o = sum_s exp(lse_s - lse) o_s
+template <class T, int kHeadDim>
+__global__ void __launch_bounds__(128) flash_kvcache_combine_kernel(const KvCacheParams params) {
+  wait_for_previous_grid();  // every split's partial is written
+  const int lane = threadIdx.x % kGroupSize;
+  const int64_t row_id = int64_t(blockIdx.x) * (blockDim.x / kGroupSize) + threadIdx.x / kGroupSize;
+  const int64_t rows = int64_t(params.b) * params.h * params.seqlen_q;  // one split's partials
+  if (row_id >= rows) return;
+  const int row = row_id % params.seqlen_q, head = (row_id / params.seqlen_q) % params.h;
+  const int batch = row_id / (int64_t(params.seqlen_q) * params.h);
+
+  float m = -INFINITY;
+  for (int s = lane; s < params.num_splits; s += kGroupSize) m = fmaxf(m, params.lse_accum[s * rows + row_id]);
+#pragma unroll
+  for (int mask = kGroupSize / 2; mask > 0; mask /= 2) m = fmaxf(m, shfl_xor(m, mask));
+  float sum = 0.f;
+  if (m != -INFINITY) {
+    for (int s = lane; s < params.num_splits; s += kGroupSize) sum += __expf(params.lse_accum[s * rows + row_id] - m);
+  }
+#pragma unroll
+  for (int mask = kGroupSize / 2; mask > 0; mask /= 2) sum += shfl_xor(sum, mask);
+  const float lse = m == -INFINITY || sum == 0.f ? -INFINITY : m + __logf(sum);
+
+  constexpr int kPairs = kHeadDim / 2, kPairsPerLane = (kPairs + kGroupSize - 1) / kGroupSize;
+  float2 acc[kPairsPerLane];
+#pragma unroll
+  for (int p = 0; p < kPairsPerLane; ++p) acc[p] = make_float2(0.f, 0.f);
+  for (int s = 0; s < params.num_splits && lse != -INFINITY; ++s) {
+    const float weight = __expf(params.lse_accum[s * rows + row_id] - lse);
+    if (weight == 0.f) continue;
+    const float2* part = reinterpret_cast<const float2*>(params.o_accum + (s * rows + row_id) * kHeadDim);
+#pragma unroll
+    for (int p = 0; p < kPairsPerLane; ++p) {
+      const int pair = lane + p * kGroupSize;
+      if (pair < kPairs) {
+        const float2 x = part[pair];
+        acc[p].x += weight * x.x, acc[p].y += weight * x.y;
+      }
+    }
+  }
+  T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride +
+         row * params.o_row_stride;
+#pragma unroll
+  for (int p = 0; p < kPairsPerLane; ++p) {
+    const int pair = lane + p * kGroupSize;
+    if (pair < kPairs && 2 * pair < params.d) *reinterpret_cast<uint32_t*>(o + 2 * pair) = pack2<T>(acc[p].x, acc[p].y);
+  }
+  if (lane == 0) params.softmax_lse[batch * params.lse_batch_stride + head * params.lse_head_stride + row] = lse;
 }
 
 }  // namespace flash

@@ -2,7 +2,8 @@
 //   i + sk - sq - left <= j <= i + sk - sq + right
 // (flash-attn's window_size = (left, right); causal is right = 0), the diagonal aligned to the
 // bottom-right corner when seqlen_q != seqlen_k (flash-attn >= 2.1). Unbounded sides hold
-// kUnboundedWindow; the right side is applied only when Is_causal (it is then finite).
+// kUnboundedWindow; the right side is applied only by the Has_right_edge instantiations (causal,
+// or a window with a finite right side).
 //
 //   causal, sq = 3, sk = 5      causal, sq = 5, sk = 2      window (1, 0), sq = sk = 4
 //   x x x . .                   . .    <- no key: O = 0,    x . . .
@@ -12,12 +13,13 @@
 //                               x x
 #pragma once
 
+#include "fragment.h"
 #include "params.h"
 #include "platform.h"
 
 namespace flash {
 
-template <bool Is_causal>
+template <bool Has_right_edge>
 struct KeyWindow {
   int seqlen_q, seqlen_k;
   int left, right;  // window sizes; kUnboundedWindow where absent
@@ -25,7 +27,7 @@ struct KeyWindow {
   // First key, and one past the last key, that query row `row` sees (begin >= end: none).
   FA_DEVICE int begin(int row) const { return max(0, row + seqlen_k - seqlen_q - left); }
   FA_DEVICE int end(int row) const {
-    return Is_causal ? min(seqlen_k, row + 1 + seqlen_k - seqlen_q + right) : seqlen_k;
+    return Has_right_edge ? min(seqlen_k, row + 1 + seqlen_k - seqlen_q + right) : seqlen_k;
   }
 
   // Key blocks [n_block_begin, n_block_end) hold every key that rows [row_begin, row_end) see.
@@ -44,22 +46,24 @@ struct KeyWindow {
   FA_DEVICE bool visible(int row, int col) const { return col >= begin(row) && col < end(row); }
 };
 
-// Sets to -inf the scores of keys outside the row's window. Fragment element i of n8 tile nt in
-// strip mt sits at row row0 + 16 mt + 8 (i / 2), column col0 + 8 nt + (i % 2).
-template <bool Is_causal, int kMTiles, int kNTiles>
-FA_DEVICE void apply_key_window(float (&s)[kMTiles][kNTiles][4], const KeyWindow<Is_causal>& window, int row0, int col0) {
+// Sets to -inf the scores of keys outside the row's window; rows are queries, columns keys, and
+// the lane's element 0 of tile (0, 0) sits at (row0, col0) (fragment.h).
+template <bool Has_right_edge, class Tile>
+FA_DEVICE void apply_key_window(Tile& s, const KeyWindow<Has_right_edge>& window, int row0, int col0) {
+  using L = typename Tile::Layout;
 #pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
+  for (int mt = 0; mt < Tile::kMT; ++mt) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + 16 * mt + 8 * half;
+    for (int slot = 0; slot < L::kRowSlots; ++slot) {
+      const int row = Tile::row(row0, mt, L::element(slot, 0));
       const int first = window.begin(row), last = window.end(row);
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
+      for (int nt = 0; nt < Tile::kNT; ++nt) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int col = col0 + 8 * nt + j;
-          if (col < first || col >= last) s[mt][nt][2 * half + j] = -INFINITY;
+        for (int j = 0; j < Tile::kRowElems; ++j) {
+          const int e = L::element(slot, j);
+          const int col = Tile::col(col0, nt, e);
+          if (col < first || col >= last) s(mt, nt, e) = -INFINITY;
         }
       }
     }

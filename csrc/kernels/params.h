@@ -54,7 +54,7 @@ struct FwdParams {
 
   // Sliding window (flash-attn's window_size): row i sees keys i + sk - sq - window_left ..
   // i + sk - sq + window_right; kUnboundedWindow where a side is open. The right side
-  // is enforced by the Is_causal instantiations (causal sets it to 0).
+  // is enforced by the Has_right_edge instantiations (causal sets it to 0).
   int window_left, window_right;
 
   // softmax_lse[batch * lse_batch_stride + head * lse_head_stride + q_start + row]:

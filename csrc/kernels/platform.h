@@ -4,7 +4,12 @@
 
 #include <cstdint>
 
-#if defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__)
+#if defined(FA_PLATFORM_EMU)
+// HIP semantics on the CPU (the wavefront emulator, csrc/emu/): host C++ that behaves like HIP
+// on the target it names (-DFA_EMU_TARGET_GFX942, ...), including that target's device macros.
+#define FA_PLATFORM_HIP 1
+#include "../emu/hip_emu.h"
+#elif defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__)
 #define FA_PLATFORM_HIP 1
 #include "hip_toolchain_compat.h"
 #include <hip/hip_runtime.h>
@@ -183,8 +188,12 @@ template <class... Params, class... Args>
 error_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, stream_t stream, Args&&... args) {
   const error_t err = allow_dynamic_smem(kernel, smem);
   if (err != kSuccess) return err;
+#if defined(FA_PLATFORM_EMU)
+  return fa_emu::launch_kernel(kernel, grid, block, smem, static_cast<Args&&>(args)...);
+#else
   kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
   return get_last_error();
+#endif
 }
 
 template <class... Params, class... Args>
@@ -200,6 +209,8 @@ error_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size
   config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = stream;
   config.attrs = attribute, config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, kernel, static_cast<Args&&>(args)...);
+#elif defined(FA_PLATFORM_EMU)
+  return fa_emu::launch_kernel(kernel, grid, block, smem, static_cast<Args&&>(args)...);
 #else
   kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
   return get_last_error();

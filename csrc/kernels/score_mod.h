@@ -8,6 +8,7 @@
 // slope * (j - i - sk + sq) and the softmax is the same; the lse is the one of the bias above.
 #pragma once
 
+#include "fragment.h"
 #include "params.h"
 #include "platform.h"
 
@@ -34,17 +35,17 @@ struct ScoreMod {
   FA_DEVICE float operator()(float s, int row, int col) const { return softcap(s) + bias(row, col); }
 };
 
-// The forward's orientation: rows are queries. Fragment element i of n8 tile nt in strip mt sits
-// at row row0 + 16 mt + 8 (i / 2), column col0 + 8 nt + (i % 2).
-template <int kMTiles, int kNTiles>
-FA_DEVICE void apply_score_mod(float (&s)[kMTiles][kNTiles][4], const ScoreMod& mod, int row0, int col0) {
+// The forward's orientation: rows are queries, columns keys; the lane's element 0 of tile (0, 0)
+// sits at (row0, col0) (fragment.h).
+template <class Tile>
+FA_DEVICE void apply_score_mod(Tile& s, const ScoreMod& mod, int row0, int col0) {
 #pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
+  for (int mt = 0; mt < Tile::kMT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
+    for (int nt = 0; nt < Tile::kNT; ++nt) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        s[mt][nt][i] = mod(s[mt][nt][i], row0 + 16 * mt + 8 * (i / 2), col0 + 8 * nt + i % 2);
+      for (int e = 0; e < Tile::kElems; ++e) {
+        s(mt, nt, e) = mod(s(mt, nt, e), Tile::row(row0, mt, e), Tile::col(col0, nt, e));
       }
     }
   }

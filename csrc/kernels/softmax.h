@@ -1,26 +1,19 @@
-// Online softmax over the score rows one thread holds. Per 16-row strip a thread sees two rows
-// (g and g+8) and 2 of every 8 columns; the other columns of its rows sit in the 3 other lanes
-// of its quad, so a row reduction is two xor-shuffles.
+// Online softmax over the score rows a lane holds (fragment.h). A lane holds parts of
+// STile::kRows rows; the rest of each row sits in the lanes the layout names, so a row's max and
+// sum end in one reduction over them (Layout::row_max / row_sum).
 #pragma once
 
+#include "fragment.h"
 #include "platform.h"
 
 namespace flash {
 
-FA_DEVICE float quad_max(float v) {
-  v = fmaxf(v, shfl_xor(v, 1));
-  return fmaxf(v, shfl_xor(v, 2));
-}
-FA_DEVICE float quad_sum(float v) {
-  v += shfl_xor(v, 1);
-  return v + shfl_xor(v, 2);
-}
-
-template <int kMTiles, int kNTiles, int kDTiles>
+template <class Layout, int kMT>
 struct OnlineSoftmax {
-  static constexpr int kRows = 2 * kMTiles;  // row r = 2 * strip + (0: row g, 1: row g+8)
+  static constexpr int kRowSlots = Layout::kRowSlots;
+  static constexpr int kRows = kMT * kRowSlots;  // row r = kRowSlots * strip + slot
   float row_max[kRows];  // running max of the raw scores seen so far
-  float row_sum[kRows];  // this thread's part of the running sum of exp
+  float row_sum[kRows];  // this lane's part of the running sum of exp
 
   FA_DEVICE OnlineSoftmax() {
 #pragma unroll
@@ -29,7 +22,8 @@ struct OnlineSoftmax {
 
   // Scores -> unnormalised probabilities exp2((s - max) * scale_log2), in place; the output
   // accumulator is rescaled for the new max, so O / sum stays the softmax-weighted mean.
-  FA_DEVICE void update(float (&s)[kMTiles][kNTiles][4], float (&acc_o)[kMTiles][kDTiles][4], float scale_log2) {
+  template <int kNT, int kDT>
+  FA_DEVICE void update(AccTile<Layout, kMT, kNT>& s, AccTile<Layout, kMT, kDT>& acc_o, float scale_log2) {
     float o_factor[kRows];
     update_scores(s, scale_log2, o_factor);
     rescale(acc_o, o_factor);
@@ -39,17 +33,24 @@ struct OnlineSoftmax {
   // asynchronous product when the next scores arrive: update_scores() turns the scores into
   // probabilities and returns per row the factor O must be multiplied by (1 where the max did
   // not move), rescale() applies it once O may be touched (skipped for a row whose max moved in
-  // no lane of the warp: most key blocks of a long row).
-  FA_DEVICE void update_scores(float (&s)[kMTiles][kNTiles][4], float scale_log2, float (&o_factor)[kRows]) {
+  // no lane of the wave: most key blocks of a long row).
+  template <int kNT>
+  FA_DEVICE void update_scores(AccTile<Layout, kMT, kNT>& s, float scale_log2, float (&o_factor)[kRows]) {
+    constexpr int kRowElems = AccTile<Layout, kMT, kNT>::kRowElems;
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = 2 * mt + half;
+      for (int slot = 0; slot < kRowSlots; ++slot) {
+        const int r = kRowSlots * mt + slot;
         float m = row_max[r];
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) m = fmaxf(m, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-        m = quad_max(m);
+        for (int nt = 0; nt < kNT; ++nt) {
+          float tile_max = s(mt, nt, Layout::element(slot, 0));
+#pragma unroll
+          for (int j = 1; j < kRowElems; ++j) tile_max = fmaxf(tile_max, s(mt, nt, Layout::element(slot, j)));
+          m = fmaxf(m, tile_max);
+        }
+        m = Layout::row_max(m);
         // A row that has seen only masked keys keeps max = -inf; use 0 there so that
         // (-inf) - (-inf) never makes a NaN. Its probabilities are exp2(-inf) = 0.
         const float m_scaled = m == -INFINITY ? 0.f : m * scale_log2;
@@ -57,11 +58,12 @@ struct OnlineSoftmax {
         row_max[r] = m;
         float sum = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-          for (int i = 2 * half; i < 2 * half + 2; ++i) {
-            s[mt][nt][i] = exp2_fast(s[mt][nt][i] * scale_log2 - m_scaled);
-            sum += s[mt][nt][i];
+          for (int j = 0; j < kRowElems; ++j) {
+            float& p = s(mt, nt, Layout::element(slot, j));
+            p = exp2_fast(p * scale_log2 - m_scaled);
+            sum += p;
           }
         }
         row_sum[r] = row_sum[r] * o_factor[r] + sum;
@@ -69,17 +71,19 @@ struct OnlineSoftmax {
     }
   }
 
-  static FA_DEVICE void rescale(float (&acc_o)[kMTiles][kDTiles][4], const float (&o_factor)[kRows]) {
+  template <int kDT>
+  static FA_DEVICE void rescale(AccTile<Layout, kMT, kDT>& acc_o, const float (&o_factor)[kRows]) {
+    constexpr int kRowElems = AccTile<Layout, kMT, kDT>::kRowElems;
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float f = o_factor[2 * mt + half];
+      for (int slot = 0; slot < kRowSlots; ++slot) {
+        const float f = o_factor[kRowSlots * mt + slot];
         if (any_in_group(f != 1.f)) {
 #pragma unroll
-          for (int dt = 0; dt < kDTiles; ++dt) {
-            acc_o[mt][dt][2 * half] *= f;
-            acc_o[mt][dt][2 * half + 1] *= f;
+          for (int dt = 0; dt < kDT; ++dt) {
+#pragma unroll
+            for (int j = 0; j < kRowElems; ++j) acc_o(mt, dt, Layout::element(slot, j)) *= f;
           }
         }
       }
@@ -88,20 +92,21 @@ struct OnlineSoftmax {
 
   // Divides O by the row sums (and multiplies it by out_scale) and returns the natural-log LSE
   // per row (-inf for a row that saw no key, whose O is then 0).
-  FA_DEVICE void finalize(float (&acc_o)[kMTiles][kDTiles][4], float scale, float (&lse)[kRows],
-                          float out_scale = 1.f) {
+  template <int kDT>
+  FA_DEVICE void finalize(AccTile<Layout, kMT, kDT>& acc_o, float scale, float (&lse)[kRows], float out_scale = 1.f) {
+    constexpr int kRowElems = AccTile<Layout, kMT, kDT>::kRowElems;
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = 2 * mt + half;
-        const float sum = quad_sum(row_sum[r]);
+      for (int slot = 0; slot < kRowSlots; ++slot) {
+        const int r = kRowSlots * mt + slot;
+        const float sum = Layout::row_sum(row_sum[r]);
         const float inv = sum == 0.f ? 0.f : out_scale / sum;
         lse[r] = sum == 0.f ? -INFINITY : row_max[r] * scale + logf(sum);
 #pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          acc_o[mt][dt][2 * half] *= inv;
-          acc_o[mt][dt][2 * half + 1] *= inv;
+        for (int dt = 0; dt < kDT; ++dt) {
+#pragma unroll
+          for (int j = 0; j < kRowElems; ++j) acc_o(mt, dt, Layout::element(slot, j)) *= inv;
         }
       }
     }

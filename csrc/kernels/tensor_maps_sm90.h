@@ -13,7 +13,7 @@ namespace flash {
 
 // The map of a query-side operand (q, o, dout, dq_accum: seqlen_q or total_q rows, h heads) or a
 // key-side one (k, v) of T = half_t, bf16_t or float; false when TMA cannot describe its
-// strides, and the caller falls back to a portable kernel.
+// strides (the dispatch checks hopper_operands_describable first).
 template <class T>
 bool encode_operand_map(CUtensorMap* map, const FwdParams& params, const void* base, bool query_side,
                         int64_t batch_stride, int64_t row_stride, int64_t head_stride, int box_rows) {
@@ -26,6 +26,30 @@ bool encode_operand_map(CUtensorMap* map, const FwdParams& params, const void* b
   return TensorMap4d::encode(map, base, type, params.d, rows,
                              query_side ? params.h : params.h_k, varlen ? 1 : params.b, row_stride, head_stride,
                              batch_stride, box_rows);
+}
+
+// Whether TMA can describe a query-side or key-side operand (encode_operand_map's arguments).
+inline bool operand_describable(const FwdParams& params, const void* base, bool query_side, int elem_bytes,
+                                int64_t batch_stride, int64_t row_stride, int64_t head_stride) {
+  const bool varlen = params.cu_seqlens_q != nullptr;
+  const int64_t rows = query_side ? (varlen ? params.total_q : params.seqlen_q)
+                                  : (varlen ? params.total_k : params.seqlen_k);
+  return TensorMap4d::describable(base, elem_bytes, params.d, rows, query_side ? params.h : params.h_k,
+                                  varlen ? 1 : params.b, row_stride, head_stride, batch_stride);
+}
+
+// Whether the Hopper forward (q, k, v) or backward (also dout) can take the call's operands as
+// TMA maps; the dispatch sends the others to the portable kernels.
+inline bool hopper_operands_describable(const FwdParams& params, const BwdParams* backward) {
+  const bool qkv = operand_describable(params, params.q, true, 2, params.q_batch_stride, params.q_row_stride,
+                                       params.q_head_stride) &&
+                   operand_describable(params, params.k, false, 2, params.k_batch_stride, params.k_row_stride,
+                                       params.k_head_stride) &&
+                   operand_describable(params, params.v, false, 2, params.v_batch_stride, params.v_row_stride,
+                                       params.v_head_stride);
+  return qkv && (backward == nullptr ||
+                 operand_describable(params, backward->dout, true, 2, backward->do_batch_stride,
+                                     backward->do_row_stride, backward->do_head_stride));
 }
 
 // q in boxes of box_q rows, k and v in boxes of box_kv rows.

@@ -33,6 +33,20 @@ struct FwdTraits {
   static_assert(kBlockN % 16 == 0 && kHeadDim % 32 == 0, "tiles must be whole mma steps");
 };
 
+// The Hopper forward (fwd_kernel_sm90.h): 128 query rows a block, kBlockN keys a step. Head dim
+// 256: O alone takes 128 registers a thread, and a stage of 128 keys 128 KB, so the key blocks
+// shrink to 80 and two stages fit (64 KB of Q + 2 x 80 KB). Head dim 64 takes kWideBlockN = 192
+// keys a step (S 96 registers a thread, three stages of 48 KB: a step's products are half of
+// d128's for the same softmax and barriers) without a right edge and from kWideMinSeqlenK = 4096
+// keys on; shorter rows lose more to the last, partial block than the wider step saves, and the
+// causal diagonal's masked blocks never paid for it (benchmarks/NOTES.md, session 10).
+template <int kHeadDim> struct FwdTileSm90 {
+  static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80, kWideBlockN = 0, kWideMinSeqlenK = 0;
+};
+template <> struct FwdTileSm90<64> {
+  static constexpr int kBlockN = 128, kWideBlockN = 192, kWideMinSeqlenK = 4096;
+};
+
 // How the warps of a block share one product's output tile of kRows x kCols: kWarpRows warps
 // along the rows, the rest along the columns; each warp owns kMT 16-row strips x kNT n8 tiles.
 template <int kRows, int kCols, int kWarpRows, int kNWarps>
@@ -45,6 +59,97 @@ struct WarpGrid {
   static FA_HOST_DEVICE int row0(int warp) { return (warp % kWarpRows) * kRowsPerWarp; }
   static FA_HOST_DEVICE int col0(int warp) { return (warp / kWarpRows) * kColsPerWarp; }
 };
+
+// AMD (fwd_kernel_amd.h): the matrix-core family of the device decides the instruction and with it
+// the tiles. A wave owns kMT instruction tiles of queries (32 rows each on CDNA, 16 on RDNA) and
+// computes every key of a block against them; Q stays in registers where they hold it. Shared
+// memory holds K [kBlockN][kHeadDim + 8] and V^T [kHeadDim][kBlockN + 8] (and Q without
+// registers for it): at most 64 KB, the LDS of gfx90a, gfx942 and RDNA (gfx950 has 160).
+enum class AmdFamily { kCdna, kRdna3, kRdna4 };
+inline constexpr int kAmdLdsBytes = 64 * 1024;
+
+template <AmdFamily kFamily, int kHeadDim> struct FwdTileAmd;
+template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna, kHeadDim> {
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = true;
+};
+template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna3, kHeadDim> {
+  // Q's fragments take 16 values a lane per k16 step: above head dim 128 Q stays in LDS, and two
+  // waves (32 rows) keep it beside K and V^T within 64 KB.
+  static constexpr int kWaves = kHeadDim <= 128 ? 4 : 2, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = kHeadDim <= 128;
+};
+template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = true;
+};
+
+// The KV-cache forward on AMD: one wave a block (decode has few query rows), kBlockN keys a step;
+// the blocks split the keys (split-KV) where the rows are too few to fill the device.
+template <AmdFamily kFamily, int kHeadDim> struct KvCacheTileAmd {
+  static constexpr int kWaves = 1, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr bool kQInRegisters = FwdTileAmd<kFamily, kHeadDim>::kQInRegisters;
+};
+
+template <class T_, AmdFamily kFamily_, int kHeadDim_, class Tile_ = FwdTileAmd<kFamily_, kHeadDim_>>
+struct AmdTraits {
+  using T = T_;
+  static constexpr AmdFamily kFamily = kFamily_;
+  static constexpr int kHeadDim = kHeadDim_;
+  using Tile = Tile_;
+  static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
+  static constexpr int kTileRows = kFamily == AmdFamily::kCdna ? 32 : 16;  // queries per instruction tile
+  static constexpr int kWaves = Tile::kWaves, kMT = Tile::kMT, kBlockN = Tile::kBlockN;
+  static constexpr bool kQInRegisters = Tile::kQInRegisters;
+  static constexpr int kNThreads = kWaves * kWaveSize;
+  static constexpr int kRowsPerWave = kMT * kTileRows, kBlockM = kWaves * kRowsPerWave;
+  static constexpr int kKStride = kHeadDim + 8;   // K and Q rows, padded against bank conflicts
+  static constexpr int kVtStride = kBlockN + 8;   // V^T rows
+  static constexpr int kSmemBytes =
+      (kBlockN * kKStride + kHeadDim * kVtStride + (kQInRegisters ? 0 : kBlockM * kKStride)) * int(sizeof(T));
+  static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD kernels' tiles must fit 64 KB of LDS");
+  static_assert(kHeadDim % kTileRows == 0 && kBlockN % 32 == 0, "whole instruction tiles");
+};
+template <class T, AmdFamily kFamily, int kHeadDim>
+using FwdTraitsAmd = AmdTraits<T, kFamily, kHeadDim>;
+
+// The AMD backward (bwd_kernel_amd.h): a block owns kBlockN keys, kN (the instruction's N: 32 on
+// CDNA, 16 on RDNA) per wave, and walks query blocks of kM rows (the instruction's M). LDS holds
+// K and V [kBlockN][kHeadDim + 8] -- V not above head dim 128 -- Q and dO [kBlockM][kHeadDim
+// + 8] and dS [kBlockM][kBlockN + 8], with lse and D: within 64 KB.
+template <AmdFamily kFamily, int kHeadDim> struct BwdTileAmd {
+  // Above head dim 128 one wave cannot hold dK and dV for every channel (256 accumulators a lane
+  // at d256): two waves share the block's keys, each with half of the channels of dK and dV and
+  // half of the head dim of S and dP, whose partial sums they swap through LDS. And V's operands
+  // come straight from global memory (L1 and L2 serve the repeats): in LDS they would not fit
+  // beside K, Q and dO.
+  static constexpr int kKeyWaves = kHeadDim <= 128 ? 2 : 1, kDSplit = kHeadDim <= 128 ? 1 : 2;
+  static constexpr bool kVFromGlobal = kHeadDim > 128;
+};
+
+template <class T_, AmdFamily kFamily_, int kHeadDim_>
+struct BwdTraitsAmd {
+  using T = T_;
+  static constexpr AmdFamily kFamily = kFamily_;
+  static constexpr int kHeadDim = kHeadDim_;
+  using Tile = BwdTileAmd<kFamily, kHeadDim>;
+  static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
+  static constexpr int kTile = kFamily == AmdFamily::kCdna ? 32 : 16;  // the instruction's M and N
+  static constexpr int kKeyWaves = Tile::kKeyWaves, kDSplit = Tile::kDSplit;
+  static constexpr int kWaves = kKeyWaves * kDSplit, kNThreads = kWaves * kWaveSize;
+  static constexpr int kBlockN = kKeyWaves * kTile, kBlockM = kTile, kMinBlocksPerSm = 1;
+  static constexpr bool kVFromGlobal = Tile::kVFromGlobal;
+  static constexpr int kRowStride = kHeadDim + 8, kDsStride = kBlockN + 8;
+  static constexpr int kKVElems = kBlockN * kRowStride, kQElems = kBlockM * kRowStride;
+  // With the head dim split, S's (then dP's) partial sums: a tile a wave.
+  static constexpr int kSwapFloats = kDSplit > 1 ? kWaves * kTile * kTile : 0;
+  static constexpr int kSmemBytes = ((kVFromGlobal ? 1 : 2) * kKVElems + 2 * kQElems + kBlockM * kDsStride) *
+                                        int(sizeof(T)) + (2 * kBlockM + kSwapFloats) * int(sizeof(float));
+  static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD backward's tiles must fit 64 KB of LDS");
+  static_assert(kHeadDim % (kTile * kDSplit) == 0, "whole instruction tiles in each wave's channels");
+};
+template <class T, AmdFamily kFamily, int kHeadDim>
+using KvCacheTraitsAmd = AmdTraits<T, kFamily, kHeadDim, KvCacheTileAmd<kFamily, kHeadDim>>;
 
 // KV-cache attention (decode): a handful of query rows against a long cache, so the block is
 // sized for streaming keys, not for math. One 16-row strip of queries; the warps split every key
@@ -77,7 +182,10 @@ struct KvCacheTraits {
 // than strips. dQ may go in column passes to bound the registers it holds beside dK and dV.
 // Small head dims take 128 queries a step: the per-step costs (barriers, softmax terms) then
 // spread over twice the math.
-inline constexpr int kBwdBlockM = 64;  // the smallest kBlockM: the host sizes dq_semaphore with it
+inline constexpr int kBwdBlockM = 64;
+// The deterministic backward's dq_semaphore has one counter per query block: the host sizes it
+// with the smallest kBlockM of any backward (the AMD kernels' RDNA tiles have 16 rows).
+inline constexpr int kDqSemaphoreBlockM = 16;
 template <int kHeadDim> struct BwdTile {
   static constexpr int kBlockM = kHeadDim <= 64 ? 128 : kBwdBlockM;
   static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 64, kNWarps = 8, kMinBlocksPerSm = 1;

@@ -26,10 +26,11 @@ A call is served under the contract of transformers' own "flash_attention_2":
 - float32 inputs on the GPU are cast like transformers' flash path does (to the autocast dtype,
   else to the layer's weight dtype) when that gives float16/bfloat16; the output stays in it.
 
-Fallback: what the kernels cannot serve -- CPU tensors, float32, head dims that are not a
-multiple of 8 or exceed 256, attention sinks (s_aux), a 4-D mask, and any argument the kernels
-refuse with NotImplementedError (dropout, in builds without it) -- runs the same computation (same
-routing, same mask semantics) in plain PyTorch, with a one-time warning naming the reason.
+Fallback: what the kernels cannot serve -- inputs that break flash_attn_func's rules
+(flash_attn_rocm._inputs: CPU tensors, float32, head dims that are not a multiple of 8 or exceed
+the build's largest, a negative scaling, ...), attention sinks (s_aux), a 4-D mask, and any
+argument the kernels refuse with NotImplementedError -- runs the same computation (same routing,
+same mask semantics) in plain PyTorch, with a one-time warning naming the reason.
 
 Not supported, as with flash_attention_2: mask patterns beyond padding, causal, window and
 packing (e.g. bidirectional image tokens via or_mask_function; chunked attention raises in
@@ -60,14 +61,14 @@ except ImportError as e:  # transformers missing, or older than 4.53
     raise ImportError("flash_attn_rocm.integrations.transformers needs transformers >= 4.53 "
                       "(pip install 'flash_attn_rocm[transformers]')") from e
 
+from .._inputs import DTYPES, check_servable, fallback_reason
 from .._masks import window_visible
 from ..bert_padding import index_first_axis, pad_input, unpad_input
-from ..interface import _MAX_HEAD_DIM, flash_attn_func, flash_attn_varlen_func
+from ..interface import flash_attn_func, flash_attn_varlen_func
 
 __all__ = ["NAME", "flash_attn_rocm_attention", "padding_mask", "register"]
 
 NAME = "flash_attn_rocm"
-_HALF = (torch.float16, torch.bfloat16)
 _VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _warned: set[str] = set()
 
@@ -162,20 +163,11 @@ def _attend(q, k, v, attention_mask, opts: _Options, kwargs: dict) -> torch.Tens
 
 
 def _fallback_reason(q, k, v, attention_mask, opts: _Options) -> str | None:
-    if q.device.type != "cuda":
-        return f"{q.device.type} tensors (the kernels run on a GPU)"
-    if q.dtype not in _HALF or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"{q.dtype} inputs (the kernels take float16/bfloat16)"
-    head_dim = q.shape[-1]
-    if head_dim % 8 != 0 or head_dim > _MAX_HEAD_DIM or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
-        return (f"head dim {head_dim}, value head dim {v.shape[-1]} (the kernels take one multiple of 8 up to "
-                f"{_MAX_HEAD_DIM})")
-    if q.shape[2] % k.shape[2] != 0:
-        return f"{q.shape[2]} query heads over {k.shape[2]} key/value heads"
+    reason = fallback_reason(lambda: check_servable(q, k, v, opts.scale, scale_name="scaling"))
+    if reason is not None:
+        return reason
     if opts.sinks is not None:
         return "attention sinks (s_aux)"
-    if opts.scale < 0:
-        return f"scaling {opts.scale} < 0 (the kernels take a scale >= 0)"
     if attention_mask is not None and attention_mask.dim() != 2:
         return f"a {attention_mask.dim()}-D attention mask (the kernels take a 2-D padding mask)"
     return None
@@ -337,7 +329,7 @@ def _compute_dtype(q: torch.Tensor, module) -> torch.dtype:
         return torch.get_autocast_dtype("cuda")
     modules = module.modules() if isinstance(module, torch.nn.Module) else ()
     weight_dtype = next((m.weight.dtype for m in modules if isinstance(m, torch.nn.Linear)), q.dtype)
-    return weight_dtype if weight_dtype in _HALF else q.dtype
+    return weight_dtype if weight_dtype in DTYPES else q.dtype
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,36 @@
 namespace flash {
 
 struct TensorMap4d {
-  // Encodes the map; false when TMA cannot describe the tensor (a stride that is not a multiple
-  // of 16 bytes, or 0 on a dimension of more than one index): the caller falls back. Strides are
-  // in elements.
+  // Whether TMA can describe the tensor: strides in multiples of 16 bytes (the packed stride is
+  // taken for a dimension of one index, which is never stepped along), none 0 on a dimension of
+  // more than one index (a broadcast), a 16-byte aligned base, and a driver that encodes maps.
+  // Strides are in elements. encode() then succeeds; the dispatch asks this first.
+  static bool describable(const void* base, int elem_bytes, int head_dim, int64_t rows, int heads, int batches,
+                          int64_t row_stride, int64_t head_stride, int64_t batch_stride) {
+    cuuint64_t dims[4], strides[3];
+    return encode_function() != nullptr && reinterpret_cast<uintptr_t>(base) % 16 == 0 &&
+           shape(elem_bytes, head_dim, rows, heads, batches, row_stride, head_stride, batch_stride, dims, strides);
+  }
+
+  // Encodes the map; false where describable() is.
   static bool encode(CUtensorMap* map, const void* base, CUtensorMapDataType type, int head_dim, int64_t rows,
                      int heads, int batches, int64_t row_stride, int64_t head_stride, int64_t batch_stride,
                      int box_rows) {
+    const int elem_bytes = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : 2;
+    if (!describable(base, elem_bytes, head_dim, rows, heads, batches, row_stride, head_stride, batch_stride)) {
+      return false;
+    }
+    cuuint64_t dims[4], strides[3];
+    shape(elem_bytes, head_dim, rows, heads, batches, row_stride, head_stride, batch_stride, dims, strides);
+    const cuuint32_t box[4] = {cuuint32_t(128 / elem_bytes), cuuint32_t(box_rows), 1, 1};
+    const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+    return encode_function()(map, type, 4, const_cast<void*>(base), dims, strides, box, element_strides,
+                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  }
+
+ private:
+  static PFN_cuTensorMapEncodeTiled_v12000 encode_function() {
     static const auto encode_tiled = []() -> PFN_cuTensorMapEncodeTiled_v12000 {
       void* fn = nullptr;
       cudaDriverEntryPointQueryResult found;
@@ -34,21 +58,21 @@ struct TensorMap4d {
       }
       return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
     }();
-    if (encode_tiled == nullptr) return false;
-    const cuuint64_t elem_bytes = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : 2;
-    const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(rows), cuuint64_t(heads), cuuint64_t(batches)};
-    cuuint64_t strides[3] = {cuuint64_t(row_stride) * elem_bytes, cuuint64_t(head_stride) * elem_bytes,
-                             cuuint64_t(batch_stride) * elem_bytes};
+    return encode_tiled;
+  }
+
+  // The map's dims and byte strides; false for strides TMA cannot take.
+  static bool shape(int elem_bytes, int head_dim, int64_t rows, int heads, int batches, int64_t row_stride,
+                    int64_t head_stride, int64_t batch_stride, cuuint64_t (&dims)[4], cuuint64_t (&strides)[3]) {
+    const cuuint64_t bytes = elem_bytes;
+    dims[0] = cuuint64_t(head_dim), dims[1] = cuuint64_t(rows), dims[2] = cuuint64_t(heads), dims[3] = cuuint64_t(batches);
+    strides[0] = cuuint64_t(row_stride) * bytes, strides[1] = cuuint64_t(head_stride) * bytes;
+    strides[2] = cuuint64_t(batch_stride) * bytes;
     for (int i = 0; i < 3; ++i) {
-      // A dimension of one index is never stepped along: give it the packed stride.
-      if (dims[i + 1] == 1) strides[i] = (i == 0 ? dims[0] * elem_bytes : strides[i - 1] * dims[i]);
+      if (dims[i + 1] == 1) strides[i] = (i == 0 ? dims[0] * bytes : strides[i - 1] * dims[i]);
       if (strides[i] == 0 || strides[i] % 16 != 0 || strides[i] >= (cuuint64_t(1) << 40)) return false;
     }
-    const cuuint32_t box[4] = {cuuint32_t(128 / elem_bytes), cuuint32_t(box_rows), 1, 1};
-    const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-    return encode_tiled(map, type, 4, const_cast<void*>(base), dims, strides, box, element_strides,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return true;
   }
 };
 

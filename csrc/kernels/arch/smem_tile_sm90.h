@@ -7,10 +7,10 @@
 // not be a head dim: the backward keeps dS^T (keys x queries) in one too.
 #pragma once
 
-#include "arch/tma_sm90.h"
-#include "arch/wgmma_sm90.h"
-#include "mma.h"
-#include "platform.h"
+#include "../mma.h"
+#include "../platform.h"
+#include "tma_sm90.h"
+#include "wgmma_sm90.h"
 
 namespace flash {
 
@@ -40,6 +40,15 @@ struct GmmaTile {
   template <class T>
   static FA_DEVICE const T* a_fragment_row(const T* tile, int row0, int kk, int lane) {
     return tile + offset(row0 + lane % 16, 2 * kk + lane / 16);
+  }
+
+  // Stores an A fragment (rows row0 .. row0 + 15, columns 16 kk .. 16 kk + 15) with stmatrix
+  // (x4): lane l addresses a row of matrix l / 8, i.e. of row half (l / 8) % 2 and 16-byte
+  // chunk 2 kk + l / 16.
+  template <class T>
+  static FA_DEVICE void store_a_fragment(T* tile, int row0, int kk, int lane, const uint32_t (&fragment)[4]) {
+    const int matrix = lane / 8;
+    stmatrix_x4(smem_u32(tile + offset(row0 + 8 * (matrix % 2) + lane % 8, 2 * kk + matrix / 2)), fragment);
   }
 
   // A descriptor for the tile plus a byte offset (a multiple of 16): the start address sits in the

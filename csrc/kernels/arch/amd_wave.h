@@ -1,0 +1,59 @@
+// AMD wavefront intrinsics an MFMA/WMMA kernel layer needs beyond HIP's __shfl family, under
+// names that work both on a real AMD compile (the compiler builtins) and under the emulator
+// (FA_PLATFORM_EMU), where __builtin_amdgcn_* cannot exist. Lanes are the whole wavefront's
+// (64 on CDNA, 32 on RDNA).
+#pragma once
+
+#include <cstdint>
+
+#include "../platform.h"
+
+#if defined(FA_PLATFORM_HIP)
+
+namespace flash::amd {
+
+inline constexpr int kWaveSize = __AMDGCN_WAVEFRONT_SIZE;
+
+FA_DEVICE int lane_id() { return static_cast<int>(__lane_id()); }
+
+// ds_bpermute: lane l receives `value` of lane src_lane(l) % kWaveSize.
+FA_DEVICE uint32_t wave_permute(uint32_t value, int src_lane) {
+#if defined(FA_PLATFORM_EMU)
+  return fa_emu::wave_bpermute(src_lane, value);
+#else
+  return static_cast<uint32_t>(__builtin_amdgcn_ds_bpermute(src_lane << 2, static_cast<int>(value)));
+#endif
+}
+
+FA_DEVICE uint32_t wave_shuffle_xor(uint32_t value, int lane_mask) {
+  return wave_permute(value, lane_id() ^ lane_mask);
+}
+
+// The value of the lowest active lane, in every lane (v_readfirstlane_b32).
+FA_DEVICE uint32_t wave_broadcast_first(uint32_t value) {
+#if defined(FA_PLATFORM_EMU)
+  return fa_emu::wave_readfirstlane(value);
+#else
+  return static_cast<uint32_t>(__builtin_amdgcn_readfirstlane(static_cast<int>(value)));
+#endif
+}
+
+// Orders the wavefront's LDS accesses: its lanes' writes before this are visible to its lanes'
+// reads after it (wait for outstanding LDS operations, and keep the compiler from moving them).
+// Between wavefronts only __syncthreads orders.
+FA_DEVICE void wave_lds_barrier() {
+#if defined(FA_PLATFORM_EMU)
+  fa_emu::wave_barrier();
+#else
+#if defined(__GFX12__)
+  asm volatile("s_wait_dscnt 0x0" ::: "memory");
+#else
+  asm volatile("s_waitcnt lgkmcnt(0)" ::: "memory");
+#endif
+  __builtin_amdgcn_wave_barrier();
+#endif
+}
+
+}  // namespace flash::amd
+
+#endif  // FA_PLATFORM_HIP

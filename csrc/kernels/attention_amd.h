@@ -1,0 +1,197 @@
+// What the AMD attention kernels (fwd_kernel_amd.h, fwd_kvcache_kernel_amd.h) share: a wave's
+// query tile attending to key blocks in LDS on the device's matrix cores (MatrixCore,
+// arch/matrix_core_amd.h), both products transposed:
+//
+//   S^T = K Q^T     (A: K from LDS, B: Q's fragments, in registers or in LDS)
+//   O^T += V^T P^T  (A: V^T from LDS, B: S^T's accumulators, converted in place)
+//
+// so each lane holds its query rows' statistics (fragment_amd.h) and the online softmax, the
+// masks, the score modifiers, dropout and the epilogues are the shared ones. Key blocks go to
+// LDS as K [kBlockN][kKStride] and, transposed on the way, V^T [kHeadDim][kVtStride]: V^T's
+// operand wants a run of keys of one channel.
+#pragma once
+
+#include "arch/matrix_core_amd.h"
+#include "fragment.h"
+#include "platform.h"
+#include "softmax.h"
+
+#if defined(FA_PLATFORM_HIP)
+
+namespace flash {
+
+// A tile of kRows rows of a [rows, d] slice on its way from global memory to LDS, in 16-byte
+// chunks a thread holds in registers between the two halves: load() issues the global loads
+// (rows past rows_valid and channels past head_dim are zeros; row_ptr(row) is row `row`'s first
+// element: strided, or a page of a KV cache), store() writes LDS as K's tile ([kRows][kStride],
+// row-major) or transposed as V^T's ([kHeadDim][kStride]: element (row, c) at c * kStride + row).
+// Between them the kernel can run the last block's products while the loads are in flight.
+template <int kRows, int kHeadDim, int kNThreads>
+struct RowChunks {
+  static constexpr int kChunks = kHeadDim / 8, kCopies = kRows * kChunks;
+  static constexpr int kPerThread = (kCopies + kNThreads - 1) / kNThreads;
+  uint4 chunk[kPerThread];
+
+  template <class RowPtr>
+  FA_DEVICE void load(const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = tid + i * kNThreads, row = idx / kChunks, c = 8 * (idx % kChunks);
+      chunk[i] = make_uint4(0, 0, 0, 0);
+      if ((kCopies % kNThreads == 0 || idx < kCopies) && row < rows_valid && c < head_dim) {
+        chunk[i] = *reinterpret_cast<const uint4*>(row_ptr(row) + c);
+      }
+    }
+  }
+
+  template <int kStride, bool kTransposed, class T>
+  FA_DEVICE void store(T* lds, int tid) const {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = tid + i * kNThreads;
+      if (kCopies % kNThreads != 0 && idx >= kCopies) break;
+      const int row = idx / kChunks, c = 8 * (idx % kChunks);
+      if constexpr (!kTransposed) {
+        *reinterpret_cast<uint4*>(lds + row * kStride + c) = chunk[i];
+      } else {
+        const uint32_t words[4] = {chunk[i].x, chunk[i].y, chunk[i].z, chunk[i].w};
+        uint16_t* out = reinterpret_cast<uint16_t*>(lds) + c * kStride + row;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          out[(2 * w) * kStride] = static_cast<uint16_t>(words[w] & 0xffffu);
+          out[(2 * w + 1) * kStride] = static_cast<uint16_t>(words[w] >> 16);
+        }
+      }
+    }
+  }
+};
+
+// A tile straight from global memory into LDS (RowChunks' two halves back to back).
+template <int kRows, int kHeadDim, int kStride, bool kTransposed, int kNThreads, class T, class RowPtr>
+FA_DEVICE void copy_rows_to_lds(T* lds, const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
+  RowChunks<kRows, kHeadDim, kNThreads> chunks;
+  chunks.load(row_ptr, rows_valid, head_dim, tid);
+  chunks.template store<kStride, kTransposed>(lds, tid);
+}
+
+// One lane's A or B operand of k-step kk from a row of 16-bit values (LDS or global): elements
+// i .. i + 3 at k = kK kk + k_of(i), which come in runs of four; runs at or past k_limit (the head
+// dim actually present, for rows read from global memory) are zeros.
+template <class Core, class T, class KOf>
+FA_DEVICE typename Core::Operand load_operand(const T* row, int kk, KOf&& k_of, int k_limit = 1 << 30) {
+  typename Core::Operand op{};
+#pragma unroll
+  for (int i = 0; i < Core::kOperandElems; i += 4) {
+    const int k = Core::kK * kk + k_of(i);
+    if (k < k_limit) load_operand_run(op, i, row + k);
+  }
+  return op;
+}
+
+// acc tile (mt, nt) += a b on the instruction.
+template <class Core, class Tile>
+FA_DEVICE void mma_tile(Tile& acc, int mt, int nt, const typename Core::Operand& a, const typename Core::Operand& b) {
+  using Accumulator = typename Core::Accumulator;
+  from_accumulator(acc.v[mt][nt], Core::mma(a, b, to_accumulator<Accumulator>(acc.v[mt][nt])));
+}
+
+// One wave's kMT instruction tiles of query rows (rows wave_row0 .. of the block): Q's operands,
+// the output accumulators and the softmax state, and the steps of a key block.
+template <class Traits>
+struct AmdQueryTile {
+  using T = typename Traits::T;
+  using Core = MatrixCore<Traits::kFamily, T>;
+  using Layout = typename Core::Layout;
+  static constexpr int kMT = Traits::kMT, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  static constexpr int kNTiles = kBlockN / Core::kM, kDTiles = kHeadDim / Core::kM;
+  static constexpr int kKSteps = kHeadDim / Core::kK, kPSteps = kBlockN / Core::kK;
+  static constexpr bool kQInRegisters = Traits::kQInRegisters;
+  using STile = AccTile<Layout, kMT, kNTiles>;  // scores, then probabilities: queries x keys
+  using OTile = AccTile<Layout, kMT, kDTiles>;  // output: queries x head dim
+  static_assert(Core::kN == Traits::kTileRows && Layout::kWaveSize == Traits::kWaveSize, "traits and instruction");
+
+  int lane, wave_row0;
+  typename Core::Operand q_frag[kQInRegisters ? kMT : 1][kQInRegisters ? kKSteps : 1];
+  OTile acc_o;
+  OnlineSoftmax<Layout, kMT> softmax;
+
+  FA_DEVICE AmdQueryTile(int lane_, int wave_row0_) : lane(lane_), wave_row0(wave_row0_), acc_o{} {}
+
+  // The block row of the lane's operand column in tile mt (queries run along the instruction's N).
+  FA_DEVICE int q_row(int mt) const { return wave_row0 + mt * Core::kN + lane % Core::kN; }
+
+  // Q's fragments from global memory: q_ptr(row) is block row `row`, for rows < rows_valid;
+  // the other rows and channels past head_dim are zeros. Without Q in registers, the caller copies
+  // the block's Q into LDS instead (copy_rows_to_lds, kKStride).
+  template <class RowPtr>
+  FA_DEVICE void load_q(const RowPtr& q_ptr, int rows_valid, int head_dim) {
+    if constexpr (kQInRegisters) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        const bool valid = q_row(mt) < rows_valid;
+        const T* row = q_ptr(valid ? q_row(mt) : 0);
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+          q_frag[mt][kk] = load_operand<Core>(row, kk, [&](int i) { return Core::operand_k(lane, i); },
+                                              valid ? head_dim : 0);
+        }
+      }
+    }
+  }
+
+  // S^T = K Q^T for the key block in sK (sQ: the block's Q without Q in registers).
+  FA_DEVICE STile scores(const T* sK, const T* sQ) const {
+    auto operand_k = [&](int i) { return Core::operand_k(lane, i); };
+    STile acc_s = {};
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        typename Core::Operand b;
+        if constexpr (kQInRegisters) b = q_frag[mt][kk];
+        else b = load_operand<Core>(sQ + q_row(mt) * Traits::kKStride, kk, operand_k);
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          const auto a = load_operand<Core>(sK + (nt * Core::kM + lane % Core::kM) * Traits::kKStride, kk, operand_k);
+          mma_tile<Core>(acc_s, mt, nt, a, b);
+        }
+      }
+    }
+    return acc_s;
+  }
+
+  // O^T += V^T P^T for the key block whose V^T is in sVt, a k-step (kK keys) at a time; V^T's
+  // operand takes P's keys in P's order (MatrixCore::p_key).
+  FA_DEVICE void accumulate(const STile& p, const T* sVt) {
+    auto p_key = [&](int i) { return Core::p_key(lane, i); };
+#pragma unroll
+    for (int s = 0; s < kPSteps; ++s) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        const typename Core::Operand b = Core::p_operand(p, mt, s, lane);
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt) {
+          const auto a = load_operand<Core>(sVt + (dt * Core::kM + lane % Core::kM) * Traits::kVtStride, s, p_key);
+          mma_tile<Core>(acc_o, mt, dt, a, b);
+        }
+      }
+    }
+  }
+};
+
+// Writes one value per row the lane holds (an lse) from the row's leader lane: row r of the
+// lane's rows is row0 + Layout::lane_row(lane) + row_offset_of(r) of dst, for rows < rows_valid.
+template <class Tile>
+FA_DEVICE void store_row_values(float* dst, const float (&values)[Tile::kRows], int row0, int rows_valid, int lane) {
+  using L = typename Tile::Layout;
+  if (!L::row_leader(lane)) return;
+#pragma unroll
+  for (int r = 0; r < Tile::kRows; ++r) {
+    const int row = row0 + L::lane_row(lane) + Tile::row_offset_of(r);
+    if (row < rows_valid) dst[row] = values[r];
+  }
+}
+
+}  // namespace flash
+
+#endif  // FA_PLATFORM_HIP

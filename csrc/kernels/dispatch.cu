@@ -1,0 +1,136 @@
+// Which kernel runs a call: all of the decision, hand-written, reading the table of what this
+// build compiled (kernel_table.h; tools/generate_kernels.py writes its rows). For a forward or a
+// backward, in order:
+//   1. the family: the smallest compiled head dim >= d, for the call's dtype (none fits:
+//      kInvalidConfig, which the ops report);
+//   2. Hopper or portable: the Hopper (sm_90a wgmma) kernels run when the build has them for the
+//      family, nobody switched them off, the device is compute capability 9.0, the call has no
+//      extras (softcap, ALiBi, dropout) and TMA can describe every operand's strides; otherwise
+//      the portable kernels (mma.sync on NVIDIA, the AMD build's kernels on ROCm);
+//   3. the variant: with or without a right window edge, with or without the extras.
+// kernel_family() reports the same decision, and for the portable kernels why not Hopper.
+#include <algorithm>
+#include <vector>
+
+#include "api.h"
+#include "kernel_table.h"
+#include "params.h"
+#include "platform.h"
+#if defined(FA_PLATFORM_CUDA)
+#include "tensor_maps_sm90.h"
+#endif
+
+namespace flash {
+namespace {
+
+bool hopper_kernels_enabled = true;
+
+template <class Family>
+const Family* find_family(const Family* rows, int count, int head_dim, DType dtype) {
+  for (int i = 0; i < count; ++i) {
+    if (rows[i].head_dim == head_dim && rows[i].dtype == dtype) return &rows[i];
+  }
+  return nullptr;
+}
+
+bool build_has_hopper() {
+  for (int i = 0; i < kKernelTable.num_fwd; ++i) {
+    if (kKernelTable.fwd[i].hopper[0] != nullptr) return true;
+  }
+  return false;
+}
+
+bool device_is_hopper() {
+#if defined(FA_PLATFORM_CUDA)
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9;
+#else
+  return false;
+#endif
+}
+
+// Why a call of `family` does not run its Hopper kernels; nullptr when it does. `operands`: the
+// call's params, whose pointers and strides TMA must describe (a backward's dout too), or nullptr
+// to leave them out.
+template <class Params>
+const char* why_not_hopper(const PassFamily<Params>& family, bool extras, const FwdParams* operands,
+                           const BwdParams* backward) {
+  if (family.hopper[0] == nullptr) return "this build has no Hopper kernels for the head dim";
+  if (!hopper_kernels_enabled) return "the Hopper kernels are switched off (set_hopper_kernels)";
+  if (!device_is_hopper()) return "the device is not compute capability 9.0";
+  if (extras) return "softcap, ALiBi and dropout run on the portable kernels";
+#if defined(FA_PLATFORM_CUDA)
+  if (operands != nullptr && !hopper_operands_describable(*operands, backward)) {
+    return "TMA cannot describe an operand's strides (a broadcast dimension)";
+  }
+#endif
+  return nullptr;
+}
+
+}  // namespace
+
+std::vector<int> compiled_head_dims() {
+  std::vector<int> dims;
+  for (int i = 0; i < kKernelTable.num_fwd; ++i) dims.push_back(kKernelTable.fwd[i].head_dim);
+  std::sort(dims.begin(), dims.end());
+  dims.erase(std::unique(dims.begin(), dims.end()), dims.end());
+  return dims;
+}
+
+int kernel_head_dim(int head_dim) {
+  for (int d : compiled_head_dims()) {
+    if (d >= head_dim) return d;
+  }
+  return 0;
+}
+
+bool set_hopper_kernels(bool enabled) {
+  const bool previous = hopper_kernels_enabled && build_has_hopper();
+  hopper_kernels_enabled = enabled;
+  return previous;
+}
+
+KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, const FwdParams* operands) {
+  const int d = kernel_head_dim(head_dim);
+  auto choose = [&](const auto* family, const BwdParams* backward_operands) -> KernelChoice {
+    if (family == nullptr) return {"none", 0, nullptr};
+    const char* why = why_not_hopper(*family, extras, operands, backward_operands);
+    return {why == nullptr ? "sm90" : "sm80", d, why};
+  };
+  if (backward) {
+    return choose(find_family(kKernelTable.bwd, kKernelTable.num_bwd, d, dtype),
+                  static_cast<const BwdParams*>(operands));
+  }
+  return choose(find_family(kKernelTable.fwd, kKernelTable.num_fwd, d, dtype), nullptr);
+}
+
+error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, stream_t stream) {
+  const PassFamily<FwdParams>* family =
+      find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
+  if (family == nullptr) return kInvalidConfig;
+  const bool extras = has_extras(params);
+  if (why_not_hopper(*family, extras, &params, nullptr) == nullptr) {
+    return family->hopper[has_right_edge](params, stream);
+  }
+  return family->portable[has_right_edge][extras](params, stream);
+}
+
+error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, stream_t stream) {
+  const PassFamily<BwdParams>* family =
+      find_family(kKernelTable.bwd, kKernelTable.num_bwd, kernel_head_dim(params.d), dtype);
+  if (family == nullptr) return kInvalidConfig;
+  const bool extras = has_extras(params);
+  if (why_not_hopper(*family, extras, &params, &params) == nullptr) {
+    return family->hopper[has_right_edge](params, stream);
+  }
+  return family->portable[has_right_edge][extras](params, stream);
+}
+
+error_t run_mha_fwd_kvcache(const KvCacheParams& params, DType dtype, stream_t stream) {
+  const KvCacheFamily* family =
+      find_family(kKernelTable.kvcache, kKernelTable.num_kvcache, kernel_head_dim(params.d), dtype);
+  return family == nullptr ? kInvalidConfig : family->kernel(params, stream);
+}
+
+}  // namespace flash

@@ -1,0 +1,115 @@
+// The AMD forward: one thread block per (kBlockM query rows, head, batch), each wave a tile of
+// its rows (AmdQueryTile, attention_amd.h: both products on the device's matrix cores,
+// transposed). The algorithm is the portable kernel's (fwd_kernel.h): key blocks from the last
+// to the first, masking only where a window edge or the sequence end crosses a block, P kept in
+// registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations. Per key
+// block:
+//
+//   barrier | K(n), V(n)^T -> LDS | barrier | load K(n-1), V(n-1) | S^T = K Q^T, mask | softmax | O^T += V^T P^T
+#pragma once
+
+#include "attention_amd.h"
+#include "dropout.h"
+#include "epilogue.h"
+#include "fragment.h"
+#include "mask.h"
+#include "params.h"
+#include "platform.h"
+#include "score_mod.h"
+#include "seq_bounds.h"
+#include "tile_config.h"
+
+#if defined(FA_PLATFORM_HIP)
+
+namespace flash {
+
+template <class Traits, bool Has_right_edge, bool Has_extras>
+__global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const FwdParams params) {
+  // Each device pass compiles the body of its own family only (the launch picks the family from
+  // the device at run time).
+#if defined(FA_AMD_DEVICE_FAMILY)
+  if constexpr (Traits::kFamily == FA_AMD_DEVICE_FAMILY) {
+    using T = typename Traits::T;
+    using Wave = AmdQueryTile<Traits>;
+    using Layout = typename Wave::Layout;
+    constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+    constexpr int kKStride = Traits::kKStride, kVtStride = Traits::kVtStride, kNThreads = Traits::kNThreads;
+
+    extern __shared__ __align__(16) char smem[];
+    T* sK = reinterpret_cast<T*>(smem);  // [kBlockN][kKStride]
+    T* sVt = sK + kBlockN * kKStride;    // [kHeadDim][kVtStride]
+    T* sQ = sVt + kHeadDim * kVtStride;  // [kBlockM][kKStride] without Q in registers
+
+    // Blocks with a right window edge near the end of the sequence carry the most keys: first.
+    const int m_block = Has_right_edge ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const int head = blockIdx.y, batch = blockIdx.z;
+    const int head_k = head / (params.h / params.h_k);
+    const int tid = threadIdx.x, wave = tid / Traits::kWaveSize, lane = tid % Traits::kWaveSize;
+    const int row_begin = m_block * kBlockM;
+    uint64_t seed = 0, offset = 0;
+    if constexpr (Has_extras) {
+      forward_dropout_seed(params, head, batch, tid, seed, offset);
+    }
+    const SeqBounds seq(params, batch);
+    if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
+
+    const T* q = seq.q_row<T>(params, batch, head, row_begin);
+    const T* k = seq.k_rows<T>(params, batch, head_k);
+    const T* v = seq.v_rows<T>(params, batch, head_k);
+    const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
+
+    const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+    const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
+    const Dropout dropout(params, seed, offset, batch, head);
+    const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
+    const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
+
+    Wave tile(lane, wave * Traits::kRowsPerWave);
+    auto q_row = [&](int row) { return q + row * params.q_row_stride; };
+    tile.load_q(q_row, rows_valid, params.d);
+    if constexpr (!Traits::kQInRegisters) {
+      copy_rows_to_lds<kBlockM, kHeadDim, kKStride, false, kNThreads>(sQ, q_row, rows_valid, params.d, tid);
+    }
+    const int thread_row0 = row_begin + tile.wave_row0 + Layout::lane_row(lane);  // row of the lane's element 0
+
+    // K(n) and V(n) travel through registers: their loads are issued before block n + 1's products.
+    RowChunks<kBlockN, kHeadDim, kNThreads> k_next, v_next;
+    auto load_next = [&](int n) {
+      const int keys_valid = min(kBlockN, seq.seqlen_k - n * kBlockN);
+      const T* k_block = k + n * kBlockN * params.k_row_stride;
+      const T* v_block = v + n * kBlockN * params.v_row_stride;
+      k_next.load([&](int row) { return k_block + row * params.k_row_stride; }, keys_valid, params.d, tid);
+      v_next.load([&](int row) { return v_block + row * params.v_row_stride; }, keys_valid, params.d, tid);
+    };
+    if (n_block_end > n_block_begin) load_next(n_block_end - 1);
+
+    for (int n = n_block_end - 1; n >= n_block_begin; --n) {
+      __syncthreads();  // every wave is done with the last block's K and V^T
+      k_next.template store<kKStride, false>(sK, tid);
+      v_next.template store<kVtStride, true>(sVt, tid);
+      __syncthreads();  // K(n), V(n)^T (and Q) visible to all
+      if (n > n_block_begin) load_next(n - 1);
+
+      typename Wave::STile acc_s = tile.scores(sK, sQ);
+      const int col0 = n * kBlockN + Layout::lane_col(lane);
+      if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, col0);
+      if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
+        apply_key_window(acc_s, window, thread_row0, col0);
+      }
+      tile.softmax.update(acc_s, tile.acc_o, params.scale_softmax_log2);
+      if constexpr (Has_extras) {
+        if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, col0);
+      }
+      tile.accumulate(acc_s, sVt);
+    }
+
+    float lse[Wave::OTile::kRows];
+    tile.softmax.finalize(tile.acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
+    store_output<T>(params, seq, batch, head, thread_row0, lane, tile.acc_o, lse);
+  }
+#endif  // FA_AMD_DEVICE_FAMILY
+}
+
+}  // namespace flash
+
+#endif  // FA_PLATFORM_HIP

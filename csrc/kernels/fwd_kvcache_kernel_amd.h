@@ -1,0 +1,115 @@
+// Attention over a KV cache on AMD (decode and chunked prefill): one thread block per (query tile,
+// head, batch, split) with one wave, whose query tile attends to its split's key blocks on the
+// device's matrix cores (AmdQueryTile, attention_amd.h). The cache's rows come through CacheRows
+// (kvcache.h: contiguous or paged, with cache_batch_idx and cache_leftpad), the new rows having
+// been appended by kvcache_prepare_kernel; with split-KV each block writes fp32 partials with
+// their lse and flash_kvcache_combine_kernel merges them (both kvcache.h / fwd_kvcache_kernel.h's,
+// which are vendor-neutral).
+#pragma once
+
+#include "attention_amd.h"
+#include "epilogue.h"
+#include "fragment.h"
+#include "kvcache.h"
+#include "mask.h"
+#include "params.h"
+#include "platform.h"
+#include "score_mod.h"
+#include "tile_config.h"
+
+#if defined(FA_PLATFORM_HIP)
+
+namespace flash {
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_amd_kernel(const KvCacheParams params) {
+#if defined(FA_AMD_DEVICE_FAMILY)
+  if constexpr (Traits::kFamily == FA_AMD_DEVICE_FAMILY) {
+    using T = typename Traits::T;
+    using Wave = AmdQueryTile<Traits>;
+    using Layout = typename Wave::Layout;
+    constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+    constexpr int kKStride = Traits::kKStride, kVtStride = Traits::kVtStride, kNThreads = Traits::kNThreads;
+
+    extern __shared__ __align__(16) char smem[];
+    T* sK = reinterpret_cast<T*>(smem);  // [kBlockN][kKStride]
+    T* sVt = sK + kBlockN * kKStride;    // [kHeadDim][kVtStride]
+    T* sQ = sVt + kHeadDim * kVtStride;  // [kBlockM][kKStride] without Q in registers
+
+    const int m_blocks = (params.seqlen_q + kBlockM - 1) / kBlockM;
+    const int m_block = blockIdx.x % m_blocks, split = blockIdx.x / m_blocks;
+    const int head = blockIdx.y, batch = blockIdx.z;
+    const int head_k = head / (params.h / params.h_k);
+    const int tid = threadIdx.x, wave = tid / Traits::kWaveSize, lane = tid % Traits::kWaveSize;
+    const int row_begin = m_block * kBlockM, row_end = min(row_begin + kBlockM, params.seqlen_q);
+
+    const CacheSeq seq(params, batch);
+    const CacheRows<T> k_rows = key_rows<T>(params, seq, batch, head_k);
+    const CacheRows<T> v_rows = value_rows<T>(params, seq, batch, head_k);
+    // Non-causal calls come with an unbounded right side, so one instantiation serves both.
+    const KeyWindow<true> window{params.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+    const ScoreMod score_mod(params, batch, head, params.seqlen_q, seq.seqlen_k);
+    const bool has_score_mod = params.softcap_prescale != 0.f || params.alibi_slopes != nullptr;
+
+    // This split's slice of the key blocks the rows see.
+    const KeyBlockSplit slice(window, row_begin, row_end, kBlockN, split, params.num_splits);
+    const int n_begin = slice.begin, n_end = slice.end;
+
+    const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
+                 row_begin * params.q_row_stride;
+    Wave tile(lane, wave * Traits::kRowsPerWave);
+    auto q_row = [&](int row) { return q + row * params.q_row_stride; };
+    tile.load_q(q_row, row_end - row_begin, params.d);
+    if constexpr (!Traits::kQInRegisters) {
+      copy_rows_to_lds<kBlockM, kHeadDim, kKStride, false, kNThreads>(sQ, q_row, row_end - row_begin, params.d, tid);
+    }
+    const int tile_row0 = row_begin + tile.wave_row0, thread_row0 = tile_row0 + Layout::lane_row(lane);
+
+    // The next block's K and V travel through registers while this one's products run.
+    RowChunks<kBlockN, kHeadDim, kNThreads> k_next, v_next;
+    auto load_next = [&](int n) {
+      const int first = seq.first_row + n * kBlockN, keys = min(kBlockN, seq.seqlen_k - n * kBlockN);
+      k_next.load([&](int r) { return k_rows(first + r); }, keys, params.d, tid);
+      v_next.load([&](int r) { return v_rows(first + r); }, keys, params.d, tid);
+    };
+    if (n_begin < n_end) load_next(n_begin);
+
+    for (int n = n_begin; n < n_end; ++n) {
+      __syncthreads();  // done with the last block's K and V^T
+      k_next.template store<kKStride, false>(sK, tid);
+      v_next.template store<kVtStride, true>(sVt, tid);
+      __syncthreads();
+      if (n + 1 < n_end) load_next(n + 1);
+
+      typename Wave::STile acc_s = tile.scores(sK, sQ);
+      const int col0 = n * kBlockN + Layout::lane_col(lane);
+      if (has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, col0);
+      if (window.block_needs_mask(row_begin, row_end, n * kBlockN, (n + 1) * kBlockN)) {
+        apply_key_window(acc_s, window, thread_row0, col0);
+      }
+      tile.softmax.update(acc_s, tile.acc_o, params.scale_softmax_log2);
+      tile.accumulate(acc_s, sVt);
+    }
+
+    float lse[Wave::OTile::kRows];
+    tile.softmax.finalize(tile.acc_o, params.logit_scale, lse);
+    if (params.num_splits > 1) {
+      // This split's fp32 partial [num_splits, b, h, seqlen_q, kHeadDim] and its lse.
+      const int64_t partial_row0 = ((int64_t(split) * params.b + batch) * params.h + head) * params.seqlen_q;
+      store_tile<float>(params.o_accum + partial_row0 * kHeadDim, kHeadDim, tile.acc_o, tile_row0, 0, row_end, params.d,
+                        1.f, lane);
+      store_row_values<typename Wave::OTile>(params.lse_accum + partial_row0, lse, tile_row0, row_end, lane);
+    } else {
+      T* o = static_cast<T*>(params.o) + batch * params.o_batch_stride + head * params.o_head_stride;
+      store_tile<T>(o, params.o_row_stride, tile.acc_o, tile_row0, 0, row_end, params.d, 1.f, lane);
+      store_row_values<typename Wave::OTile>(
+          params.softmax_lse + batch * params.lse_batch_stride + head * params.lse_head_stride, lse, tile_row0, row_end,
+          lane);
+    }
+  }
+#endif  // FA_AMD_DEVICE_FAMILY
+}
+
+}  // namespace flash
+
+#endif  // FA_PLATFORM_HIP

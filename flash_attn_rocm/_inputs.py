@@ -1,0 +1,236 @@
+"""The input rules of every entry point, in one place.
+
+flash_attn_func and its variants, flash_attn_with_kvcache, the SDPA drop-in and the transformers
+integration take their arguments through these checks. The public functions let them raise: a
+TypeError or ValueError whose message names the argument. The drop-ins ask fallback_reason()
+instead and, where a rule is broken, run PyTorch with the error's message as the reason.
+
+Head dims are the build's: a positive multiple of 8 runs on the smallest compiled head dim at
+least as large (the kernels pad it), so a build filtered to fewer head dims
+(FLASH_ATTN_ROCM_HEAD_DIMS) serves up to its largest one and refuses the rest here, by name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ._ops import compiled_head_dims
+
+DTYPES = (torch.float16, torch.bfloat16)
+# Read once: a build's head dims never change, and torch.compile traces a constant without a break.
+COMPILED_HEAD_DIMS: tuple[int, ...] = tuple(compiled_head_dims())
+DENSE_LAYOUT = "[batch, seqlen, nheads, head_dim]"
+VARLEN_LAYOUT = "[total, nheads, head_dim]"
+
+
+def kernel_head_dim(head_dim: int) -> int | None:
+    """The compiled head dim that serves head_dim (a positive multiple of 8): the smallest one at
+    least as large, or None when the build has none."""
+    return next((d for d in COMPILED_HEAD_DIMS if d >= head_dim), None)
+
+
+def fallback_reason(check: Callable[[], object]) -> str | None:
+    """None when check() passes, else the message of the TypeError or ValueError it raises: why a
+    drop-in runs PyTorch instead of the kernels."""
+    try:
+        check()
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def optional(name: str, t) -> tuple:
+    """((name, t),) for the named-tensor checks, or nothing when the optional tensor is absent."""
+    return () if t is None else ((name, t),)
+
+
+def check_tensor(name: str, t, rank: int, layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+
+
+def check_int32(name: str, t, rank: int, layout: str) -> None:
+    """Index tensors (cu_seqlens, cache_seqlens, block_table, ...), read by the kernels as int32."""
+    check_tensor(name, t, rank, layout)
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {t.dtype}")
+
+
+def check_dtype(name: str, t: torch.Tensor, like: tuple[str, torch.Tensor] | None = None) -> None:
+    """float16 or bfloat16; with like = (name, tensor), that tensor's dtype."""
+    if like is None:
+        if t.dtype not in DTYPES:
+            raise TypeError(f"{name} must have dtype float16 or bfloat16, got {t.dtype}")
+    elif t.dtype != like[1].dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {like[0]} has {like[1].dtype}: they must share one dtype")
+
+
+def check_head_dim(head_dim: int, name: str = "q") -> None:
+    if head_dim <= 0 or head_dim % 8 != 0 or kernel_head_dim(head_dim) is None:
+        raise ValueError(f"head dim of {name} must be a positive multiple of 8 and at most {COMPILED_HEAD_DIMS[-1]} "
+                         f"(the largest of this build's {list(COMPILED_HEAD_DIMS)}), got {head_dim}")
+
+
+def check_same_head_dim(name: str, t: torch.Tensor, like_name: str, head_dim: int) -> None:
+    if t.shape[-1] != head_dim:
+        raise ValueError(f"{name} has head dim {t.shape[-1]} but {like_name} has {head_dim}")
+
+
+def check_same_shape(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{a_name} and {b_name} must have the same shape, got {a_name} {tuple(a.shape)} and "
+                         f"{b_name} {tuple(b.shape)}")
+
+
+def check_gqa(nheads: int, nheads_k: int, q_name: str, kv_names: str) -> None:
+    """Query heads map onto key/value heads in contiguous groups of nheads / nheads_k."""
+    if nheads_k == 0 or nheads % nheads_k != 0:
+        raise ValueError(f"nheads of {q_name} ({nheads}) must be divisible by nheads of {kv_names} ({nheads_k})")
+
+
+def check_last_dim_contiguous(*named) -> None:
+    """named: (name, tensor) pairs; the kernels read rows in 16-byte chunks."""
+    for name, t in named:
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension (stride(-1) == 1), got {t.stride(-1)}")
+
+
+def check_devices(*named, allow_meta: bool = True) -> None:
+    """named: (name, tensor) pairs, the first one q: all on q's device, a CUDA one. Meta tensors
+    pass when allow_meta, so that the public functions trace shapes without a GPU; the drop-ins
+    leave them to PyTorch."""
+    (q_name, q), *others = named
+    if q.device.type != "cuda" and not (allow_meta and q.device.type == "meta"):
+        raise ValueError(f"{q_name} must be a CUDA tensor, got device {q.device}")
+    for name, t in others:
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but {q_name} is on {q.device}: all must be on one device")
+
+
+def check_qkv(q, k, v, *, varlen: bool = False, names: tuple[str, str, str] = ("q", "k", "v")) -> None:
+    """q [b, sq, h, d] and k, v [b, sk, h_k, d] (varlen: [total, h, d]) as the kernels take them:
+    float16/bfloat16, one dtype, one head dim this build serves, h % h_k == 0, the last dimension
+    contiguous. Devices are checked apart (check_devices), after the rest, so that every other
+    error shows without a GPU."""
+    named = tuple(zip(names, (q, k, v)))
+    (q_name, _), (k_name, _), (v_name, _) = named
+    for name, t in named:
+        check_tensor(name, t, 3 if varlen else 4, VARLEN_LAYOUT if varlen else DENSE_LAYOUT)
+    for name, t in named:
+        check_dtype(name, t)
+    for name, t in named[1:]:
+        check_dtype(name, t, like=(q_name, q))
+    nheads, head_dim = q.shape[-2:]
+    check_head_dim(head_dim, q_name)
+    for name, t in named[1:]:
+        check_same_head_dim(name, t, q_name, head_dim)
+        if not varlen and t.shape[0] != q.shape[0]:
+            raise ValueError(f"{name} has batch size {t.shape[0]} but {q_name} has {q.shape[0]}")
+    check_same_shape(k_name, k, v_name, v)
+    check_gqa(nheads, k.shape[-2], q_name, f"{k_name} and {v_name}")
+    check_last_dim_contiguous(*named)
+
+
+def check_servable(q, k, v, softmax_scale, *, names: tuple[str, str, str] = ("query", "key", "value"),
+                   scale_name: str = "scale") -> None:
+    """What flash_attn_func requires of q, k, v [b, s, h, d] and the scale, for the drop-ins that
+    fall back instead of raising: the device first (CUDA only), the reason a CPU caller most
+    needs to hear."""
+    named = tuple(zip(names, (q, k, v)))
+    for name, t in named:
+        check_tensor(name, t, 4, DENSE_LAYOUT)
+    check_devices(*named, allow_meta=False)
+    check_qkv(q, k, v, names=names)
+    resolve_softmax_scale(softmax_scale, q.shape[-1], scale_name)
+
+
+# ---------------------------------------------------------------- scalars and small tensors
+
+
+def resolve_softmax_scale(softmax_scale, head_dim: int, name: str = "softmax_scale") -> float:
+    """The scale itself, or 1 / sqrt(head_dim) for None."""
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"{name} must be a float or None, got {type(softmax_scale).__name__}")
+    if not math.isfinite(softmax_scale) or softmax_scale < 0:
+        # The kernels scale after taking the row max of the raw scores: with a negative scale
+        # the exponents are distances from the wrong end of the row, and the fp16 P can overflow.
+        raise ValueError(f"{name} must be finite and >= 0, got {softmax_scale}")
+    return float(softmax_scale)
+
+
+def resolve_window(window_size) -> tuple[int, int]:
+    """flash-attn's (left, right), -1 meaning unbounded."""
+    if isinstance(window_size, (str, bytes)) or not hasattr(window_size, "__len__") or len(window_size) != 2:
+        raise TypeError(f"window_size must be a pair (left, right), got {window_size!r}")
+    left, right = window_size
+    for value in (left, right):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"window_size entries must be ints, got {window_size!r}")
+        if value < -1:
+            raise ValueError(f"window_size entries must be >= -1 (-1: unbounded), got {window_size!r}")
+    return int(left), int(right)
+
+
+def resolve_softcap(softcap) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap must be a float, got {type(softcap).__name__}")
+    if not math.isfinite(softcap) or softcap < 0:
+        raise ValueError(f"softcap must be finite and >= 0 (0: off), got {softcap}")
+    return float(softcap)
+
+
+def resolve_dropout_p(dropout_p) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    return float(dropout_p)
+
+
+def check_alibi_slopes(alibi_slopes, batch: int, nheads: int) -> None:
+    """flash-attn's ALiBi: fp32 [nheads] or [batch, nheads]; the bias is -slope * |i + sk - sq - j|."""
+    if alibi_slopes is None:
+        return
+    if not isinstance(alibi_slopes, torch.Tensor):
+        raise TypeError(f"alibi_slopes must be a torch.Tensor or None, got {type(alibi_slopes).__name__}")
+    if alibi_slopes.dtype != torch.float32:
+        raise TypeError(f"alibi_slopes must be float32, got {alibi_slopes.dtype}")
+    if tuple(alibi_slopes.shape) not in ((nheads,), (batch, nheads)):
+        raise ValueError(f"alibi_slopes must have shape [nheads] = [{nheads}] or [batch, nheads] = "
+                         f"[{batch}, {nheads}], got {tuple(alibi_slopes.shape)}")
+
+
+def check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> None:
+    """What can be checked without reading device memory. The values of cu_seqlens (0 first,
+    non-decreasing, last = total rows, lengths <= max_seqlen) are the caller's contract; the
+    kernels clamp them, so bad values give wrong rows but never an out-of-bounds access."""
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        check_int32(name, cu, 1, "[batch + 1]")
+        if cu.shape[0] < 1:
+            raise ValueError(f"{name} must be 1-D [batch + 1], got shape {tuple(cu.shape)}")
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length, got "
+                         f"{cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_packed(t, name: str, rank: int, pack_dim: int, count: int) -> None:
+    """qkv or kv packed along pack_dim, e.g. qkv [b, s, 3, h, d]."""
+    layout = f"with {count} at dim {pack_dim}"
+    check_tensor(name, t, rank, layout)
+    if t.shape[pack_dim] != count:
+        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
