@@ -2,7 +2,7 @@
 
 Per target (gfx90a and gfx940 with hipcc 5.2, gfx942/gfx1100/gfx1201 with clang-19, gfx950 with
 clang-22) the CI subset of the kernel library is compiled at -O3 (tools/amd_isa_report.py, cached
-under build/amd-isa/) and each kernel is held to four gates:
+under build/amd-isa/) and each kernel of the target's matrix-core family is held to four gates:
 
 - spills:  no VGPR or SGPR spill;
 - scratch: no private (scratch) memory;
@@ -10,8 +10,8 @@ under build/amd-isa/) and each kernel is held to four gates:
 - matrix:  a matrix-product kernel (forward, backward main, KV-cache attention) holds matrix
            instructions (v_mfma / v_wmma).
 
-Today's AMD build runs the NVIDIA-layout kernels on the scalar fallback (arch/mma_scalar_fallback.h)
-and fails them: EXPECTED_FAILURES marks each failing (kernel, gate, targets) as a strict expected
+Today's MFMA/WMMA kernels pass the LDS and matrix gates everywhere but still spill (RDNA to
+scratch): EXPECTED_FAILURES marks each failing (kernel, gate, targets) as a strict expected
 failure, so a kernel that starts passing fails the suite until its mark is removed. Issue 21's bar
 is an empty table. Compiling itself is a hard pass on every target.
 
@@ -35,36 +35,94 @@ import amd_isa_report as isa  # noqa: E402
 
 IN_CI = os.environ.get("CI") == "true"
 TARGETS = isa.TARGETS
-# The CI subset. With the scalar fallback one family costs about 11 CPU-minutes (the backward
-# 24-154 s a target, hipcc and clang-19 at gfx942 the slowest), so CI takes one; `make amd-isa`
-# compiles all twelve. Once the MFMA kernels stop spilling, bf16 can join.
-CI_HEAD_DIMS, CI_DTYPES = [128], ["fp16"]
+# The CI subset: one head dim of each tile regime (up to 64, 128, above 128) in both dtypes, about
+# 5 CPU-minutes; `make amd-isa` compiles all twelve families (about 10).
+CI_HEAD_DIMS, CI_DTYPES = [64, 128, 256], ["fp16", "bf16"]
 GATES = ("spills", "scratch", "lds", "matrix")
 ALL = TARGETS
-CDNA2_3 = ("gfx90a", "gfx940", "gfx942")
-RDNA = ("gfx1100", "gfx1201")
 
-# Every kernel of the CI subset, with the gates today's kernel fails and where. Removing a
-# kernel's failures here is issue 21's job.
+
+def on(targets):
+    return tuple(targets.split())
+
+
+# Every kernel of the CI subset, with the gates it fails today and where (issue 21's done-when:
+# none). A kernel that starts passing a gate fails the suite until its entry here goes.
 EXPECTED_FAILURES = {
-    "fwd d128 fp16": {"spills": ALL, "scratch": ALL, "matrix": ALL},
-    "fwd d128 fp16 causal": {"spills": ALL, "scratch": ALL, "matrix": ALL},
-    "fwd d128 fp16 extras": {"spills": ALL, "scratch": ALL, "matrix": ALL},
-    "fwd d128 fp16 causal extras": {"spills": ALL, "scratch": ALL, "matrix": ALL},
+    "fwd d64 fp16": {"spills": on("gfx1100"), "scratch": on("gfx1100")},
+    "fwd d64 fp16 right_edge": {"spills": on("gfx1100"), "scratch": on("gfx1100")},
+    "fwd d64 fp16 extras": {"spills": on("gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "fwd d64 fp16 right_edge extras": {"spills": on("gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "fwd d64 bf16": {"spills": on("gfx1100")},
+    "fwd d64 bf16 right_edge": {"spills": on("gfx1100")},
+    "fwd d64 bf16 extras": {"spills": on("gfx90a gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "fwd d64 bf16 right_edge extras": {"spills": on("gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "fwd d128 fp16": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d128 fp16 right_edge": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d128 fp16 extras": {"spills": on("gfx90a gfx950 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d128 fp16 right_edge extras": {"spills": on("gfx90a gfx950 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d128 bf16": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d128 bf16 right_edge": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d128 bf16 extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "fwd d128 bf16 right_edge extras": {"spills": on("gfx90a gfx942 gfx950 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 fp16": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 fp16 right_edge": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 fp16 extras": {"spills": on("gfx90a gfx950 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 fp16 right_edge extras": {"spills": on("gfx90a gfx950 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 bf16": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 bf16 right_edge": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 bf16 extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "fwd d256 bf16 right_edge extras": {"spills": on("gfx90a gfx942 gfx950 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "bwd_preprocess d64 fp16": {},
+    "bwd d64 fp16": {"spills": on("gfx90a gfx940 gfx942 gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "bwd d64 fp16 right_edge": {"spills": on("gfx90a gfx940 gfx942 gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "bwd d64 fp16 extras": {"spills": ALL, "scratch": on("gfx1100")},
+    "bwd d64 fp16 right_edge extras": {"spills": ALL, "scratch": on("gfx1100")},
+    "bwd_preprocess d64 bf16": {},
+    "bwd d64 bf16": {"spills": on("gfx90a gfx940 gfx942 gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "bwd d64 bf16 right_edge": {"spills": on("gfx90a gfx940 gfx942 gfx950 gfx1100"), "scratch": on("gfx1100")},
+    "bwd d64 bf16 extras": {"spills": ALL, "scratch": on("gfx1100")},
+    "bwd d64 bf16 right_edge extras": {"spills": ALL, "scratch": on("gfx1100")},
     "bwd_preprocess d128 fp16": {},
-    "bwd d128 fp16": {"spills": ALL, "scratch": ALL, "lds": ALL, "matrix": ALL},
-    "bwd d128 fp16 causal": {"spills": ALL, "scratch": ALL, "lds": ALL, "matrix": ALL},
-    "bwd d128 fp16 extras": {"spills": ALL, "scratch": ALL, "lds": ALL, "matrix": ALL},
-    "bwd d128 fp16 causal extras": {"spills": ALL, "scratch": ALL, "lds": ALL, "matrix": ALL},
+    "bwd d128 fp16": {"spills": on("gfx90a gfx940 gfx942 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "bwd d128 fp16 right_edge": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d128 fp16 extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d128 fp16 right_edge extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd_preprocess d128 bf16": {},
+    "bwd d128 bf16": {"spills": on("gfx90a gfx940 gfx942 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "bwd d128 bf16 right_edge": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d128 bf16 extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d128 bf16 right_edge extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd_preprocess d256 fp16": {},
+    "bwd d256 fp16": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d256 fp16 right_edge": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d256 fp16 extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d256 fp16 right_edge extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd_preprocess d256 bf16": {},
+    "bwd d256 bf16": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d256 bf16 right_edge": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d256 bf16 extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "bwd d256 bf16 right_edge extras": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
     "kvcache_prepare fp16": {},
-    "fwd_kvcache d128 fp16": {"spills": CDNA2_3 + RDNA, "scratch": RDNA, "lds": CDNA2_3 + RDNA, "matrix": ALL},
+    "fwd_kvcache d64 fp16": {"spills": on("gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "kvcache_combine d64 fp16": {},
+    "kvcache_prepare bf16": {},
+    "fwd_kvcache d64 bf16": {"spills": on("gfx90a gfx942 gfx1100 gfx1201"), "scratch": on("gfx1100 gfx1201")},
+    "kvcache_combine d64 bf16": {},
+    "fwd_kvcache d128 fp16": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
     "kvcache_combine d128 fp16": {},
+    "fwd_kvcache d128 bf16": {"spills": ALL, "scratch": on("gfx1100 gfx1201")},
+    "kvcache_combine d128 bf16": {},
+    "fwd_kvcache d256 fp16": {"spills": ALL, "scratch": on("gfx90a gfx940 gfx942 gfx1100 gfx1201")},
+    "kvcache_combine d256 fp16": {},
+    "fwd_kvcache d256 bf16": {"spills": ALL, "scratch": on("gfx90a gfx940 gfx942 gfx1100 gfx1201")},
+    "kvcache_combine d256 bf16": {},
 }
 WHY = {
-    "spills": "the scalar fallback's NVIDIA-layout fragments spill registers",
-    "scratch": "the scalar fallback spills to scratch",
-    "lds": "tiles sized for NVIDIA's shared memory exceed the target's LDS",
-    "matrix": "the scalar fallback has no MFMA/WMMA instruction",
+    "spills": "registers spill (VGPRs to scratch or AGPRs, SGPRs to VGPR lanes)",
+    "scratch": "the kernel uses scratch memory",
+    "lds": "the tiles need more LDS than the target has",
+    "matrix": "no MFMA/WMMA instruction in a matrix-product kernel",
 }
 
 
@@ -97,7 +155,8 @@ def result_for(isa_results, target):
 def test_kernel_library_compiles(isa_results, target):
     result = result_for(isa_results, target)
     assert {c.source.name for c in result.compiled} >= {"fwd_hdim128_fp16.cu", "bwd_hdim128_fp16.cu",
-                                                         "fwd_kvcache_hdim128_fp16.cu", "dispatch.cu"}
+                                                         "fwd_kvcache_hdim128_fp16.cu", "kernel_table.cu",
+                                                         "dispatch.cu", "dynamic_lds_probe.cu"}
     for c in result.compiled:
         assert c.returncode == 0, f"{target} {c.source.name}:\n{c.log[-4000:]}"
 
@@ -125,6 +184,19 @@ def test_every_kernel_is_reported_and_calls_nothing(isa_results, target):
         assert report.wavefront == isa.HARDWARE[target].wavefront
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_other_families_compile_to_nothing(isa_results, target):
+    """Each file instantiates every matrix-core family's kernels; this target's pass keeps only its
+    own family's bodies (FA_AMD_DEVICE_FAMILY), which is what TARGET_FAMILY assumes."""
+    result = result_for(isa_results, target)
+    dynamic = isa.read_dynamic_lds(next(c for c in result.compiled if c.source.name == "dynamic_lds_probe.cu").asm.read_text())
+    others = [r for c in result.compiled if c.source.name.startswith(("fwd", "bwd"))
+              for r in isa.kernel_reports(c.asm.read_text(), target, dynamic, other_families=True)
+              if r.name.family and r.name.family != isa.TARGET_FAMILY[target]]
+    assert len(others) == 2 * sum(r.name.family != "" for r in result.reports)
+    assert all(r.instructions == 1 for r in others), [r.name.short for r in others if r.instructions != 1]
+
+
 def gate_params():
     params = []
     for target in TARGETS:
@@ -132,7 +204,7 @@ def gate_params():
             for gate in GATES:
                 marks = []
                 if target in failures.get(gate, ()):
-                    marks = [pytest.mark.xfail(strict=True, reason=f"replaced by issue 21: {WHY[gate]}")]
+                    marks = [pytest.mark.xfail(strict=True, reason=f"issue 21: {WHY[gate]}")]
                 params.append(pytest.param(target, kernel, gate, marks=marks, id=f"{target}-{kernel.replace(' ', '_')}-{gate}"))
     return params
 
@@ -160,20 +232,17 @@ def test_occupancy_rule_agrees_with_the_compiler(isa_results, target):
 def test_dynamic_lds_follows_the_launches():
     """KERNEL_KINDS says which traits' kSmemBytes each launch passes as dynamic LDS: the launch
     headers must say the same, or the LDS gate measures the wrong number."""
-    launches = {}
-    for header in sorted((ROOT / "csrc" / "kernels").glob("*launch*.h")):
-        if "sm90" in header.name:
-            continue
-        text = header.read_text()
-        for match in re.finditer(r"\blaunch(?:_overlapped)?\(&(\w+)<", text):
-            args = split_call(text, match.start() + text[match.start():].index("("))
-            traits = re.findall(r"using Traits = (\w+)<", text[:match.start()])
-            launches[match.group(1)] = (args[3], traits[-1] if traits else "")
-    assert set(launches) == set(isa.KERNEL_KINDS)
+    headers = {h.name: h.read_text() for h in sorted((ROOT / "csrc" / "kernels").glob("*launch*.h"))}
     for kernel, kind in isa.KERNEL_KINDS.items():
-        smem, traits = launches[kernel]
+        calls = [(name, text, m.start()) for name, text in headers.items()
+                 for m in re.finditer(rf"\blaunch(?:_overlapped)?\(&{kernel}<", text)]
+        assert len(calls) == 1, f"{kernel}: {len(calls)} launches"
+        name, text, start = calls[0]
+        smem = split_call(text, start + text[start:].index("("))[3]
         if kind.dynamic_lds_traits:
-            assert (smem, traits) == ("Traits::kSmemBytes", kind.dynamic_lds_traits), kernel
+            assert smem == "Traits::kSmemBytes", kernel
+            for family in isa.AMD_FAMILIES:  # the traits each family's launch instantiates
+                assert f"{kind.dynamic_lds_traits}<T, AmdFamily::{family}, kHeadDim>" in text, (kernel, family)
         else:
             assert smem == "0", kernel
 

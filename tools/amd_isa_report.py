@@ -11,6 +11,9 @@ Compile only: nothing here runs on an AMD GPU. For each target the generated ins
 - matrix instructions (`v_mfma*`, `v_wmma*`, ...) in the body and in the steady-state loop
   (the loop with the most matrix instructions, else the largest), with a roofline estimate.
 
+Each file instantiates the AMD kernels of every matrix-core family (tile_config.h's AmdFamily);
+a target's device pass compiles only its own family's bodies, so the report keeps those.
+
 Targets and toolchains (`../shared/KERNELS.md`): hipcc 5.2 for gfx90a and gfx940; clang-19 for
 gfx942, gfx1100 and gfx1201; clang-22 for gfx950. The clang builds link Debian's device library
 bitcode (ROCm 5.2) from a prepared copy under the build directory, which adds the ISA-version
@@ -21,7 +24,8 @@ Compiled `.s` files are cached under build/amd-isa/ by a hash of the source, eve
 header, the compiler's version and the command line.
 
     python3 tools/amd_isa_report.py                         # d128 fp16, every target
-    python3 tools/amd_isa_report.py --head-dims all --dtypes fp16,bf16 --out docs/amd_isa_report.md
+    python3 tools/amd_isa_report.py --targets gfx942 --head-dims 64,128 --dtypes all
+    python3 tools/amd_isa_report.py --head-dims all --dtypes all --out docs/amd_isa_report.md  # make amd-isa
 """
 
 from __future__ import annotations
@@ -310,17 +314,24 @@ class KernelKind:
 # Keyed by the kernel template's name. A kernel missing here stops the report: say whether it
 # multiplies matrices and what its launch (csrc/kernels/*launch*.h) passes as dynamic LDS.
 KERNEL_KINDS = {
-    "flash_fwd_kernel": KernelKind("fwd", True, "FwdTraits", ("causal", "extras")),
-    "flash_bwd_kernel": KernelKind("bwd", True, "BwdTraits", ("causal", "extras")),
+    "flash_fwd_amd_kernel": KernelKind("fwd", True, "FwdTraitsAmd", ("right_edge", "extras")),
+    "flash_bwd_amd_kernel": KernelKind("bwd", True, "BwdTraitsAmd", ("right_edge", "extras")),
     "bwd_preprocess_kernel": KernelKind("bwd_preprocess", False, ""),
-    "flash_fwd_kvcache_kernel": KernelKind("fwd_kvcache", True, "KvCacheTraits"),
+    "flash_fwd_kvcache_amd_kernel": KernelKind("fwd_kvcache", True, "KvCacheTraitsAmd"),
     "flash_kvcache_combine_kernel": KernelKind("kvcache_combine", False, ""),
     "kvcache_prepare_kernel": KernelKind("kvcache_prepare", False, ""),
 }
 # Element types as the demangler spells them, and as generate_kernels names them.
 DEMANGLED_DTYPES = {"__half": "fp16", "hip_bfloat16": "bf16"}
+# tile_config.h's AmdFamily, in declaration order (the demangler prints "(flash::AmdFamily)N").
+# Each file instantiates the kernels of every family; a device pass compiles only its own
+# family's bodies (FA_AMD_DEVICE_FAMILY, arch/matrix_core_amd.h) and the others are empty.
+AMD_FAMILIES = ("kCdna", "kRdna3", "kRdna4")
+TARGET_FAMILY = {"gfx90a": "kCdna", "gfx940": "kCdna", "gfx942": "kCdna", "gfx950": "kCdna",
+                 "gfx1100": "kRdna3", "gfx1201": "kRdna4"}
 
 DEMANGLED_KERNEL = re.compile(r"^(?:void )?flash::(\w+)(?:<(.*)>)?\(")
+DEMANGLED_FAMILY = re.compile(r"^\(flash::AmdFamily\)(\d+)$")
 
 
 def split_template_args(args: str) -> list[str]:
@@ -337,11 +348,11 @@ def split_template_args(args: str) -> list[str]:
 
 @dataclass(frozen=True)
 class KernelName:
-    template: str       # flash_fwd_kernel
-    short: str          # "fwd d128 fp16 causal"
+    template: str       # flash_fwd_amd_kernel
+    short: str          # "fwd d128 fp16 right_edge"
     dtype: str
     head_dim: int | None
-    traits: str         # FwdTraits, or "" when the kernel has no traits argument
+    family: str         # "kCdna", or "" for a kernel every family shares
     matrix_product: bool
 
 
@@ -351,18 +362,16 @@ def describe_kernel(demangled: str, kinds: dict[str, KernelKind] = KERNEL_KINDS)
         raise KeyError(f"unknown kernel {demangled!r}: add its template to KERNEL_KINDS in {Path(__file__).name}")
     template, args = match.group(1), split_template_args(match.group(2) or "")
     kind = kinds[template]
-    traits, inner = "", args[:2]
-    nested = re.match(r"flash::(\w+)<(.*)>$", args[0]) if args else None
-    if nested:
-        traits, inner = nested.group(1), split_template_args(nested.group(2))
-        bools = args[1:]
-    else:
-        bools = args[2:]
+    # The traits (first argument) carry the element type, the family and the head dim; kernels
+    # without traits take the type and head dim directly.
+    nested = re.match(r"flash::\w+<(.*)>$", args[0]) if args else None
+    inner, bools = (split_template_args(nested.group(1)), args[1:]) if nested else (args, args[2:])
     dtype = DEMANGLED_DTYPES.get(inner[0], inner[0]) if inner else ""
-    head_dim = int(inner[1]) if len(inner) > 1 else None
+    families = [AMD_FAMILIES[int(m.group(1))] for m in map(DEMANGLED_FAMILY.match, inner) if m]
+    head_dim = next((int(a) for a in inner[1:] if a.isdigit()), None)
     words = [kind.short] + ([f"d{head_dim}"] if head_dim else []) + ([dtype] if dtype else [])
     words += [flag for flag, value in zip(kind.flags, bools) if value == "true"]
-    return KernelName(template, " ".join(words), dtype, head_dim, traits, kind.matrix_product)
+    return KernelName(template, " ".join(words), dtype, head_dim, families[0] if families else "", kind.matrix_product)
 
 
 def demangle(symbols: list[str]) -> list[str]:
@@ -662,21 +671,22 @@ def read_dynamic_lds(asm: str) -> dict[str, int]:
     return values
 
 
-def dynamic_lds_symbol(traits: str, dtype: str, head_dim: int) -> str:
-    return f"fa_dynamic_lds_{traits}_{dtype}_d{head_dim}"
+def dynamic_lds_symbol(traits: str, family: str, dtype: str, head_dim: int) -> str:
+    return f"fa_dynamic_lds_{traits}_{family}_{dtype}_d{head_dim}"
 
 
 def write_dynamic_lds_probe(out_dir: Path, families: list[tuple[int, str]]) -> Path:
-    """A file whose device constants are each traits' dynamic shared memory, compiled per target
-    (a later per-target tile table changes them)."""
+    """A file whose device constants are each traits' dynamic shared memory (what the launches
+    pass), compiled per target like the kernels."""
     traits_names = sorted({kind.dynamic_lds_traits for kind in KERNEL_KINDS.values() if kind.dynamic_lds_traits})
-    lines = ["// Generated by tools/amd_isa_report.py: the dynamic LDS each launch requests, per target.",
+    lines = ["// Generated by tools/amd_isa_report.py: the dynamic LDS each launch requests.",
              '#include "tile_config.h"', ""]
     for head_dim, dtype in families:
         ctype = generate_kernels.DTYPES[dtype][0]
         for traits in traits_names:
-            lines.append(f'extern "C" __device__ const int {dynamic_lds_symbol(traits, dtype, head_dim)} = '
-                         f"flash::{traits}<flash::{ctype}, {head_dim}>::kSmemBytes;")
+            for family in AMD_FAMILIES:
+                lines.append(f'extern "C" __device__ const int {dynamic_lds_symbol(traits, family, dtype, head_dim)} = '
+                             f"flash::{traits}<flash::{ctype}, flash::AmdFamily::{family}, {head_dim}>::kSmemBytes;")
     path = out_dir / "dynamic_lds_probe.cu"
     text = "\n".join(lines) + "\n"
     if not path.exists() or path.read_text() != text:
@@ -689,17 +699,21 @@ OCCUPANCY_COMMENT = re.compile(r"^; Occupancy: (.*?)\s*$", re.M)
 
 
 def kernel_reports(asm_text: str, target: str, dynamic_lds: dict[str, int],
-                   kinds: dict[str, KernelKind] = KERNEL_KINDS) -> list[KernelReport]:
+                   kinds: dict[str, KernelKind] = KERNEL_KINDS, other_families: bool = False) -> list[KernelReport]:
+    """The kernels of one `.s` file for `target` (with other_families, also the instantiations
+    for the other matrix-core families, whose bodies this target compiles out)."""
     metadata = parse_metadata(asm_text)
     names = demangle([m.symbol for m in metadata])
     hardware = HARDWARE[target]
     reports = []
     for meta, demangled in zip(metadata, names):
         name = describe_kernel(demangled, kinds)
+        if name.family and name.family != TARGET_FAMILY[target] and not other_families:
+            continue
         kind = kinds[name.template]
         dynamic = 0
         if kind.dynamic_lds_traits:
-            symbol = dynamic_lds_symbol(name.traits, name.dtype, name.head_dim)
+            symbol = dynamic_lds_symbol(kind.dynamic_lds_traits, name.family, name.dtype, name.head_dim)
             if symbol not in dynamic_lds:
                 raise KeyError(f"{name.short}: the probe has no {symbol}")
             dynamic = dynamic_lds[symbol]
@@ -830,10 +844,11 @@ HEADER = """# AMD ISA report
 Generated by `{command}`.
 
 Each kernel is compiled to device assembly (-O3) with Debian's toolchains: **compiled, not run
-on AMD hardware**. The gates (`tests/test_amd_isa.py`) fail on spills, scratch, LDS over the
-target's limit and matrix-product kernels without matrix instructions; today's kernels run the
-scalar fallback (`arch/mma_scalar_fallback.h`) and fail them, as expected, until the MFMA/WMMA
-kernels replace it.
+on AMD hardware**. A file instantiates the kernels of every matrix-core family (CDNA, RDNA3,
+RDNA4); each target compiles only its own family's bodies, and only those are listed. The gates
+(`tests/test_amd_isa.py`) fail on spills, scratch, LDS over the target's limit and
+matrix-product kernels without matrix instructions; their expected failures there list what
+issue 21 still has to remove.
 
 Columns: VGPR = arch VGPRs (rounded up to 4 where AGPRs follow them), AGPR = accumulation
 registers (CDNA; the compiler also spills into them), spills = VGPR/SGPR spill counts, scratch =

@@ -47,7 +47,7 @@ FA_DEVICE D emulate(const char* instruction, const A& a, const B& b, const D& c)
 }
 #endif
 
-#if defined(__gfx90a__) || defined(__gfx942__) || defined(__gfx950__)
+#if defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx942__) || defined(__gfx950__)
 
 template <class T> FA_DEVICE floatx16 mfma_32x32x8(Operand<T, 4> a, Operand<T, 4> b, floatx16 c);
 template <class T> FA_DEVICE floatx4 mfma_16x16x16(Operand<T, 4> a, Operand<T, 4> b, floatx4 c);
