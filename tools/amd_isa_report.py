@@ -88,8 +88,12 @@ CDNA4_MATRIX = {
     "v_mfma_f32_32x32x16_f16": MatrixOp(32, 32, 16, 32), "v_mfma_f32_16x16x32_f16": MatrixOp(16, 16, 32, 16),
     "v_mfma_f32_32x32x16_bf16": MatrixOp(32, 32, 16, 32), "v_mfma_f32_16x16x32_bf16": MatrixOp(16, 16, 32, 16),
 }
-RDNA3_MATRIX = {"v_wmma_f32_16x16x16_f16": MatrixOp(16, 16, 16, 32), "v_wmma_f32_16x16x16_bf16": MatrixOp(16, 16, 16, 32)}
-RDNA4_MATRIX = {"v_wmma_f32_16x16x16_f16": MatrixOp(16, 16, 16, 16), "v_wmma_f32_16x16x16_bf16": MatrixOp(16, 16, 16, 16)}
+RDNA3_MATRIX = {
+    "v_wmma_f32_16x16x16_f16": MatrixOp(16, 16, 16, 32), "v_wmma_f32_16x16x16_bf16": MatrixOp(16, 16, 16, 32),
+}
+RDNA4_MATRIX = {
+    "v_wmma_f32_16x16x16_f16": MatrixOp(16, 16, 16, 16), "v_wmma_f32_16x16x16_bf16": MatrixOp(16, 16, 16, 16),
+}
 
 MATRIX_MNEMONIC = re.compile(r"^(v_mfma|v_smfmac|v_wmma|v_swmmac)\w*")
 
@@ -189,7 +193,9 @@ COMMON_FLAGS = ("-x", "hip", "-std=c++17", "-O3", "--cuda-device-only", "-S", "-
 def missing_tools(target: str) -> list[str]:
     """What this machine lacks to compile for `target` (empty when it can)."""
     chain = TOOLCHAINS[target]
-    tools = [chain.compiler] + ([] if chain.uses_hipcc else [f"llvm-dis{chain.llvm_suffix}", f"llvm-as{chain.llvm_suffix}"])
+    tools = [chain.compiler]
+    if not chain.uses_hipcc:
+        tools += [f"llvm-dis{chain.llvm_suffix}", f"llvm-as{chain.llvm_suffix}"]
     missing = [t for t in tools if shutil.which(t) is None]
     if not chain.uses_hipcc:
         missing += [str(p) for p in (HIP_HEADER, DEBIAN_BITCODE / "ocml.bc") if not p.exists()]
@@ -211,7 +217,8 @@ def device_lib_dir(chain: Toolchain, build_dir: Path) -> Path:
         link = out / bitcode.name
         if not link.exists():
             link.symlink_to(bitcode)
-    template = subprocess.run([f"llvm-dis{chain.llvm_suffix}", str(DEBIAN_BITCODE / "oclc_isa_version_940.bc"), "-o", "-"],
+    gfx940 = DEBIAN_BITCODE / "oclc_isa_version_940.bc"
+    template = subprocess.run([f"llvm-dis{chain.llvm_suffix}", str(gfx940), "-o", "-"],
                               check=True, capture_output=True, text=True).stdout
     for target, version in ISA_VERSION.items():
         name = f"oclc_isa_version_{target[3:]}.bc"
@@ -276,7 +283,8 @@ def run_timed(cmd: list[str]) -> tuple[int, str, float]:
         return proc.returncode, err.read().decode(errors="replace"), usage.ru_utime + usage.ru_stime
 
 
-def compile_to_asm(source: Path, target: str, build_dir: Path = BUILD_DIR, headers_digest: str | None = None) -> Compiled:
+def compile_to_asm(source: Path, target: str, build_dir: Path = BUILD_DIR,
+                   headers_digest: str | None = None) -> Compiled:
     """Device assembly of `source` for `target`, from the cache when nothing it depends on changed."""
     cache = build_dir / "cache" / target
     cache.mkdir(parents=True, exist_ok=True)
@@ -783,7 +791,8 @@ def build(targets: list[str], head_dims: list[int] | None = None, dtypes: list[s
           build_dir: Path = BUILD_DIR, jobs: int | None = None) -> dict[str, TargetResult]:
     """Compiles (or takes from the cache) every file for every target and reads the kernels."""
     # One directory per filter: generate() removes the files it did not write.
-    generated = build_dir / "generated" / "-".join([",".join(map(str, head_dims or ["all"])), ",".join(dtypes or ["all"])])
+    selection = [",".join(map(str, head_dims or ["all"])), ",".join(dtypes or ["all"])]
+    generated = build_dir / "generated" / "-".join(selection)
     files, families = sources_for(head_dims, dtypes, generated)
     files.append(write_dynamic_lds_probe(generated, families))
     digest = kernel_headers_digest()
@@ -893,7 +902,8 @@ def hardware_table(targets: list[str]) -> str:
         simds = f"{hw.compute_units} x {hw.simds_per_cu}" if hw.family.startswith("CDNA") else \
             f"{hw.compute_units} WGPs x {hw.simds_per_cu}"
         rows.append(f"| {target} ({hw.family}) | {chain.compiler} | {hw.chip} | {simds} | {hw.clock_ghz} GHz "
-                    f"| {hw.peak_tflops():.0f} TFLOP/s | {format_kib(hw.lds_per_workgroup)} / {format_kib(hw.lds_per_cu)} "
+                    f"| {hw.peak_tflops():.0f} TFLOP/s "
+                    f"| {format_kib(hw.lds_per_workgroup)} / {format_kib(hw.lds_per_cu)} "
                     f"| {hw.vgpr_file} a lane, granule {hw.vgpr_granule}, ≤ {hw.max_waves} waves |")
     return "\n".join(rows)
 
