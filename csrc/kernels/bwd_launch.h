@@ -31,6 +31,8 @@ error_t run_bwd(const BwdParams& params, stream_t stream) {
   if (err != kSuccess) return err;
 #if defined(FA_PLATFORM_HIP)
   switch (current_amd_family()) {
+    case AmdFamily::kCdna4:
+      return launch_bwd_amd<BwdTraitsAmd<T, AmdFamily::kCdna4, kHeadDim>, Has_right_edge, Has_extras>(params, stream);
     case AmdFamily::kRdna3:
       return launch_bwd_amd<BwdTraitsAmd<T, AmdFamily::kRdna3, kHeadDim>, Has_right_edge, Has_extras>(params, stream);
     case AmdFamily::kRdna4:

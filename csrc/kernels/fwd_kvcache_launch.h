@@ -45,6 +45,9 @@ error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream) {
 #if defined(FA_PLATFORM_HIP)
   error_t err;
   switch (current_amd_family()) {
+    case AmdFamily::kCdna4:
+      err = launch_kvcache_attention<KvCacheTraitsAmd<T, AmdFamily::kCdna4, kHeadDim>>(params, stream);
+      break;
     case AmdFamily::kRdna3:
       err = launch_kvcache_attention<KvCacheTraitsAmd<T, AmdFamily::kRdna3, kHeadDim>>(params, stream);
       break;

@@ -27,6 +27,8 @@ error_t launch_fwd_amd(const FwdParams& params, stream_t stream) {
 template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd(const FwdParams& params, stream_t stream) {
   switch (current_amd_family()) {
+    case AmdFamily::kCdna4:
+      return launch_fwd_amd<FwdTraitsAmd<T, AmdFamily::kCdna4, kHeadDim>, Has_right_edge, Has_extras>(params, stream);
     case AmdFamily::kRdna3:
       return launch_fwd_amd<FwdTraitsAmd<T, AmdFamily::kRdna3, kHeadDim>, Has_right_edge, Has_extras>(params, stream);
     case AmdFamily::kRdna4:

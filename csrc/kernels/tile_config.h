@@ -65,7 +65,10 @@ struct WarpGrid {
 // computes every key of a block against them; Q stays in registers where they hold it. Shared
 // memory holds K [kBlockN][kHeadDim + 8] and V^T [kHeadDim][kBlockN + 8] (and Q without
 // registers for it): at most 64 KB, the LDS of gfx90a, gfx942 and RDNA (gfx950 has 160).
-enum class AmdFamily { kCdna, kRdna3, kRdna4 };
+// kCdna: gfx90a, gfx942 (MFMA 32x32x8); kCdna4: gfx950 (MFMA 32x32x16); kRdna3: gfx1100, kRdna4:
+// gfx1201 (WMMA 16x16x16).
+enum class AmdFamily { kCdna, kCdna4, kRdna3, kRdna4 };
+constexpr bool is_cdna(AmdFamily family) { return family == AmdFamily::kCdna || family == AmdFamily::kCdna4; }
 inline constexpr int kAmdLdsBytes = 64 * 1024;
 
 template <AmdFamily kFamily, int kHeadDim> struct FwdTileAmd;
@@ -73,6 +76,7 @@ template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna, kHeadDim> {
   static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
   static constexpr bool kQInRegisters = true;
 };
+template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna4, kHeadDim> : FwdTileAmd<AmdFamily::kCdna, kHeadDim> {};
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna3, kHeadDim> {
   // Q's fragments take 16 values a lane per k16 step: above head dim 128 Q stays in LDS, and two
   // waves (32 rows) keep it beside K and V^T within 64 KB.
@@ -97,8 +101,8 @@ struct AmdTraits {
   static constexpr AmdFamily kFamily = kFamily_;
   static constexpr int kHeadDim = kHeadDim_;
   using Tile = Tile_;
-  static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
-  static constexpr int kTileRows = kFamily == AmdFamily::kCdna ? 32 : 16;  // queries per instruction tile
+  static constexpr int kWaveSize = is_cdna(kFamily) ? 64 : 32;
+  static constexpr int kTileRows = is_cdna(kFamily) ? 32 : 16;  // queries per instruction tile
   static constexpr int kWaves = Tile::kWaves, kMT = Tile::kMT, kBlockN = Tile::kBlockN;
   static constexpr bool kQInRegisters = Tile::kQInRegisters;
   static constexpr int kNThreads = kWaves * kWaveSize;
@@ -133,8 +137,8 @@ struct BwdTraitsAmd {
   static constexpr AmdFamily kFamily = kFamily_;
   static constexpr int kHeadDim = kHeadDim_;
   using Tile = BwdTileAmd<kFamily, kHeadDim>;
-  static constexpr int kWaveSize = kFamily == AmdFamily::kCdna ? 64 : 32;
-  static constexpr int kTile = kFamily == AmdFamily::kCdna ? 32 : 16;  // the instruction's M and N
+  static constexpr int kWaveSize = is_cdna(kFamily) ? 64 : 32;
+  static constexpr int kTile = is_cdna(kFamily) ? 32 : 16;  // the instruction's M and N
   static constexpr int kKeyWaves = Tile::kKeyWaves, kDSplit = Tile::kDSplit;
   static constexpr int kWaves = kKeyWaves * kDSplit, kNThreads = kWaves * kWaveSize;
   static constexpr int kBlockN = kKeyWaves * kTile, kBlockM = kTile, kMinBlocksPerSm = 1;

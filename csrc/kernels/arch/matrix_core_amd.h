@@ -12,11 +12,10 @@
 //
 //   family  instruction            kM x kN x kK   operand elements  B of P^T from S^T
 //   CDNA    v_mfma_f32_32x32x8     32 x 32 x 8    4                 registers 4 g .. 4 g + 3 of a tile
+//   CDNA4   v_mfma_f32_32x32x16    32 x 32 x 16   8                 registers 8 j .. 8 j + 7, keys permuted
 //   RDNA3   v_wmma_f32_16x16x16    16 x 16 x 16   16 (both halves)  even and odd keys, swapped with lane ^ 16
 //   RDNA4   v_wmma_f32_16x16x16    16 x 16 x 16   8                 the tile's registers as they are
-//
-// gfx950 runs the CDNA kernels on the 32x32x8 instruction (its 32x32x16 form takes keys in another
-// order from S^T's registers; a permuted V^T operand would let it in: not done yet).
+
 #pragma once
 
 #include <type_traits>
@@ -51,8 +50,10 @@ FA_DEVICE void load_operand_run(Operand& op, int i, const T* p) {
   op[i + 3] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.y >> 16));
 }
 
-#if defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__) || defined(__gfx950__)
+#if defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
 #define FA_AMD_DEVICE_FAMILY ::flash::AmdFamily::kCdna
+#elif defined(__gfx950__)
+#define FA_AMD_DEVICE_FAMILY ::flash::AmdFamily::kCdna4
 #elif defined(__gfx1100__)
 #define FA_AMD_DEVICE_FAMILY ::flash::AmdFamily::kRdna3
 #elif defined(__gfx1201__)
@@ -71,7 +72,7 @@ struct MatrixCore<AmdFamily::kCdna, T> {
   // A[m][k] sits in lane m + 32 (k / 4), element k % 4; B[k][n] in lane n + 32 (k / 4).
   static FA_DEVICE int operand_k(int lane, int i) { return 4 * (lane / 32) + i; }
 
-#if defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__) || defined(__gfx950__)
+#if defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
   static FA_DEVICE Accumulator mma(Operand a, Operand b, Accumulator c) { return amd::mfma_32x32x8<T>(a, b, c); }
 #endif
 
@@ -85,6 +86,34 @@ struct MatrixCore<AmdFamily::kCdna, T> {
     return b;
   }
   static FA_DEVICE int p_key(int lane, int i) { return operand_k(lane, i); }
+};
+
+template <class T>
+struct MatrixCore<AmdFamily::kCdna4, T> {
+  using Layout = CdnaAccLayout;  // gfx950's 32x32x16 leaves D where 32x32x8 does
+  static constexpr int kM = 32, kN = 32, kK = 16, kOperandElems = 8;
+  using Operand = amd::Operand<T, kOperandElems>;
+  using Accumulator = amd::floatx16;
+
+  // A[m][k] sits in lane m + 32 (k / 8), element k % 8; B[k][n] in lane n + 32 (k / 8).
+  static FA_DEVICE int operand_k(int lane, int i) { return 8 * (lane / 32) + i; }
+
+#if defined(__gfx950__)
+  static FA_DEVICE Accumulator mma(Operand a, Operand b, Accumulator c) { return amd::mfma_32x32x16<T>(a, b, c); }
+#endif
+
+  // k-step s (16 keys) of a tile row of P^T: lane half h holds keys 8 g + 4 h + i in registers
+  // 4 g + i; the step's registers 8 (s % 2) .. + 7 of tile s / 2, taken in order, put key
+  // 8 (i / 4) + 4 h + i % 4 of the step in B's element i (p_key), where B wants k = 8 h + i: the
+  // keys come permuted, and V^T's operand takes the same permutation.
+  template <class Tile>
+  static FA_DEVICE Operand p_operand(const Tile& p, int mt, int s, int) {
+    Operand b;
+#pragma unroll
+    for (int i = 0; i < kOperandElems; ++i) b[i] = operand_value<T>(p(mt, s / 2, 8 * (s % 2) + i));
+    return b;
+  }
+  static FA_DEVICE int p_key(int lane, int i) { return 8 * (i / 4) + 4 * (lane / 32) + i % 4; }
 };
 
 template <class T>
@@ -160,6 +189,9 @@ inline AmdFamily current_amd_family() {
     families[device] = AmdFamily::kCdna;
     if (hipGetDeviceProperties(&prop, device) == hipSuccess) {
       const char* arch = prop.gcnArchName;
+      if (arch[0] == 'g' && arch[1] == 'f' && arch[2] == 'x' && arch[3] == '9' && arch[4] == '5') {
+        families[device] = AmdFamily::kCdna4;
+      }
       if (arch[0] == 'g' && arch[1] == 'f' && arch[2] == 'x' && arch[3] == '1' && arch[4] == '1') {
         families[device] = AmdFamily::kRdna3;
       } else if (arch[0] == 'g' && arch[1] == 'f' && arch[2] == 'x' && arch[3] == '1' && arch[4] == '2') {
