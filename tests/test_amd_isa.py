@@ -160,7 +160,7 @@ def test_kernel_library_compiles(isa_results, target):
     result = result_for(isa_results, target)
     assert {c.source.name for c in result.compiled} >= {"fwd_hdim128_fp16.cu", "bwd_hdim128_fp16.cu",
                                                          "fwd_kvcache_hdim128_fp16.cu", "kernel_table.cu",
-                                                         "dispatch.cu", "dynamic_lds_probe.cu"}
+                                                         "dispatch.cu", "probe.cu"}
     for c in result.compiled:
         assert c.returncode == 0, f"{target} {c.source.name}:\n{c.log[-4000:]}"
 
@@ -188,17 +188,22 @@ def test_every_kernel_is_reported_and_calls_nothing(isa_results, target):
         assert report.wavefront == isa.HARDWARE[target].wavefront
 
 
+EXPECTED_FAMILY = {"gfx90a": "kCdna", "gfx940": "kCdna", "gfx942": "kCdna", "gfx950": "kCdna4",
+                   "gfx1100": "kRdna3", "gfx1201": "kRdna4"}
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_other_families_compile_to_nothing(isa_results, target):
     """Each file instantiates every matrix-core family's kernels; this target's pass keeps only its
-    own family's bodies (FA_AMD_DEVICE_FAMILY), which is what TARGET_FAMILY assumes."""
+    own family's bodies (FA_AMD_DEVICE_FAMILY, which the probe file reports), and the report
+    keeps those."""
     result = result_for(isa_results, target)
-    probe = next(c for c in result.compiled if c.source.name == "dynamic_lds_probe.cu")
-    dynamic = isa.read_dynamic_lds(probe.asm.read_text())
+    family = isa.amd_families()[result.probe[isa.DEVICE_FAMILY_SYMBOL]]
+    assert family == EXPECTED_FAMILY[target]
     others = [r for c in result.compiled if c.source.name.startswith(("fwd", "bwd"))
-              for r in isa.kernel_reports(c.asm.read_text(), target, dynamic, other_families=True)
-              if r.name.family and r.name.family != isa.TARGET_FAMILY[target]]
-    assert len(others) == 2 * sum(r.name.family != "" for r in result.reports)
+              for r in isa.kernel_reports(c.asm.read_text(), target, result.probe, other_families=True)
+              if r.name.family and r.name.family != family]
+    assert len(others) == (len(isa.amd_families()) - 1) * sum(r.name.family != "" for r in result.reports)
     assert all(r.instructions == 1 for r in others), [r.name.short for r in others if r.instructions != 1]
 
 
@@ -247,7 +252,7 @@ def test_dynamic_lds_follows_the_launches():
         smem = split_call(text, start + text[start:].index("("))[3]
         if kind.dynamic_lds_traits:
             assert smem == "Traits::kSmemBytes", kernel
-            for family in isa.AMD_FAMILIES:  # the traits each family's launch instantiates
+            for family in isa.amd_families():  # the traits each family's launch instantiates
                 assert f"{kind.dynamic_lds_traits}<T, AmdFamily::{family}, kHeadDim>" in text, (kernel, family)
         else:
             assert smem == "0", kernel
