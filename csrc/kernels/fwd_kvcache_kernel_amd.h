@@ -65,21 +65,16 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_amd_kerne
     }
     const int tile_row0 = row_begin + tile.wave_row0, thread_row0 = tile_row0 + Layout::lane_row(lane);
 
-    // The next block's K and V travel through registers while this one's products run.
-    RowChunks<kBlockN, kHeadDim, kNThreads> k_next, v_next;
-    auto load_next = [&](int n) {
-      const int first = seq.first_row + n * kBlockN, keys = min(kBlockN, seq.seqlen_k - n * kBlockN);
-      k_next.load([&](int r) { return k_rows(first + r); }, keys, params.d, tid);
-      v_next.load([&](int r) { return v_rows(first + r); }, keys, params.d, tid);
-    };
-    if (n_begin < n_end) load_next(n_begin);
-
+    // One wave copies the whole block: the copies go straight to LDS (a block held in registers
+    // through the products would take a wave's registers).
     for (int n = n_begin; n < n_end; ++n) {
+      const int first = seq.first_row + n * kBlockN, keys = min(kBlockN, seq.seqlen_k - n * kBlockN);
       __syncthreads();  // done with the last block's K and V^T
-      k_next.template store<kKStride, false>(sK, tid);
-      v_next.template store<kVtStride, true>(sVt, tid);
+      copy_rows_to_lds<kBlockN, kHeadDim, kKStride, false, kNThreads>(
+          sK, [&](int r) { return k_rows(first + r); }, keys, params.d, tid);
+      copy_rows_to_lds<kBlockN, kHeadDim, kVtStride, true, kNThreads>(
+          sVt, [&](int r) { return v_rows(first + r); }, keys, params.d, tid);
       __syncthreads();
-      if (n + 1 < n_end) load_next(n + 1);
 
       typename Wave::STile acc_s = tile.scores(sK, sQ);
       const int col0 = n * kBlockN + Layout::lane_col(lane);

@@ -77,21 +77,22 @@ template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna, kHeadDim> {
   static constexpr bool kQInRegisters = true;
 };
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna4, kHeadDim> : FwdTileAmd<AmdFamily::kCdna, kHeadDim> {};
+// RDNA has 256 VGPRs a lane and no AGPRs: 32 keys a step. RDNA3's operands take 16 values a lane
+// per k16 step (RDNA4's 8), so on RDNA3 Q stays in LDS above head dim 64, where its fragments
+// would crowd O's accumulators, and above 128 two waves keep Q beside K and V^T within 64 KB.
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna3, kHeadDim> {
-  // Q's fragments take 16 values a lane per k16 step: above head dim 128 Q stays in LDS, and two
-  // waves (32 rows) keep it beside K and V^T within 64 KB.
-  static constexpr int kWaves = kHeadDim <= 128 ? 4 : 2, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
-  static constexpr bool kQInRegisters = kHeadDim <= 128;
+  static constexpr int kWaves = kHeadDim <= 128 ? 4 : 2, kMT = 1, kBlockN = 32;
+  static constexpr bool kQInRegisters = kHeadDim <= 64;
 };
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
-  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = 32;
   static constexpr bool kQInRegisters = true;
 };
 
 // The KV-cache forward on AMD: one wave a block (decode has few query rows), kBlockN keys a step;
 // the blocks split the keys (split-KV) where the rows are too few to fill the device.
 template <AmdFamily kFamily, int kHeadDim> struct KvCacheTileAmd {
-  static constexpr int kWaves = 1, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr int kWaves = 1, kMT = 1, kBlockN = 32;
   static constexpr bool kQInRegisters = FwdTileAmd<kFamily, kHeadDim>::kQInRegisters;
 };
 
