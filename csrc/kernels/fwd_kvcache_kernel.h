@@ -47,32 +47,22 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int row_begin = m_block * kBlockM, row_end = min(row_begin + kBlockM, params.seqlen_q);
 
-  const CacheSeq seq(params, batch);
-  const CacheRows<T> k_rows = key_rows<T>(params, seq, batch, head_k);
-  const CacheRows<T> v_rows = value_rows<T>(params, seq, batch, head_k);
-  // Non-causal calls come with an unbounded right side, so one instantiation serves both.
-  const KeyWindow<true> window{params.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
-  const ScoreMod score_mod(params, batch, head, params.seqlen_q, seq.seqlen_k);
-  const bool has_score_mod = params.softcap_prescale != 0.f || params.alibi_slopes != nullptr;
-
-  // This split's slice of the key blocks the rows see.
-  const KeyBlockSplit slice(window, row_begin, row_end, kBlockN, split, params.num_splits);
-  const int n_begin = slice.begin, n_end = slice.end;
+  const KvCacheBlock<T> kv(params, batch, head, head_k, row_begin, row_end, kBlockN, split);
 
   const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
                row_begin * params.q_row_stride;
   QTile::template load_rows_async<kNThreads>(
       sQ, [&](int row) { return q + row * params.q_row_stride; }, row_end - row_begin, params.d, tid);
   auto load_kv = [&](int n, int stage) {
-    const int first = seq.first_row + n * kBlockN, keys = min(kBlockN, seq.seqlen_k - n * kBlockN);
-    KVTile::template load_rows_async<kNThreads>(stage_k(stage), [&](int r) { return k_rows(first + r); }, keys,
+    const int first = kv.first_row(n, kBlockN), keys = kv.keys(n, kBlockN);
+    KVTile::template load_rows_async<kNThreads>(stage_k(stage), [&](int r) { return kv.k_rows(first + r); }, keys,
                                                 params.d, tid);
-    KVTile::template load_rows_async<kNThreads>(stage_v(stage), [&](int r) { return v_rows(first + r); }, keys,
+    KVTile::template load_rows_async<kNThreads>(stage_v(stage), [&](int r) { return kv.v_rows(first + r); }, keys,
                                                 params.d, tid);
   };
 #pragma unroll
   for (int s = 0; s + 1 < kStages; ++s) {
-    if (n_begin + s < n_end) load_kv(n_begin + s, s);
+    if (kv.n_begin + s < kv.n_end) load_kv(kv.n_begin + s, s);
     copy_async_commit();  // one group per stage, empty or not: the waits count groups
   }
 
@@ -82,19 +72,19 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_kernel(co
   OnlineSoftmax<Layout, 1> softmax;
   const int thread_row0 = row_begin + Layout::lane_row(lane);
 
-  for (int n = n_begin; n < n_end; ++n) {
-    const int i = n - n_begin, stage = i % kStages;
+  for (int n = kv.n_begin; n < kv.n_end; ++n) {
+    const int i = n - kv.n_begin, stage = i % kStages;
     copy_async_wait<kStages - 2>();
     __syncthreads();  // tile n visible to all; every warp is done with the stage refilled next
-    if (n + kStages - 1 < n_end) load_kv(n + kStages - 1, (i + kStages - 1) % kStages);
+    if (n + kStages - 1 < kv.n_end) load_kv(n + kStages - 1, (i + kStages - 1) % kStages);
     copy_async_commit();
 
     const int key0 = n * kBlockN + warp * kWarpKeys;
     MmaTile<1, kWarpKeys / 8> acc_s = {};
     gemm_smem<kHeadDim, Major::kRows, Major::kRows, QTile, KVTile>(acc_s, sQ, 0, stage_k(stage), warp * kWarpKeys, lane);
-    if (has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, key0 + Layout::lane_col(lane));
-    if (window.block_needs_mask(row_begin, row_end, key0, key0 + kWarpKeys)) {
-      apply_key_window(acc_s, window, thread_row0, key0 + Layout::lane_col(lane));
+    if (kv.has_score_mod) apply_score_mod(acc_s, kv.score_mod, thread_row0, key0 + Layout::lane_col(lane));
+    if (kv.window.block_needs_mask(row_begin, row_end, key0, key0 + kWarpKeys)) {
+      apply_key_window(acc_s, kv.window, thread_row0, key0 + Layout::lane_col(lane));
     }
     softmax.update(acc_s, acc_o, params.scale_softmax_log2);
     gemm_regs<Major::kCols, KVTile>(acc_o, acc_s, stage_v(stage) + warp * kWarpKeys * kHeadDim, 0, lane);

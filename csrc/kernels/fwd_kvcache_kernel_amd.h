@@ -43,17 +43,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_amd_kerne
     const int tid = threadIdx.x, wave = tid / Traits::kWaveSize, lane = tid % Traits::kWaveSize;
     const int row_begin = m_block * kBlockM, row_end = min(row_begin + kBlockM, params.seqlen_q);
 
-    const CacheSeq seq(params, batch);
-    const CacheRows<T> k_rows = key_rows<T>(params, seq, batch, head_k);
-    const CacheRows<T> v_rows = value_rows<T>(params, seq, batch, head_k);
-    // Non-causal calls come with an unbounded right side, so one instantiation serves both.
-    const KeyWindow<true> window{params.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
-    const ScoreMod score_mod(params, batch, head, params.seqlen_q, seq.seqlen_k);
-    const bool has_score_mod = params.softcap_prescale != 0.f || params.alibi_slopes != nullptr;
-
-    // This split's slice of the key blocks the rows see.
-    const KeyBlockSplit slice(window, row_begin, row_end, kBlockN, split, params.num_splits);
-    const int n_begin = slice.begin, n_end = slice.end;
+    const KvCacheBlock<T> kv(params, batch, head, head_k, row_begin, row_end, kBlockN, split);
 
     const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
                  row_begin * params.q_row_stride;
@@ -67,20 +57,20 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_amd_kerne
 
     // One wave copies the whole block: the copies go straight to LDS (a block held in registers
     // through the products would take a wave's registers).
-    for (int n = n_begin; n < n_end; ++n) {
-      const int first = seq.first_row + n * kBlockN, keys = min(kBlockN, seq.seqlen_k - n * kBlockN);
+    for (int n = kv.n_begin; n < kv.n_end; ++n) {
+      const int first = kv.first_row(n, kBlockN), keys = kv.keys(n, kBlockN);
       __syncthreads();  // done with the last block's K and V^T
       copy_rows_to_lds<kBlockN, kHeadDim, kKStride, false, kNThreads>(
-          sK, [&](int r) { return k_rows(first + r); }, keys, params.d, tid);
+          sK, [&](int r) { return kv.k_rows(first + r); }, keys, params.d, tid);
       copy_rows_to_lds<kBlockN, kHeadDim, kVtStride, true, kNThreads>(
-          sVt, [&](int r) { return v_rows(first + r); }, keys, params.d, tid);
+          sVt, [&](int r) { return kv.v_rows(first + r); }, keys, params.d, tid);
       __syncthreads();
 
       typename Wave::STile acc_s = tile.scores(sK, sQ);
       const int col0 = n * kBlockN + Layout::lane_col(lane);
-      if (has_score_mod) apply_score_mod(acc_s, score_mod, thread_row0, col0);
-      if (window.block_needs_mask(row_begin, row_end, n * kBlockN, (n + 1) * kBlockN)) {
-        apply_key_window(acc_s, window, thread_row0, col0);
+      if (kv.has_score_mod) apply_score_mod(acc_s, kv.score_mod, thread_row0, col0);
+      if (kv.window.block_needs_mask(row_begin, row_end, n * kBlockN, (n + 1) * kBlockN)) {
+        apply_key_window(acc_s, kv.window, thread_row0, col0);
       }
       tile.softmax.update(acc_s, tile.acc_o, params.scale_softmax_log2);
       tile.accumulate(acc_s, sVt);

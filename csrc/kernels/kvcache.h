@@ -6,8 +6,10 @@
 // access outside the caches.
 #pragma once
 
+#include "mask.h"
 #include "params.h"
 #include "platform.h"
+#include "score_mod.h"
 
 namespace flash {
 
@@ -80,6 +82,36 @@ struct KeyBlockSplit {
     begin = begin_all + split * per_split;
     end = begin_all + min((split + 1) * per_split, blocks);
   }
+};
+
+// What query rows [row_begin, row_end) of (batch, head) attend to in the cache: the sequence,
+// its K and V rows, the key window and score modifier, and split `split`'s key blocks [n_begin,
+// n_end) of block_n keys.
+template <class T>
+struct KvCacheBlock {
+  CacheSeq seq;
+  CacheRows<T> k_rows, v_rows;
+  KeyWindow<true> window;  // non-causal calls pass an unbounded right side (one instantiation)
+  ScoreMod score_mod;
+  bool has_score_mod;
+  int n_begin, n_end;
+
+  FA_DEVICE KvCacheBlock(const KvCacheParams& params, int batch, int head, int head_k, int row_begin, int row_end,
+                         int block_n, int split)
+      : seq(params, batch),
+        k_rows(key_rows<T>(params, seq, batch, head_k)),
+        v_rows(value_rows<T>(params, seq, batch, head_k)),
+        window{params.seqlen_q, seq.seqlen_k, params.window_left, params.window_right},
+        score_mod(params, batch, head, params.seqlen_q, seq.seqlen_k),
+        has_score_mod(params.softcap_prescale != 0.f || params.alibi_slopes != nullptr) {
+    const KeyBlockSplit slice(window, row_begin, row_end, block_n, split, params.num_splits);
+    n_begin = slice.begin;
+    n_end = slice.end;
+  }
+
+  // Key block n: its first cache row and how many of its block_n keys exist.
+  FA_DEVICE int first_row(int n, int block_n) const { return seq.first_row + n * block_n; }
+  FA_DEVICE int keys(int n, int block_n) const { return min(block_n, seq.seqlen_k - n * block_n); }
 };
 
 // One row of d elements (16-bit, 4-byte aligned) from src to dst, rotated over its first

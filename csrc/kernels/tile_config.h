@@ -90,10 +90,11 @@ template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
 };
 
 // The KV-cache forward on AMD: one wave a block (decode has few query rows), kBlockN keys a step;
-// the blocks split the keys (split-KV) where the rows are too few to fill the device.
+// the blocks split the keys (split-KV) where the rows are too few to fill the device. Its 16 rows
+// of Q cost little LDS, so on RDNA (no AGPRs) they stay there.
 template <AmdFamily kFamily, int kHeadDim> struct KvCacheTileAmd {
   static constexpr int kWaves = 1, kMT = 1, kBlockN = 32;
-  static constexpr bool kQInRegisters = FwdTileAmd<kFamily, kHeadDim>::kQInRegisters;
+  static constexpr bool kQInRegisters = is_cdna(kFamily);
 };
 
 template <class T_, AmdFamily kFamily_, int kHeadDim_, class Tile_ = FwdTileAmd<kFamily_, kHeadDim_>>
