@@ -1,8 +1,8 @@
 """What the emulator tests share: the targets, the fixture that hands a test its target's library,
 and the table of kernels today's tiles cannot launch on a target (issue 21's bar).
 
-Outside CI the emulator tests skip when clang++-19 or Boost.Context is missing; in CI (CI=true)
-that is a failure, as .ci/run installs both.
+Outside CI the emulator tests skip when clang++-19, Boost.Context or AMD's register layouts
+(../shared/amd_matrix_layouts) are missing; in CI (CI=true) that is a failure.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def target_head_dim_params(kernel: str, head_dims):
 def emu(target, seed):
     """The library of the test's `target` (parametrized; built on first use), its block and thread
     order seeded from the test's id: each case runs its own interleaving, the same on every run."""
+    if _reason is not None:  # only in CI, where .ci/run provides everything
+        pytest.fail(_reason)
     library = emu_library.library(target)
     library.set_seed(seed)
     yield library

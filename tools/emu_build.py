@@ -34,7 +34,19 @@ TARGETS = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1201")
 EMU_HEAD_DIMS = "32,64,128,256"
 BUILD_DIR = ROOT / "build" / "emu"
 CLANG = os.environ.get("FA_EMU_CXX", "clang++-19")
-GOLDEN_LAYOUTS = ROOT.parent / "shared" / "amd_matrix_layouts"
+
+
+def golden_layouts() -> Path:
+    """AMD's register layouts (Matrix Instruction Calculator output): $FA_EMU_LAYOUT_DIR, else
+    shared/amd_matrix_layouts inside the checkout or beside it (../shared), whichever exists."""
+    env = os.environ.get("FA_EMU_LAYOUT_DIR")
+    if env:
+        return Path(env)
+    candidates = [ROOT / "shared" / "amd_matrix_layouts", ROOT.parent / "shared" / "amd_matrix_layouts"]
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
+
+
+GOLDEN_LAYOUTS = golden_layouts()
 
 # -O1: the emulated kernels are bound by fiber switches, not arithmetic; -O2 costs compile time
 # for nothing. Strict aliasing is off because the kernels read 16-bit tiles through uint4 and
@@ -56,6 +68,9 @@ def missing_tools() -> list[str]:
             Path(d, "libboost_context.so").exists() for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
                                                              "/usr/lib", "/usr/local/lib")):
         missing.append("Boost.Context (apt-get install libboost-context-dev)")
+    if not GOLDEN_LAYOUTS.is_dir():
+        missing.append(f"AMD's register layouts at {GOLDEN_LAYOUTS} (../shared/amd_matrix_layouts beside the checkout, "
+                       "or set FA_EMU_LAYOUT_DIR)")
     return missing
 
 

@@ -3,10 +3,10 @@
 // register slot (`v3` a 32-bit register, `v1.[31:16]` its upper 16 bits, `v0.[15:8]` a byte),
 // each cell the matrix element held there (`A[i][k]`, `B[k][j]`, `D[i][j]`; C is laid out as D).
 //
-// Files are looked up in the golden directory (../shared/amd_matrix_layouts beside the checkout,
-// or $FA_EMU_LAYOUT_DIR, or set_layout_dir()) and then in csrc/emu/layouts (CDNA4, from AMD's
-// CDNA4 ISA guide), for each architecture the target runs, newest first (target.h). Parsed at
-// first use and cached.
+// Files are looked up in the golden directory (set_layout_dir(), else $FA_EMU_LAYOUT_DIR, else the
+// one tools/emu_build.py found: shared/amd_matrix_layouts in or beside the checkout) and then in
+// csrc/emu/layouts (CDNA4, written from AMD's public sources: its README), for each architecture
+// the target runs, newest first (target.h). Parsed at first use and cached.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
