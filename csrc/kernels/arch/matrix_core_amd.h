@@ -135,13 +135,15 @@ struct MatrixCore<AmdFamily::kRdna3, T> {
   template <class Tile>
   static FA_DEVICE Operand p_operand(const Tile& p, int mt, int s, int lane) {
     Operand b;
-    const int half = lane / 16;
+    // Constant element indices with a select: an index that depends on the lane makes the
+    // compiler build a compare mask (an SGPR) per element and index, which spilled on gfx1100.
+    const bool upper_half = lane >= 16;
 #pragma unroll
     for (int r = 0; r < 8; ++r) {
       const float mine = p(mt, s, r);
       const float other = __uint_as_float(amd::wave_shuffle_xor(__float_as_uint(mine), 16));
-      b[2 * r + half] = operand_value<T>(mine);
-      b[2 * r + 1 - half] = operand_value<T>(other);
+      b[2 * r] = operand_value<T>(upper_half ? other : mine);
+      b[2 * r + 1] = operand_value<T>(upper_half ? mine : other);
     }
     return b;
   }
