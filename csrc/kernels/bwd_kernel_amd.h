@@ -207,7 +207,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {
         if (has_dropout) {
-          const Dropout dropout(params, seed, offset, batch, head);
+          Dropout dropout(params, seed, offset, batch, head);
+          dropout.seed_lo = amd::opaque_uniform(dropout.seed_lo);
+          dropout.seed_hi = amd::opaque_uniform(dropout.seed_hi);
           auto bit = [](const FragmentIndex& at) { return at.e < 0 ? 0u : 1u << (STile::kElems * at.nt + at.e); };
           for_each_dropout_word<true, STile>(
               dropout, [&](int) { return key; }, [&](int qt, int e) { return row0 + query_col(qt, e); },

@@ -98,7 +98,12 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
       }
       tile.softmax.update(acc_s, tile.acc_o, params.scale_softmax_log2);
       if constexpr (Has_extras) {
-        if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, col0);
+        if (params.has_dropout) {
+          Dropout block_dropout = dropout;
+          block_dropout.seed_lo = amd::opaque_uniform(dropout.seed_lo);
+          block_dropout.seed_hi = amd::opaque_uniform(dropout.seed_hi);
+          apply_dropout(acc_s, block_dropout, thread_row0, col0);
+        }
       }
       tile.accumulate(acc_s, sVt);
     }

@@ -38,6 +38,16 @@ FA_DEVICE uint32_t wave_broadcast_first(uint32_t value) {
 #endif
 }
 
+// `value`, which the compiler must treat as computed here. Values derived from a loop-invariant
+// uniform value (Philox's round keys from the seed) are then recomputed in the loop where they
+// are used instead of hoisted before it and held in SGPRs for the whole loop (where they spill).
+FA_DEVICE uint32_t opaque_uniform(uint32_t value) {
+#if !defined(FA_PLATFORM_EMU)
+  asm volatile("" : "+s"(value));
+#endif
+  return value;
+}
+
 // Orders the wavefront's LDS accesses: its lanes' writes before this are visible to its lanes'
 // reads after it (wait for outstanding LDS operations, and keep the compiler from moving them).
 // Between wavefronts only __syncthreads orders.
