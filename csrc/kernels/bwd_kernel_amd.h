@@ -148,24 +148,35 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     const int key = key0 + wave_key0 + Layout::lane_row(lane);
     auto query_col = [&](int qt, int e) { return STile::col(Layout::lane_col(lane), qt, e); };
 
+    // The sequence's first rows of Q, dO, lse, D and dQ accumulator for query head 0: the loop
+    // adds only the step's head and rows (fewer values held in SGPRs across it).
+    const T* q_seq = static_cast<const T*>(params.q) + batch * params.q_batch_stride + seq.q_start * params.q_row_stride;
+    const T* dout_seq =
+        static_cast<const T*>(params.dout) + batch * params.do_batch_stride + seq.q_start * params.do_row_stride;
+    const int64_t lse_seq = seq.lse_index(params, batch, 0, 0);
+    const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
+    float* dq_seq = params.dq_accum + batch * params.dq_accum_batch_stride + seq.q_start * dq_row_stride;
+
     DkvTile acc_dk = {}, acc_dv = {};
-    for (int step = 0; step < walk.steps; ++step) {
-      const int head = head_k * group + step / walk.m_per_head;
-      const int m_block = walk.m_block_begin + step % walk.m_per_head;
+    const int head_begin = head_k * group;
+    BwdStepCursor cursor(walk, head_begin, 0);  // no division per step
+    for (int step = 0; step < walk.steps; ++step, cursor.next(walk, head_begin, group)) {
+      const int head = cursor.head, m_block = cursor.m_block;
       const int row0 = m_block * kBlockM, rows_valid = min(kBlockM, seqlen_q - row0);
+      // Compared with each lane's channels in the copies and the dQ atomics: opaque, so that those
+      // compares are made here instead of hoisted before the loop as exec masks held in SGPRs.
+      const int head_dim = amd::opaque_uniform(params.d);
 
       __syncthreads();  // every wave is done with the last step's Q, dO, dS (and, first, K and V landed)
-      const T* q = static_cast<const T*>(params.q) + batch * params.q_batch_stride + head * params.q_head_stride +
-                   (seq.q_start + row0) * params.q_row_stride;
-      const T* dout = static_cast<const T*>(params.dout) + batch * params.do_batch_stride +
-                      head * params.do_head_stride + (seq.q_start + row0) * params.do_row_stride;
+      const T* q = q_seq + head * params.q_head_stride + row0 * params.q_row_stride;
+      const T* dout = dout_seq + head * params.do_head_stride + row0 * params.do_row_stride;
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
-          sQ, [&](int row) { return q + row * params.q_row_stride; }, rows_valid, params.d, tid);
+          sQ, [&](int row) { return q + row * params.q_row_stride; }, rows_valid, head_dim, tid);
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
-          sdO, [&](int row) { return dout + row * params.do_row_stride; }, rows_valid, params.d, tid);
+          sdO, [&](int row) { return dout + row * params.do_row_stride; }, rows_valid, head_dim, tid);
       if (tid < kBlockM) {
         // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
-        const int64_t idx = seq.lse_index(params, batch, head, row0 + tid);
+        const int64_t idx = lse_seq + head * params.lse_head_stride + row0 + tid;
         const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
         sLse[tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
         sD[tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
@@ -181,7 +192,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
         typename Core::Operand b_v;
         if constexpr (kVFromGlobal) {
           b_v = load_operand<Core>(v + (wave_key_valid ? wave_key : 0) * params.v_row_stride, kk, operand_k,
-                                   wave_key_valid ? params.d : 0);
+                                   wave_key_valid ? head_dim : 0);
         } else {
           b_v = load_operand<Core>(sV + wave_key * kRowStride, kk, operand_k);
         }
@@ -273,9 +284,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
         semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid == 0,
                                                            [] { __syncthreads(); });
       }
-      float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
-                  (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
-      const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
+      float* dq = dq_seq + row0 * dq_row_stride + head * params.d;
       for (int dt = wave; dt < kDTiles; dt += kWaves) {
         DqTile acc_dq = {};
         const int channel = dt * kTile + lane % Core::kM;
@@ -284,7 +293,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
           mma_tile<Core>(acc_dq, 0, 0, load_operand_strided<Core>(sK + channel, kRowStride, s, operand_k),
                          load_operand<Core>(sdS + (lane % Core::kN) * kDsStride, s, operand_k));
         }
-        atomic_add_tile(dq, dq_row_stride, acc_dq, 0, dt * kTile, row0, seqlen_q, params.d, lane);
+        atomic_add_tile(dq, dq_row_stride, acc_dq, 0, dt * kTile, row0, seqlen_q, head_dim, lane);
       }
       if (params.deterministic) dq_semaphore_release(semaphore, tid == 0, [] { __syncthreads(); });
     }
