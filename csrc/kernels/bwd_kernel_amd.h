@@ -162,24 +162,27 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     BwdStepCursor cursor(walk, head_begin, 0);  // no division per step
     for (int step = 0; step < walk.steps; ++step, cursor.next(walk, head_begin, group)) {
       const int head = cursor.head, m_block = cursor.m_block;
+      // The parameters read afresh each step: the strides, pointers and scalars the step reads
+      // are loaded here instead of held in SGPRs across the loop.
+      const BwdParams step_params = amd::reload_params(params);
       const int row0 = m_block * kBlockM, rows_valid = min(kBlockM, seqlen_q - row0);
       // Compared with each lane's channels in the copies and the dQ atomics: opaque, so that those
       // compares are made here instead of hoisted before the loop as exec masks held in SGPRs.
-      const int head_dim = amd::opaque_uniform(params.d);
+      const int head_dim = step_params.d;
 
       __syncthreads();  // every wave is done with the last step's Q, dO, dS (and, first, K and V landed)
-      const T* q = q_seq + head * params.q_head_stride + row0 * params.q_row_stride;
-      const T* dout = dout_seq + head * params.do_head_stride + row0 * params.do_row_stride;
+      const T* q = q_seq + head * step_params.q_head_stride + row0 * step_params.q_row_stride;
+      const T* dout = dout_seq + head * step_params.do_head_stride + row0 * step_params.do_row_stride;
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
-          sQ, [&](int row) { return q + row * params.q_row_stride; }, rows_valid, head_dim, tid);
+          sQ, [&](int row) { return q + row * step_params.q_row_stride; }, rows_valid, head_dim, tid);
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
-          sdO, [&](int row) { return dout + row * params.do_row_stride; }, rows_valid, head_dim, tid);
+          sdO, [&](int row) { return dout + row * step_params.do_row_stride; }, rows_valid, head_dim, tid);
       if (tid < kBlockM) {
         // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
-        const int64_t idx = lse_seq + head * params.lse_head_stride + row0 + tid;
-        const float lse = tid < rows_valid ? params.softmax_lse[idx] : INFINITY;
+        const int64_t idx = lse_seq + head * step_params.lse_head_stride + row0 + tid;
+        const float lse = tid < rows_valid ? step_params.softmax_lse[idx] : INFINITY;
         sLse[tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-        sD[tid] = tid < rows_valid ? params.softmax_d[idx] : 0.f;
+        sD[tid] = tid < rows_valid ? step_params.softmax_d[idx] : 0.f;
       }
       __syncthreads();
 
@@ -191,7 +194,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
         const auto b_k = load_operand<Core>(sK + wave_key * kRowStride, kk, operand_k);
         typename Core::Operand b_v;
         if constexpr (kVFromGlobal) {
-          b_v = load_operand<Core>(v + (wave_key_valid ? wave_key : 0) * params.v_row_stride, kk, operand_k,
+          b_v = load_operand<Core>(v + (wave_key_valid ? wave_key : 0) * step_params.v_row_stride, kk, operand_k,
                                    wave_key_valid ? head_dim : 0);
         } else {
           b_v = load_operand<Core>(sV + wave_key * kRowStride, kk, operand_k);
@@ -218,7 +221,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {
         if (has_dropout) {
-          Dropout dropout(params, seed, offset, batch, head);
+          Dropout dropout(step_params, seed, offset, batch, head);
           dropout.seed_lo = amd::opaque_uniform(dropout.seed_lo);
           dropout.seed_hi = amd::opaque_uniform(dropout.seed_hi);
           auto bit = [](const FragmentIndex& at) { return at.e < 0 ? 0u : 1u << (STile::kElems * at.nt + at.e); };
@@ -238,20 +241,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
           float x = acc_s(0, qt, e);
           [[maybe_unused]] float dtanh = 1.f;
           if constexpr (Has_extras) {
-            const ScoreMod score_mod(params, batch, head, seqlen_q, seqlen_k);
+            const ScoreMod score_mod(step_params, batch, head, seqlen_q, seqlen_k);
             x = score_mod.softcap(x);
             dtanh = 1.f - x * x;
             x += score_mod.bias(query, key);
           }
           const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
-          const float p = visible ? exp2_fast(x * params.scale_softmax_log2 - sLse[col]) : 0.f;
+          const float p = visible ? exp2_fast(x * step_params.scale_softmax_log2 - sLse[col]) : 0.f;
           const float dp = acc_dp(0, qt, e), d = sD[col];
           float p_dv = p, ds = p * (dp - d);
           if constexpr (Has_extras) {
             if (has_dropout) {  // dropped: dS = -P D
               const bool keep = keep_bits >> (STile::kElems * qt + e) & 1;
-              p_dv = keep ? p * params.rp_keep : 0.f;
-              ds = keep ? p * (dp * params.rp_keep - d) : -p * d;
+              p_dv = keep ? p * step_params.rp_keep : 0.f;
+              ds = keep ? p * (dp * step_params.rp_keep - d) : -p * d;
             }
             if (has_softcap) ds *= dtanh;
           }
@@ -280,11 +283,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       // (sdS's rows). The waves take the head-dim tiles in turn and add them with atomics, in
       // deterministic mode in key-block order behind the query block's semaphore.
       int* semaphore = nullptr;
-      if (params.deterministic) {
-        semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block, tid == 0,
+      if (step_params.deterministic) {
+        semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(step_params, window, batch, head, m_block, n_block, tid == 0,
                                                            [] { __syncthreads(); });
       }
-      float* dq = dq_seq + row0 * dq_row_stride + head * params.d;
+      float* dq = dq_seq + row0 * dq_row_stride + head * step_params.d;
       for (int dt = wave; dt < kDTiles; dt += kWaves) {
         DqTile acc_dq = {};
         const int channel = dt * kTile + lane % Core::kM;
@@ -295,17 +298,19 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
         }
         atomic_add_tile(dq, dq_row_stride, acc_dq, 0, dt * kTile, row0, seqlen_q, head_dim, lane);
       }
-      if (params.deterministic) dq_semaphore_release(semaphore, tid == 0, [] { __syncthreads(); });
+      if (step_params.deterministic) dq_semaphore_release(semaphore, tid == 0, [] { __syncthreads(); });
     }
 
-    // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros.
-    store_tile<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride +
-                      seq.k_start * params.dk_row_stride,
-                  params.dk_row_stride, acc_dk, key0 + wave_key0, part * kWaveDTiles * kTile, seqlen_k, params.d,
-                  params.scale_softmax, lane);
-    store_tile<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride +
-                      seq.k_start * params.dv_row_stride,
-                  params.dv_row_stride, acc_dv, key0 + wave_key0, part * kWaveDTiles * kTile, seqlen_k, params.d, 1.f,
+    // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros. The
+    // parameters read afresh: held across the loop, their pointers and strides spilled.
+    const BwdParams late = amd::reload_params(params);
+    store_tile<T>(static_cast<T*>(late.dk) + batch * late.dk_batch_stride + head_k * late.dk_head_stride +
+                      seq.k_start * late.dk_row_stride,
+                  late.dk_row_stride, acc_dk, key0 + wave_key0, part * kWaveDTiles * kTile, seqlen_k, late.d,
+                  late.scale_softmax, lane);
+    store_tile<T>(static_cast<T*>(late.dv) + batch * late.dv_batch_stride + head_k * late.dv_head_stride +
+                      seq.k_start * late.dv_row_stride,
+                  late.dv_row_stride, acc_dv, key0 + wave_key0, part * kWaveDTiles * kTile, seqlen_k, late.d, 1.f,
                   lane);
   }
 #endif  // FA_AMD_DEVICE_FAMILY

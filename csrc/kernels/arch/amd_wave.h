@@ -48,6 +48,22 @@ FA_DEVICE uint32_t opaque_uniform(uint32_t value) {
   return value;
 }
 
+// The kernel's parameters read afresh at the use site: the fields the caller reads from the
+// copy are loaded there (scalar loads from the kernel-argument segment, through a pointer the
+// compiler must treat as new) instead of held in SGPRs from the kernel's start, where values
+// used once per loop iteration or only after the loop spill. `params` must be the kernel's
+// first argument (it is read at the segment's start; hipcc 5.2 gives &params a stack copy).
+template <class Params>
+FA_DEVICE Params reload_params(const Params& params) {
+#if defined(FA_PLATFORM_EMU)
+  return params;
+#else
+  auto kernarg = __builtin_amdgcn_kernarg_segment_ptr();
+  asm volatile("" : "+s"(kernarg));
+  return *(const Params*)kernarg;  // the compiler infers the constant address space back
+#endif
+}
+
 // Orders the wavefront's LDS accesses: its lanes' writes before this are visible to its lanes'
 // reads after it (wait for outstanding LDS operations, and keep the compiler from moving them).
 // Between wavefronts only __syncthreads orders.
