@@ -221,9 +221,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {
         if (has_dropout) {
-          Dropout dropout(step_params, seed, offset, batch, head);
-          dropout.seed_lo = amd::opaque_uniform(dropout.seed_lo);
-          dropout.seed_hi = amd::opaque_uniform(dropout.seed_hi);
+          // The seed opaque: its 20 Philox round keys are computed here, not held across the loop.
+          const Dropout dropout(step_params, amd::opaque_uniform(seed), offset, batch, head);
           auto bit = [](const FragmentIndex& at) { return at.e < 0 ? 0u : 1u << (STile::kElems * at.nt + at.e); };
           for_each_dropout_word<true, STile>(
               dropout, [&](int) { return key; }, [&](int qt, int e) { return row0 + query_col(qt, e); },

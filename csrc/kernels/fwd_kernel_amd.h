@@ -60,7 +60,6 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
 
     const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
     const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
-    const Dropout dropout(params, seed, offset, batch, head);
     const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
     const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
 
@@ -74,21 +73,25 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
 
     // K(n) and V(n) travel through registers: their loads are issued before block n + 1's products.
     RowChunks<kBlockN, kHeadDim, kNThreads> k_next, v_next;
-    auto load_next = [&](int n) {
+    auto load_next = [&](const FwdParams& p, int n) {
       const int keys_valid = min(kBlockN, seq.seqlen_k - n * kBlockN);
-      const T* k_block = k + n * kBlockN * params.k_row_stride;
-      const T* v_block = v + n * kBlockN * params.v_row_stride;
-      k_next.load([&](int row) { return k_block + row * params.k_row_stride; }, keys_valid, params.d, tid);
-      v_next.load([&](int row) { return v_block + row * params.v_row_stride; }, keys_valid, params.d, tid);
+      const T* k_block = k + n * kBlockN * p.k_row_stride;
+      const T* v_block = v + n * kBlockN * p.v_row_stride;
+      k_next.load([&](int row) { return k_block + row * p.k_row_stride; }, keys_valid, p.d, tid);
+      v_next.load([&](int row) { return v_block + row * p.v_row_stride; }, keys_valid, p.d, tid);
     };
-    if (n_block_end > n_block_begin) load_next(n_block_end - 1);
+    if (n_block_end > n_block_begin) load_next(params, n_block_end - 1);
 
     for (int n = n_block_end - 1; n >= n_block_begin; --n) {
+      // With the extras, the parameters read afresh each block: the strides, the head dim (and
+      // the exec masks of its compares) and the scalars are loaded here instead of held in SGPRs
+      // across the loop. (Without, nothing spills and the reloads would cost instructions.)
+      const FwdParams& block_params = amd::reload_params_if<Has_extras>(params);
       __syncthreads();  // every wave is done with the last block's K and V^T
       k_next.template store<kKStride, false>(sK, tid);
       v_next.template store<kVtStride, true>(sVt, tid);
       __syncthreads();  // K(n), V(n)^T (and Q) visible to all
-      if (n > n_block_begin) load_next(n - 1);
+      if (n > n_block_begin) load_next(block_params, n - 1);
 
       typename Wave::STile acc_s = tile.scores(sK, sQ);
       const int col0 = n * kBlockN + Layout::lane_col(lane);
@@ -96,21 +99,23 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
       if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
         apply_key_window(acc_s, window, thread_row0, col0);
       }
-      tile.softmax.update(acc_s, tile.acc_o, params.scale_softmax_log2);
+      tile.softmax.update(acc_s, tile.acc_o, block_params.scale_softmax_log2);
       if constexpr (Has_extras) {
-        if (params.has_dropout) {
-          Dropout block_dropout = dropout;
-          block_dropout.seed_lo = amd::opaque_uniform(dropout.seed_lo);
-          block_dropout.seed_hi = amd::opaque_uniform(dropout.seed_hi);
-          apply_dropout(acc_s, block_dropout, thread_row0, col0);
+        if (block_params.has_dropout) {
+          // The seed opaque too: its 20 Philox round keys are then computed here, not held.
+          const Dropout dropout(block_params, amd::opaque_uniform(seed), offset, batch, head);
+          apply_dropout(acc_s, dropout, thread_row0, col0);
         }
       }
       tile.accumulate(acc_s, sVt);
     }
 
+    // The parameters read afresh: the output's pointers and strides are loaded here instead of
+    // held in SGPRs across the loop.
+    const FwdParams late = amd::reload_params(params);
     float lse[Wave::OTile::kRows];
-    tile.softmax.finalize(tile.acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
-    store_output<T>(params, seq, batch, head, thread_row0, lane, tile.acc_o, lse);
+    tile.softmax.finalize(tile.acc_o, late.logit_scale, lse, Has_extras && late.has_dropout ? late.rp_keep : 1.f);
+    store_output<T>(late, seq, batch, head, thread_row0, lane, tile.acc_o, lse);
   }
 #endif  // FA_AMD_DEVICE_FAMILY
 }

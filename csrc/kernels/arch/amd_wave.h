@@ -41,7 +41,9 @@ FA_DEVICE uint32_t wave_broadcast_first(uint32_t value) {
 // `value`, which the compiler must treat as computed here. Values derived from a loop-invariant
 // uniform value (Philox's round keys from the seed) are then recomputed in the loop where they
 // are used instead of hoisted before it and held in SGPRs for the whole loop (where they spill).
-FA_DEVICE uint32_t opaque_uniform(uint32_t value) {
+template <class Uniform>
+FA_DEVICE Uniform opaque_uniform(Uniform value) {
+  static_assert(sizeof(Uniform) == 4 || sizeof(Uniform) == 8, "one SGPR or a pair");
 #if !defined(FA_PLATFORM_EMU)
   asm volatile("" : "+s"(value));
 #endif
@@ -62,6 +64,13 @@ FA_DEVICE Params reload_params(const Params& params) {
   asm volatile("" : "+s"(kernarg));
   return *(const Params*)kernarg;  // the compiler infers the constant address space back
 #endif
+}
+
+// reload_params(params) where kReload, else params itself.
+template <bool kReload, class Params>
+FA_DEVICE decltype(auto) reload_params_if(const Params& params) {
+  if constexpr (kReload) return reload_params(params);
+  else return (params);  // a reference
 }
 
 // Orders the wavefront's LDS accesses: its lanes' writes before this are visible to its lanes'
