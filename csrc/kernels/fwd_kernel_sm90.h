@@ -68,26 +68,39 @@ struct FwdTensorMaps {
   CUtensorMap q, k, v;
 };
 
-// The blocks are persistent: block b takes work units b, b + gridDim.x, ... A unit is one
-// 128-row tile, head-major (the blocks at work share a few heads' K and V in L2); with a causal
-// mask it is the pair of tiles j and m_blocks - 1 - j of a head, longest first, so that every
-// unit costs the same and a static schedule stays balanced.
+// The blocks are persistent and walk a static schedule of 128-row tiles. Without a right edge
+// every tile costs the same: block b takes tiles b, b + gridDim.x, ..., numbered head-major (the
+// blocks at work share a few heads' K and V in L2). With a causal mask a tile's cost grows with
+// its row, so the tiles are numbered longest first (the last row tile of every head, then the
+// one before, ...) and dealt in snake order (left to right in even rounds, right to left in odd
+// ones): a static longest-first schedule, within a few percent of the average load per block
+// where pairing tiles j and m_blocks - 1 - j left whole rounds to a few blocks (the causal
+// curve's drop after every 1024 tokens at 32 heads, benchmarks/NOTES.md). A head's neighbouring
+// row tiles, at work together, read the same key blocks one step apart, so L2 still serves K and V.
 struct FwdTileSchedule {
-  int m_blocks, units_per_head, units;
+  int m_blocks, tiles;
 
-  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m, bool has_right_edge) {
+  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m) {
     m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-    units_per_head = has_right_edge ? (m_blocks + 1) / 2 : m_blocks;
-    units = units_per_head * params.h * params.b;
+    tiles = m_blocks * params.h * params.b;
   }
-  FA_DEVICE int tiles_in(int unit, bool has_right_edge) const {
-    return has_right_edge && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
+  // The tile that block `block` of `blocks` takes in round `round` (>= tiles once past the end).
+  FA_DEVICE int tile_of(int block, int blocks, int round, bool has_right_edge) const {
+    const bool reversed = has_right_edge && round % 2 == 1;
+    return round * blocks + (reversed ? blocks - 1 - block : block);
   }
-  // Tile `part` of `unit`: its m_block, head and batch.
-  FA_DEVICE void tile(int unit, int part, bool has_right_edge, const FwdParams& params, int& m_block, int& head,
-                      int& batch) const {
-    const int j = unit % units_per_head, head_batch = unit / units_per_head;
-    m_block = has_right_edge ? (part == 0 ? m_blocks - 1 - j : j) : j;
+  // Tile `tile`'s m_block, head and batch.
+  FA_DEVICE void locate(int tile, bool has_right_edge, const FwdParams& params, int& m_block, int& head,
+                        int& batch) const {
+    int head_batch;
+    if (has_right_edge) {
+      const int heads = params.h * params.b;
+      m_block = m_blocks - 1 - tile / heads;
+      head_batch = tile % heads;
+    } else {
+      m_block = tile % m_blocks;
+      head_batch = tile / m_blocks;
+    }
     head = head_batch % params.h;
     batch = head_batch / params.h;
   }
@@ -116,7 +129,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index();
-  const FwdTileSchedule schedule(params, kBlockM, Has_right_edge);
+  const FwdTileSchedule schedule(params, kBlockM);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
@@ -138,18 +151,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     SeqBounds seq;
   };
   auto for_each_tile = [&](auto&& body) {
-    for (int unit = blockIdx.x; unit < schedule.units; unit += gridDim.x) {
-      for (int part = 0; part < schedule.tiles_in(unit, Has_right_edge); ++part) {
-        int m_block, head, batch;
-        schedule.tile(unit, part, Has_right_edge, params, m_block, head, batch);
-        const SeqBounds seq(params, batch);
-        const int row_begin = m_block * kBlockM;
-        if (row_begin >= seq.seqlen_q) continue;
-        const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
-        const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
-        const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
-        body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
-      }
+    for (int round = 0;; ++round) {
+      const int tile = schedule.tile_of(blockIdx.x, gridDim.x, round, Has_right_edge);
+      if (tile >= schedule.tiles) break;
+      int m_block, head, batch;
+      schedule.locate(tile, Has_right_edge, params, m_block, head, batch);
+      const SeqBounds seq(params, batch);
+      const int row_begin = m_block * kBlockM;
+      if (row_begin >= seq.seqlen_q) continue;
+      const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+      const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
+      const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
+      body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
     }
   };
 
