@@ -8,16 +8,21 @@ from . import _dropout
 from ._inputs import (
     check_alibi_slopes,
     check_devices,
+    check_metadata,
     check_packed,
     check_qkv,
     check_varlen_args,
     optional,
+    pad_head_dim,
     resolve_dropout_p,
     resolve_softcap,
     resolve_softmax_scale,
     resolve_window,
 )
 from ._ops import ops
+
+# flash-attn's name for S_dmask's key-block width, which its tests import from flash_attn_interface.
+_get_block_size_n = _dropout.block_size_n
 
 
 def _needs_grad(*tensors) -> bool:
@@ -66,29 +71,35 @@ def flash_attn_func(
     [h] or [b, h]) adds -slope * |i + sk - sq - j| to the logits. dropout_p drops probabilities
     (Philox, seeded from torch's CUDA generator) and scales the kept ones by 1 / (1 - dropout_p).
     Returns out [b, sq, h, d]; with return_attn_probs, (out, softmax_lse [b, h, sq] float32,
-    S_dmask), S_dmask being empty while dropout_p is 0, else the probabilities [b, h, sq, sk],
-    negative where dropped (recomputed in PyTorch: for tests, O(b h sq sk) memory). Differentiable in q, k, v; with
-    deterministic=True the backward is bitwise reproducible (a little slower).
+    S_dmask), S_dmask being empty while dropout_p is 0, else flash-attn's [b, h, sq, sk]: per key
+    block (_get_block_size_n keys), exp(score - running row max), negative where dropped
+    (recomputed in PyTorch: for tests, O(b h sq sk) memory). Differentiable in q, k, v; with
+    deterministic=True the backward is bitwise reproducible (a little slower). A head dim that
+    is not a multiple of 8 is zero-padded to one (a copy) and out sliced back.
     """
     check_qkv(q, k, v)
-    scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
+    head_dim = q.shape[-1]
+    scale = resolve_softmax_scale(softmax_scale, head_dim)
     window = resolve_window(window_size)
     softcap = resolve_softcap(softcap)
     check_alibi_slopes(alibi_slopes, q.shape[0], q.shape[2])
     dropout_p = resolve_dropout_p(dropout_p)
     check_devices(("q", q), ("k", k), ("v", v), *optional("alibi_slopes", alibi_slopes))
+    q, k, v = pad_head_dim(q, k, v)
     if _needs_grad(q, k, v):
         out, softmax_lse, rng_state = FlashAttnFunc.apply(q, k, v, dropout_p, scale, bool(causal), window, softcap,
                                                           alibi_slopes, bool(deterministic))
     else:  # inference: the op alone, without autograd's bookkeeping
         out, softmax_lse, rng_state = ops.fwd(q, k, v, scale, bool(causal), *window, softcap, alibi_slopes, dropout_p)
+    if out.shape[-1] != head_dim:  # padded to a multiple of 8 above
+        out = out[..., :head_dim]
     if not return_attn_probs:
         return out
     if dropout_p == 0.0:
         return out, softmax_lse, q.new_empty(0)
     with torch.no_grad():
-        dmask = _dropout.s_dmask(q, k, softmax_lse, rng_state, dropout_p, scale, bool(causal), window, softcap,
-                                 alibi_slopes)
+        dmask = _dropout.s_dmask(q, k, rng_state, dropout_p, scale, bool(causal), window, softcap, alibi_slopes,
+                                 head_dim=head_dim)
     return out, softmax_lse, dmask
 
 
@@ -138,19 +149,25 @@ def flash_attn_varlen_func(
     q [total_q, h, d], k, v [total_k, h_k, d]; sequence b is rows cu_seqlens[b] .. cu_seqlens[b + 1]
     (int32 [batch + 1], starting at 0); max_seqlen_* bound every length. Causal masking is per
     sequence, bottom-right aligned. Returns out [total_q, h, d]; with return_attn_probs,
-    (out, softmax_lse [h, total_q] float32, S_dmask), S_dmask empty while dropout_p is 0.
+    (out, softmax_lse [h, total_q] float32, S_dmask), S_dmask empty while dropout_p is 0, else
+    [batch, h, max_seqlen_q, max_seqlen_k] as flash_attn_func's per sequence. The values of
+    cu_seqlens are checked only with metadata checks on (flash_attn_rocm.set_metadata_checks).
     """
     check_qkv(q, k, v, varlen=True)
     check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
+    head_dim = q.shape[-1]
+    scale = resolve_softmax_scale(softmax_scale, head_dim)
     window = resolve_window(window_size)
     softcap = resolve_softcap(softcap)
     check_alibi_slopes(alibi_slopes, cu_seqlens_q.shape[0] - 1, q.shape[1])
     dropout_p = resolve_dropout_p(dropout_p)
     if block_table is not None:
         raise NotImplementedError("block_table (paged KV) is not implemented yet in flash_attn_rocm")
+    check_metadata(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, total_q=q.shape[0], total_k=k.shape[0],
+                   max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
     check_devices(("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k),
                   *optional("alibi_slopes", alibi_slopes))
+    q, k, v = pad_head_dim(q, k, v)
     if _needs_grad(q, k, v):
         out, softmax_lse, rng_state = FlashAttnVarlenFunc.apply(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, scale, bool(causal), window,
@@ -158,18 +175,20 @@ def flash_attn_varlen_func(
     else:
         out, softmax_lse, rng_state = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                      scale, bool(causal), *window, softcap, alibi_slopes, dropout_p)
+    if out.shape[-1] != head_dim:  # padded to a multiple of 8 above
+        out = out[..., :head_dim]
     if not return_attn_probs:
         return out
     if dropout_p == 0.0:
         return out, softmax_lse, q.new_empty(0)
     with torch.no_grad():
-        dmask = _varlen_s_dmask(q, k, softmax_lse, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                dropout_p, scale, bool(causal), window, softcap, alibi_slopes)
+        dmask = _varlen_s_dmask(q, k, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                scale, bool(causal), window, softcap, alibi_slopes, head_dim)
     return out, softmax_lse, dmask
 
 
-def _varlen_s_dmask(q, k, softmax_lse, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                    scale, causal, window, softcap, alibi_slopes):
+def _varlen_s_dmask(q, k, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, scale,
+                    causal, window, softcap, alibi_slopes, head_dim):
     """S_dmask [batch, h, max_seqlen_q, max_seqlen_k], zero past each sequence's ends (testing only)."""
     starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     batch = len(starts_q) - 1
@@ -181,8 +200,8 @@ def _varlen_s_dmask(q, k, softmax_lse, rng_state, cu_seqlens_q, cu_seqlens_k, ma
             continue
         slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[b]
         dmask[b, :, :seqlen_q, :seqlen_k] = _dropout.s_dmask(
-            q[rows_q][None], k[rows_k][None], softmax_lse[:, rows_q][None], rng_state, dropout_p, scale, causal,
-            window, softcap, slopes, batch_index=b)[0]
+            q[rows_q][None], k[rows_k][None], rng_state, dropout_p, scale, causal, window, softcap, slopes,
+            batch_index=b, head_dim=head_dim)[0]
     return dmask
 
 

@@ -12,10 +12,12 @@ from ._inputs import (
     check_head_dim,
     check_int32,
     check_last_dim_contiguous,
+    check_metadata,
     check_same_head_dim,
     check_same_shape,
     check_tensor,
     optional,
+    pad_head_dim,
     resolve_softcap,
     resolve_softmax_scale,
     resolve_window,
@@ -104,7 +106,10 @@ def flash_attn_with_kvcache(
 
     Values in cache_seqlens, cache_leftpad, cache_batch_idx and block_table are read on the
     device and clamped to the tensors: bad values give wrong rows, never out-of-bounds accesses;
-    rows appended past the capacity are dropped (an int cache_seqlens is checked here).
+    rows appended past the capacity are dropped (an int cache_seqlens is checked here; with
+    metadata checks on, flash_attn_rocm.set_metadata_checks, the tensors' values are too).
+    A head dim that is not a multiple of 8 is zero-padded to one: q, the new k, v and the caches
+    are copied, and the appended caches copied back (slow; flash-attn does the same).
     Returns out [b, sq, h, d], or (out, softmax_lse [b, h, sq] float32) with return_softmax_lse.
     No backward.
     """
@@ -174,6 +179,10 @@ def flash_attn_with_kvcache(
     check_last_dim_contiguous(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *optional("k", k),
                               *optional("v", v))
     seqlens_tensor = cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None
+    check_metadata(cache_seqlens=seqlens_tensor, seqlen_new=seqlen_new, capacity=capacity,
+                   cache_batch_idx=cache_batch_idx, batch_cache=k_cache.shape[0], block_table=block_table,
+                   num_pages=k_cache.shape[0] if block_table is not None else None,
+                   page_size=k_cache.shape[1] if block_table is not None else None)
     check_devices(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *optional("k", k), *optional("v", v),
                   *optional("rotary_cos", rotary_cos), *optional("rotary_sin", rotary_sin),
                   *optional("cache_seqlens", seqlens_tensor), *optional("cache_batch_idx", cache_batch_idx),
@@ -182,7 +191,14 @@ def flash_attn_with_kvcache(
     if isinstance(cache_seqlens, int):
         seqlens_tensor = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
 
+    k_cache_og, v_cache_og = k_cache, v_cache
+    q, k_cache, v_cache, k, v = pad_head_dim(q, k_cache, v_cache, k, v)
     out, softmax_lse = ops.fwd_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens_tensor,
                                        cache_batch_idx, cache_leftpad, block_table, scale, bool(causal), *window,
                                        softcap, bool(rotary_interleaved), alibi_slopes, num_splits)
+    if out.shape[-1] != head_dim:  # padded: the op appended to the padded copies of the caches
+        out = out[..., :head_dim]
+        if k is not None:
+            k_cache_og.copy_(k_cache[..., :head_dim])
+            v_cache_og.copy_(v_cache[..., :head_dim])
     return (out, softmax_lse) if return_softmax_lse else out

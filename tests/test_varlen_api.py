@@ -58,7 +58,7 @@ INVALID_ARGUMENTS = {
     "v-2d": ({"v": tokens(TOTAL_K)[0]}, ValueError, ARG_V),
     "q-fp32": ({"q": tokens(TOTAL_Q, dtype=torch.float32)}, TypeError, ARG_Q),
     "kv-bf16-q-fp16": (qkv_tokens(dtype=torch.bfloat16) | {"q": tokens(TOTAL_Q)}, TypeError, ANY_QKV),
-    "head-dim-not-multiple-of-8": (qkv_tokens(head_dim=36), ValueError, r"(?i)head.?dim"),
+    "head-dim-above-the-largest": (qkv_tokens(head_dim=257), ValueError, r"(?i)head.?dim"),
     "v-head-dim-differs": ({"v": tokens(TOTAL_K, head_dim=32)}, ValueError, ANY_QKV),
     "kv-total-mismatch": ({"v": tokens(TOTAL_K + 1)}, ValueError, r"\b[kv]\b"),
     "nheads-not-divisible": ({"q": tokens(TOTAL_Q, nheads=6)}, ValueError, r"(?i)n_?heads"),
