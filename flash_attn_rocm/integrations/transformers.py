@@ -9,13 +9,20 @@ AttentionMaskInterface (the only two entry points used); tested with 5.17 and 5.
 
 A call is served under the contract of transformers' own "flash_attention_2":
 - The mask function (registered beside the attention function: without one, transformers passes
-  no mask at all and causal masking would silently vanish) hands over a 2-D [batch, kv_len]
-  key-padding mask, or None when no token is padded. Causality and windows are the kernels' job.
+  no mask at all and causal masking would silently vanish) runs once per forward and decides for
+  every layer: None when every key is a real token, else a 2-D [batch, kv_len] key-padding mask
+  carrying its layout. Causality and windows are the kernels' job. Host syncs per forward: none
+  without a 2-D mask (static caches included), one with a 2-D mask (as transformers' own flash
+  path), plus one for the packed-sequence check of a batch-1 prefill with position_ids.
 - No mask: flash_attn_func, causal from the call's is_causal or module.is_causal, K/V heads as
   they come (GQA without repeat_kv).
-- A padding mask: the real tokens are packed, queries by the mask's last q_len columns (left
-  padding, as generate() with a KV cache produces; a single query is never dropped), attended by
+- Left padding and a static cache's unwritten slots (inference): flash_attn_with_kvcache over the
+  keys as they are, with per-row key spans (cache_leftpad, cache_seqlens) computed on the device:
+  no unpadding, no sync, capturable in CUDA graphs and traced by torch.compile without breaks.
+- Other padding (right padding, holes), or training: the real tokens are packed, queries by the
+  newest q_len written columns (a single query is never dropped), attended by
   flash_attn_varlen_func sequence by sequence, and scattered back; padded query rows are zeros.
+  The first layer computes the unpadding indices (two syncs); the others reuse them.
 - Sequences packed into one row (position_ids restarting, batch 1; DataCollatorWithFlattening)
   or precomputed cu_seq_lens_q/k kwargs: varlen, each sequence on its own.
 - sliding_window=W: a query sees itself and the W - 1 keys before it (transformers' mask is
