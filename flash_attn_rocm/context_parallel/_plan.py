@@ -1,4 +1,4 @@
-"""Which kernel calls one step of context-parallel attention makes: pure Python, no tensors.
+r"""Which kernel calls one step of context-parallel attention makes: pure Python, no tensors.
 
 A rank holds its queries (and, at a ring step, somebody's keys) as a few *segments*: runs of rows
 that are contiguous both in the local buffer and in the global sequence. With the zigzag split a
@@ -48,13 +48,15 @@ class BlockCall:
     """One kernel call: query rows q_rows and key rows k_rows (local [start, stop)) with the
     kernels' causal and window_size, which reproduce the global band exactly on that rectangle.
     aligned: the kernel's relative position (i + sk − sq − j) is the global i − j for every cell,
-    so an ALiBi bias computed by the kernel is the global one."""
+    so an ALiBi bias computed by the kernel is the global one. group: which rectangle of the
+    grouping (the same for every sequence of a varlen batch planned at one level)."""
 
     q_rows: tuple[int, int]
     k_rows: tuple[int, int]
     causal: bool
     window: tuple[int, int]
     aligned: bool
+    group: int
 
 
 def _shift(bound: Bound, by: int) -> Bound:
@@ -140,7 +142,7 @@ def plan(q_segs: Sequence[Segment], k_segs: Sequence[Segment], lo: Bound, hi: Bo
         if any(b is False for b in bands):
             continue
         calls = []
-        for ((qa, qb), (ka, kb)), band in zip(groupings[lvl], bands):
+        for group, (((qa, qb), (ka, kb)), band) in enumerate(zip(groupings[lvl], bands)):
             if band == ("empty",):
                 continue
             qs, ks = q_segs[qa:qb], k_segs[ka:kb]
@@ -155,7 +157,8 @@ def plan(q_segs: Sequence[Segment], k_segs: Sequence[Segment], lo: Bound, hi: Bo
             skew = (c1 - c0) - (r1 - r0)
             aligned = all((q0 + r0 - q.local + q.start) - (k0 + c0 - k.local + k.start) == skew
                           for q in qs for k in ks)
-            calls.append(BlockCall((q0 + r0, q0 + r1), (k0 + c0, k0 + c1), right == 0, (left, right), aligned))
+            calls.append(BlockCall((q0 + r0, q0 + r1), (k0 + c0, k0 + c1), right == 0, (left, right), aligned,
+                                   group))
         return calls
     raise ValueError(f"no grouping at level {level}")
 
