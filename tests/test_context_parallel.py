@@ -301,7 +301,7 @@ def _refusals(group, device):
 
 def _worker(rank, nprocs, init_file, out_dir, gpu, dtype_name):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=nprocs,
-                            timeout=datetime.timedelta(seconds=120))
+                            timeout=datetime.timedelta(seconds=60))
     device = "cuda:0" if gpu else "cpu"
     dtype = getattr(torch, dtype_name)
     if not gpu:

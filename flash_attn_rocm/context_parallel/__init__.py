@@ -79,6 +79,22 @@ def _check_common(dropout_p, softmax_scale, head_dim, window_size, softcap, caus
     return scale, window, resolve_softcap(softcap), bool(causal)
 
 
+def _check_combinations(alibi_slopes, causal, window, method, world_size, varlen_lengths=None):
+    """Refusals that depend only on arguments every rank shares, so that all ranks raise alike,
+    before any message is sent."""
+    if alibi_slopes is not None and world_size > 1 and not (method == "all_gather" and (causal or window[1] == 0)):
+        raise NotImplementedError(
+            "alibi_slopes with context parallelism: the kernels' ALiBi bias counts positions within one call, and "
+            "a ring step pairs query and key chunks whose global distance the call cannot see; ALiBi works with "
+            "method='all_gather' and causal=True (or window_size=(left, 0))")
+    if (varlen_lengths is not None and method == "ring" and window != (-1, -1)
+            and len({n for n in varlen_lengths if n}) > 1):
+        raise NotImplementedError(
+            "window_size with flash_attn_varlen context parallelism by ring and sequences of different lengths: "
+            "their chunks differ in length, so the window is a different kernel window for each; use "
+            "method='all_gather'")
+
+
 def _resolve_blocks(block_attention, checks):
     """The kernels (with flash_attn_func's input checks) unless a backend is injected."""
     if block_attention is None:
@@ -120,6 +136,7 @@ def cp_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     blocks = _resolve_blocks(block_attention, checks)
     comm = Comm(group)
     w = comm.world_size
+    _check_combinations(alibi_slopes, causal, window, method, w)
     geometry = Geometry(layout, comm.rank, w, [q.shape[1] * w], [k.shape[1] * w], False,
                         _plan.band(causal, window), q.device, alibi_slopes is not None)
     job = Job(geometry, comm, blocks, BlockArgs(scale, softcap, alibi_slopes, bool(deterministic)), method)
@@ -168,6 +185,7 @@ def cp_flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
         if t.shape[0] * w != total:
             raise ValueError(f"{name} has {t.shape[0]} rows but cu_seqlens_{name} describes {total} rows over "
                              f"{w} ranks: each rank passes its share, {total} / {w} rows")
+    _check_combinations(alibi_slopes, causal, window, method, w, lengths_q + lengths_k)
     geometry = Geometry(layout, comm.rank, w, lengths_q, lengths_k, True, _plan.band(causal, window), q.device,
                         alibi_slopes is not None)
     job = Job(geometry, comm, blocks, BlockArgs(scale, softcap, alibi_slopes, bool(deterministic)), method)

@@ -246,19 +246,20 @@ class CPAttention(torch.autograd.Function):
         geo, comm = job.geometry, job.comm
         q_segs = geo.q_segments()
         if job.method == "ring":
-            steps, kv = [], (k, v)
+            # Planned before any message is sent: a refusal raises before the ring starts.
+            steps = [geo.calls(q_segs, geo.k_segments((comm.rank - step) % comm.world_size), k.shape[0])
+                     for step in range(comm.world_size)]
+            kv = (k, v)
             for step in range(comm.world_size):
                 pending = comm.send_recv(list(kv)) if step + 1 < comm.world_size else None
-                src = (comm.rank - step) % comm.world_size
-                steps.append(geo.calls(q_segs, geo.k_segments(src), k.shape[0]))
-                _forward_calls(job, q, kv, out_acc, lse_acc, steps[-1], varlen)
+                _forward_calls(job, q, kv, out_acc, lse_acc, steps[step], varlen)
                 if pending is not None:
                     kv = tuple(pending.wait())
             ctx.steps = steps
         else:
-            rows = geo.k_global_rows()
+            ctx.calls = geo.calls(q_segs, geo.k_global_segments(), k.shape[0] * comm.world_size)
+            ctx.rows = rows = geo.k_global_rows()
             kv = _gather_global(comm, k, v, rows, varlen)
-            ctx.calls, ctx.rows = geo.calls(q_segs, geo.k_global_segments(), k.shape[0] * comm.world_size), rows
             _forward_calls(job, q, kv, out_acc, lse_acc, ctx.calls, varlen)
         out = out_acc.to(q.dtype)
         lse = lse_acc if acc != torch.float32 else lse_acc.float()
