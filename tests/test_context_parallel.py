@@ -333,6 +333,14 @@ def _refusals(group, device):
                                   block_attention=eager)
     with pytest.raises(ValueError, match="multiple of"):
         cp_flash_attn_func(q[:, :3], q[:, :3], q[:, :3], causal=True, group=group, block_attention=eager)
+    # Inference (no autograd) takes the same path.
+    q = torch.randn(2, 8, 2, 8, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        out, lse, _ = cp_flash_attn_func(q, q, q, causal=True, group=group, block_attention=eager,
+                                         return_attn_probs=True)
+    out_grad = cp_flash_attn_func(q.clone().requires_grad_(), q, q, causal=True, group=group, block_attention=eager)
+    torch.testing.assert_close(out, out_grad.detach())
+    assert lse.shape == (2, 2, 8) and not out.requires_grad
 
 
 def _worker(rank, nprocs, init_file, out_dir, gpu, dtype_name):
@@ -404,3 +412,14 @@ def gpu_results(request, tmp_path_factory):
 @pytest.mark.parametrize("case_id", [c[0] for c in _cases(True)])
 def test_gpu_kernels_one_device(gpu_results, case_id):
     _assert_case(gpu_results, case_id)
+
+
+def test_benchmark_command_line():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_context_parallel
+
+    args = bench_context_parallel.parse_args(["--gpus", "2", "4", "--method", "ring", "all_gather"])
+    assert args.gpus == [2, 4] and args.seqlen == 128 * 1024 and args.headdim == 128 and args.causal
