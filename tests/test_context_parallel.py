@@ -242,7 +242,8 @@ def _run_case(kw, group, rank, w, device, dtype, gpu):
     args = dict(causal=kw["causal"], window_size=kw.get("window_size", (-1, -1)), softcap=kw.get("softcap", 0.0))
     deterministic = kw.get("deterministic", False)
     alibi = torch.rand(nheads, device=device) * 0.5 if kw.get("alibi") else None
-    cp_kw = dict(group=group, method=kw["method"], layout=layout, block_attention=None if gpu else ContractBlocks() if contract else EagerBlocks(),
+    blocks = None if gpu else ContractBlocks() if contract else EagerBlocks()
+    cp_kw = dict(group=group, method=kw["method"], layout=layout, block_attention=blocks,
                  deterministic=deterministic, alibi_slopes=alibi, **args)
 
     if kw.get("varlen"):

@@ -25,7 +25,6 @@ See README's "Context parallelism" section for a training loop and the transform
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from .._inputs import (
     check_alibi_slopes,

@@ -93,7 +93,8 @@ class Geometry:
         for length, sh in zip(lengths, shift):
             if self.layout == "zigzag":
                 c = length // (2 * w)
-                segs = [_plan.Segment(s.local, s.start + sh, s.length) for s in _plan.zigzag_segments(rank, w, c, local)]
+                segs = [_plan.Segment(s.local, s.start + sh, s.length)
+                        for s in _plan.zigzag_segments(rank, w, c, local)]
             else:
                 segs = [_plan.Segment(local, rank * (length // w) + sh, length // w)]
             out.append(segs)
