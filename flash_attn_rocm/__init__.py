@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._inputs import metadata_checks, metadata_checks_enabled, set_metadata_checks
+from . import context_parallel  # noqa: F401  (flash_attn_rocm.context_parallel: attention across ranks)
 from ._ops import compiled_head_dims, kernel_family
 from .kvcache import flash_attn_with_kvcache
 from .sdpa import patch_sdpa, scaled_dot_product_attention, sdpa_patched, unpatch_sdpa
