@@ -79,21 +79,6 @@ struct BwdTensorMaps {
   CUtensorMap q, k, v, dout, dq;
 };
 
-// The grid's order. The GPU starts blocks in grid order as SMs free up; with a right edge the
-// first key blocks see the most queries, so key blocks are the slowest index (every head's key
-// block 0 first): the longest blocks start first and the short ones fill the tail. Without one
-// every block costs the same and key blocks are the fastest index (a head's blocks at work
-// together share its Q and dO in L2).
-template <bool Has_right_edge>
-struct BwdGridSm90 {
-  static dim3 dims(int n_blocks, int heads_k, int batch) {
-    return Has_right_edge ? dim3(heads_k, batch, n_blocks) : dim3(n_blocks, heads_k, batch);
-  }
-  FA_DEVICE int n_block() const { return Has_right_edge ? blockIdx.z : blockIdx.x; }
-  FA_DEVICE int head_k() const { return Has_right_edge ? blockIdx.x : blockIdx.y; }
-  FA_DEVICE int batch() const { return Has_right_edge ? blockIdx.y : blockIdx.z; }
-};
-
 template <class Traits, bool Has_right_edge>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flash_bwd_sm90_kernel(const BwdParams params, const __grid_constant__ BwdTensorMaps maps) {
@@ -122,8 +107,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   uint64_t* do_full = q_full + kStages;  // [kStages]: dO landed
   uint64_t* empty = do_full + kStages;   // [kStages]: both consumers are done with the stage
 
-  const BwdGridSm90<Has_right_edge> grid_index;
-  const int n_block = grid_index.n_block(), head_k = grid_index.head_k(), batch = grid_index.batch();
+  const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index(), group_warp = warp % 4;
   const int key0 = n_block * kBlockN;

@@ -25,8 +25,7 @@ error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
-  const dim3 grid = BwdGridSm90<Has_right_edge>::dims((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
-                                                     params.h_k, params.b);
+  const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
   return launch(&flash_bwd_sm90_kernel<Traits, Has_right_edge>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes, stream,
                 params, maps);
 }

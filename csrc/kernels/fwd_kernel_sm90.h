@@ -68,38 +68,53 @@ struct FwdTensorMaps {
   CUtensorMap q, k, v;
 };
 
-// The blocks are persistent and walk a static schedule of 128-row tiles. Without a right edge
-// every tile costs the same: block b takes tiles b, b + gridDim.x, ..., numbered head-major (the
-// blocks at work share a few heads' K and V in L2). With a causal mask a tile's cost grows with
-// its row, so the tiles are numbered longest first (the last row tile of every head, then the
-// one before, ...) and dealt in snake order (left to right in even rounds, right to left in odd
-// ones): a static longest-first schedule, within a few percent of the average load per block
-// where pairing tiles j and m_blocks - 1 - j left whole rounds to a few blocks (the causal
-// curve's drop after every 1024 tokens at 32 heads, benchmarks/NOTES.md). A head's neighbouring
-// row tiles, at work together, read the same key blocks one step apart, so L2 still serves K and V.
+// The blocks are persistent and walk a static schedule, built on the host (it needs the SM count)
+// in one of two orders:
+// - Head-major (by default): a unit is one 128-row tile, or with a right edge the pair of tiles j
+//   and m_blocks - 1 - j of a head, longest first, so that every unit costs the same; block b
+//   takes units b, b + gridDim.x, ... The blocks at work share a few heads' K and V in L2.
+// - Longest first: with a right edge, when the pairs fill the last round of blocks poorly (160
+//   pairs on 132 SMs take two rounds of work for 1.2: the causal curve's drop after every 1024
+//   tokens at 32 heads). A unit is one tile; the last row tile of every head comes first, then
+//   the one before, ..., dealt in snake order (left to right in even rounds, right to left in
+//   odd ones), which keeps each block's total near the average. It spreads the blocks at work
+//   over every head, which costs L2 hits where many rounds run (benchmarks/NOTES.md), so it is
+//   taken only where the pairs would leave more than 5% of the blocks' time idle.
 struct FwdTileSchedule {
-  int m_blocks, tiles;
+  int m_blocks, units_per_head, units;
+  bool longest_first;
 
-  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m) {
-    m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-    tiles = m_blocks * params.h * params.b;
+  static FwdTileSchedule make(const FwdParams& params, int block_m, bool has_right_edge, int sms) {
+    FwdTileSchedule s;
+    s.m_blocks = (params.seqlen_q + block_m - 1) / block_m;
+    const int heads = params.h * params.b;
+    const int pairs = (has_right_edge ? (s.m_blocks + 1) / 2 : s.m_blocks) * heads;
+    const int rounds = (pairs + sms - 1) / sms;
+    s.longest_first = has_right_edge && 20 * int64_t(pairs) < 19 * int64_t(rounds) * sms;  // pairs fill < 95%
+    s.units_per_head = s.longest_first ? s.m_blocks : (has_right_edge ? (s.m_blocks + 1) / 2 : s.m_blocks);
+    s.units = s.units_per_head * heads;
+    return s;
   }
-  // The tile that block `block` of `blocks` takes in round `round` (>= tiles once past the end).
-  FA_DEVICE int tile_of(int block, int blocks, int round, bool has_right_edge) const {
-    const bool reversed = has_right_edge && round % 2 == 1;
+  // The unit block `block` of `blocks` takes in round `round` (>= units once past the end).
+  FA_DEVICE int unit_of(int block, int blocks, int round) const {
+    const bool reversed = longest_first && round % 2 == 1;
     return round * blocks + (reversed ? blocks - 1 - block : block);
   }
-  // Tile `tile`'s m_block, head and batch.
-  FA_DEVICE void locate(int tile, bool has_right_edge, const FwdParams& params, int& m_block, int& head,
-                        int& batch) const {
+  FA_DEVICE int tiles_in(int unit, bool has_right_edge) const {
+    return has_right_edge && !longest_first && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
+  }
+  // Tile `part` of `unit`: its m_block, head and batch.
+  FA_DEVICE void tile(int unit, int part, bool has_right_edge, const FwdParams& params, int& m_block, int& head,
+                      int& batch) const {
     int head_batch;
-    if (has_right_edge) {
+    if (longest_first) {
       const int heads = params.h * params.b;
-      m_block = m_blocks - 1 - tile / heads;
-      head_batch = tile % heads;
+      m_block = m_blocks - 1 - unit / heads;
+      head_batch = unit % heads;
     } else {
-      m_block = tile % m_blocks;
-      head_batch = tile / m_blocks;
+      const int j = unit % units_per_head;
+      head_batch = unit / units_per_head;
+      m_block = has_right_edge ? (part == 0 ? m_blocks - 1 - j : j) : j;
     }
     head = head_batch % params.h;
     batch = head_batch / params.h;
@@ -108,7 +123,8 @@ struct FwdTileSchedule {
 
 template <class Traits, bool Has_right_edge>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
-    flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps) {
+    flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps,
+                          const FwdTileSchedule schedule) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -129,7 +145,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index();
-  const FwdTileSchedule schedule(params, kBlockM);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
@@ -152,17 +167,19 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   };
   auto for_each_tile = [&](auto&& body) {
     for (int round = 0;; ++round) {
-      const int tile = schedule.tile_of(blockIdx.x, gridDim.x, round, Has_right_edge);
-      if (tile >= schedule.tiles) break;
-      int m_block, head, batch;
-      schedule.locate(tile, Has_right_edge, params, m_block, head, batch);
-      const SeqBounds seq(params, batch);
-      const int row_begin = m_block * kBlockM;
-      if (row_begin >= seq.seqlen_q) continue;
-      const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
-      const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
-      const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
-      body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
+      const int unit = schedule.unit_of(blockIdx.x, gridDim.x, round);
+      if (unit >= schedule.units) break;
+      for (int part = 0; part < schedule.tiles_in(unit, Has_right_edge); ++part) {
+        int m_block, head, batch;
+        schedule.tile(unit, part, Has_right_edge, params, m_block, head, batch);
+        const SeqBounds seq(params, batch);
+        const int row_begin = m_block * kBlockM;
+        if (row_begin >= seq.seqlen_q) continue;
+        const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
+        const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
+        const int n_blocks = max(n_block_end - window.n_block_begin(row_begin, kBlockN), 0);
+        body(Tile{head, batch, row_begin, n_block_end, n_blocks, seq}, window);
+      }
     }
   };
 

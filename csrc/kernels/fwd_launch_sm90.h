@@ -18,16 +18,16 @@ error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
   FwdTensorMaps maps;
   // The dispatch sends calls whose strides TMA cannot describe to the portable kernels.
   if (!encode_qkv_maps<T>(params, Traits::kBlockM, Traits::kBlockN, &maps.q, &maps.k, &maps.v)) return kInvalidConfig;
-  // Persistent: one block per SM (the shared memory allows no second), or fewer if the tiles are fewer.
+  // Persistent: one block per SM (the shared memory allows no second), or fewer if the units are fewer.
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
     return get_last_error();
   }
-  const FwdTileSchedule schedule(params, Traits::kBlockM);
-  const int blocks = std::max(1, std::min(schedule.tiles, sms));
+  const FwdTileSchedule schedule = FwdTileSchedule::make(params, Traits::kBlockM, Has_right_edge, sms);
+  const int blocks = std::max(1, std::min(schedule.units, sms));
   return launch(&flash_fwd_sm90_kernel<Traits, Has_right_edge>, dim3(blocks), dim3(Traits::kNThreads),
-                Traits::kSmemBytes, stream, params, maps);
+                Traits::kSmemBytes, stream, params, maps, schedule);
 }
 
 // The block width comes from the tile table (FwdTileSm90): the wide one only without a right
