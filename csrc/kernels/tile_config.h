@@ -132,6 +132,17 @@ template <AmdFamily kFamily, int kHeadDim> struct BwdTileAmd {
   static constexpr int kKeyWaves = kHeadDim <= 128 ? 2 : 1, kDSplit = kHeadDim <= 128 ? 1 : 2;
   static constexpr bool kVFromGlobal = kHeadDim > 128;
 };
+// RDNA has 256 VGPRs a lane and no AGPRs: dK and dV together take 2 kHeadDim / 16 tiles of 8
+// floats, so above head dim 64 the channels split over two waves, above 128 over four (each wave
+// then holds at most 64 accumulators, as at d64). Split four ways the block's keys are one tile,
+// so K and V fit LDS at every head dim.
+template <int kHeadDim> struct BwdTileAmdRdna {
+  static constexpr int kKeyWaves = kHeadDim <= 128 ? 2 : 1;
+  static constexpr int kDSplit = kHeadDim <= 64 ? 1 : kHeadDim <= 128 ? 2 : 4;
+  static constexpr bool kVFromGlobal = false;
+};
+template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna3, kHeadDim> : BwdTileAmdRdna<kHeadDim> {};
+template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna4, kHeadDim> : BwdTileAmdRdna<kHeadDim> {};
 
 template <class T_, AmdFamily kFamily_, int kHeadDim_>
 struct BwdTraitsAmd {
