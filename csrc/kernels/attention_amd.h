@@ -173,6 +173,12 @@ struct AmdQueryTile {
   FA_DEVICE AmdQueryTile(int lane_, int wave_row0_, int part_ = 0)
       : lane(lane_), wave_row0(wave_row0_), part(part_), acc_o{} {}
 
+  // How the operand loads address LDS. RDNA: one address a lane (its row, its first k) and
+  // constant offsets from it; indices that mix the lane's k with the step's left the compiler an
+  // address register per load (16 in the d256 forward's O^T += V^T P^T). CDNA keeps the plain
+  // indices: there the same form moved gfx942's d256 KV cache into spills.
+  static constexpr bool kLaneBase = !is_cdna(Traits::kFamily);
+
   // The head dim's k-step of the wave's k-step kk, and its first channel (O's column of tile 0).
   FA_DEVICE int k_step(int kk) const { return kDSplit > 1 ? part * kKSteps + kk : kk; }
   FA_DEVICE int channel0() const { return kDSplit > 1 ? part * kDTiles * Core::kM : 0; }
@@ -202,8 +208,8 @@ struct AmdQueryTile {
   // S^T = K Q^T for the key block in sK (sQ: the block's Q without Q in registers), over the
   // wave's part of the head dim.
   FA_DEVICE STile scores(const T* sK, const T* sQ) const {
-    // One LDS address a lane (its row, its first k), the rest constant offsets from it: indices
-    // that mix the lane's k with the step's leave the compiler an address register per load.
+    auto operand_k = [&](int i) { return Core::operand_k(lane, i); };
+    // RDNA: one LDS address a lane (its row, its first k), the rest constant offsets from it.
     auto k_run = [&](int i) { return Core::operand_k(lane, i) - Core::operand_k(lane, 0); };
     const T* k_lane = sK + (lane % Core::kM) * Traits::kKStride + Core::operand_k(lane, 0);
     STile acc_s = {};
@@ -212,11 +218,21 @@ struct AmdQueryTile {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         typename Core::Operand b;
-        if constexpr (kQInRegisters) b = q_frag[mt][kk];
-        else b = load_operand<Core>(sQ + q_row(mt) * Traits::kKStride + Core::operand_k(lane, 0), k_step(kk), k_run);
+        if constexpr (kQInRegisters) {
+          b = q_frag[mt][kk];
+        } else if constexpr (kLaneBase) {
+          b = load_operand<Core>(sQ + q_row(mt) * Traits::kKStride + Core::operand_k(lane, 0), k_step(kk), k_run);
+        } else {
+          b = load_operand<Core>(sQ + q_row(mt) * Traits::kKStride, k_step(kk), operand_k);
+        }
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-          const auto a = load_operand<Core>(k_lane + nt * Core::kM * Traits::kKStride, k_step(kk), k_run);
+          typename Core::Operand a;
+          if constexpr (kLaneBase) {
+            a = load_operand<Core>(k_lane + nt * Core::kM * Traits::kKStride, k_step(kk), k_run);
+          } else {
+            a = load_operand<Core>(sK + (nt * Core::kM + lane % Core::kM) * Traits::kKStride, k_step(kk), operand_k);
+          }
           mma_tile<Core>(acc_s, mt, nt, a, b);
         }
       }
@@ -227,7 +243,8 @@ struct AmdQueryTile {
   // O^T += V^T P^T (the wave's channels) for the key block whose V^T is in sVt, a k-step (kK
   // keys) at a time; V^T's operand takes P's keys in P's order (MatrixCore::p_key).
   FA_DEVICE void accumulate(const STile& p, const T* sVt) {
-    // One LDS address a lane, as in scores().
+    auto p_key = [&](int i) { return Core::p_key(lane, i); };
+    // RDNA: one LDS address a lane, as in scores().
     auto key_run = [&](int i) { return Core::p_key(lane, i) - Core::p_key(lane, 0); };
     const T* vt_lane = sVt + (channel0() + lane % Core::kM) * Traits::kVtStride + Core::p_key(lane, 0);
 #pragma unroll
@@ -237,7 +254,12 @@ struct AmdQueryTile {
         const typename Core::Operand b = Core::p_operand(p, mt, s, lane);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
-          const auto a = load_operand<Core>(vt_lane + dt * Core::kM * Traits::kVtStride, s, key_run);
+          typename Core::Operand a;
+          if constexpr (kLaneBase) {
+            a = load_operand<Core>(vt_lane + dt * Core::kM * Traits::kVtStride, s, key_run);
+          } else {
+            a = load_operand<Core>(sVt + (channel0() + dt * Core::kM + lane % Core::kM) * Traits::kVtStride, s, p_key);
+          }
           mma_tile<Core>(acc_o, mt, dt, a, b);
         }
       }

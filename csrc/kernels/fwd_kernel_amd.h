@@ -86,8 +86,15 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
       const int keys_valid = min(kBlockN, seq.seqlen_k - n * kBlockN);
       const T* k_block = k + n * kBlockN * params.k_row_stride;
       const T* v_block = v + n * kBlockN * params.v_row_stride;
-      k_next.load_rows(k_block, params.k_row_stride, keys_valid, params.d, tid);
-      v_next.load_rows(v_block, params.v_row_stride, keys_valid, params.d, tid);
+      // RDNA: one offset a thread (RowChunks::load_rows). On CDNA its uniform per-chunk steps
+      // cost SGPRs the d128 extras lack (gfx942 spilled 6): there the offsets stay per chunk.
+      if constexpr (is_cdna(Traits::kFamily)) {
+        k_next.load([&](int row) { return k_block + row * params.k_row_stride; }, keys_valid, params.d, tid);
+        v_next.load([&](int row) { return v_block + row * params.v_row_stride; }, keys_valid, params.d, tid);
+      } else {
+        k_next.load_rows(k_block, params.k_row_stride, keys_valid, params.d, tid);
+        v_next.load_rows(v_block, params.v_row_stride, keys_valid, params.d, tid);
+      }
     };
     if (n_block_end > n_block_begin) load_next(n_block_end - 1);
 

@@ -143,14 +143,15 @@ template <AmdFamily kFamily, int kHeadDim> struct BwdTileAmd {
 // RDNA has 256 VGPRs a lane and no AGPRs: dK and dV together take 2 kHeadDim / 16 tiles of 8
 // floats, so above head dim 64 the channels split over two waves, above 128 over four (each wave
 // then holds at most 64 accumulators, as at d64). Split four ways the block's keys are one tile,
-// so K and V fit LDS at every head dim.
-template <int kHeadDim> struct BwdTileAmdRdna {
+// so K and V fit LDS at every head dim. RDNA3's operands are twice RDNA4's (16 values a lane): its
+// split starts above head dim 32.
+template <int kHeadDim, int kUnsplitHeadDim> struct BwdTileAmdRdna {
   static constexpr int kKeyWaves = kHeadDim <= 128 ? 2 : 1;
-  static constexpr int kDSplit = kHeadDim <= 64 ? 1 : kHeadDim <= 128 ? 2 : 4;
+  static constexpr int kDSplit = kHeadDim <= kUnsplitHeadDim ? 1 : kHeadDim <= 128 ? 2 : 4;
   static constexpr bool kVFromGlobal = false;
 };
-template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna3, kHeadDim> : BwdTileAmdRdna<kHeadDim> {};
-template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna4, kHeadDim> : BwdTileAmdRdna<kHeadDim> {};
+template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna3, kHeadDim> : BwdTileAmdRdna<kHeadDim, 32> {};
+template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna4, kHeadDim> : BwdTileAmdRdna<kHeadDim, 64> {};
 
 template <class T_, AmdFamily kFamily_, int kHeadDim_>
 struct BwdTraitsAmd {
