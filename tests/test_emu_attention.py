@@ -109,6 +109,21 @@ def test_fwd_score_mods(emu, dtype, softcap, alibi, causal):
     check_forward(emu, q, k, v, causal=causal, softcap=softcap, alibi_slopes=slopes)
 
 
+@pytest.mark.parametrize("extras", ["softcap-alibi-window", "dropout"])
+@pytest.mark.parametrize("target, head_dim", target_head_dim_params("fwd", [200]))
+def test_fwd_extras_with_the_head_dim_split(emu, head_dim, extras):
+    """Above head dim 128 RDNA's waves share their query rows, each with a part of the head dim
+    (tile_config.h's kDSplit): the score modifiers, the window and dropout must see the whole of S,
+    and one wave of each pair writes the rows' lse. 200 leaves the second part partly empty."""
+    q, k, v = make_qkv(1, 40, 70, 2, 1, head_dim, torch.float16)
+    if extras == "dropout":
+        keep_mask = dropout_module().keep_mask
+        check_forward(emu, q, k, v, causal=True, dropout_p=0.3, seed=0x1234_5678_9ABC, offset=8,
+                      dropout_mask=lambda rng_state: keep_mask(rng_state, 0.3, 1, 2, 40, 70))
+    else:
+        check_forward(emu, q, k, v, softcap=4.0, alibi_slopes=torch.rand(2) * 0.3, window_size=(25, 3))
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("target", target_params())
 def test_fwd_dropout_mask_is_flash_attn_rocms(emu, causal):
