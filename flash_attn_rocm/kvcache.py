@@ -96,7 +96,7 @@ def flash_attn_with_kvcache(
     k, v [b, s_new, h_k, d]: written in place into the caches at rows cache_seqlens ..
     cache_seqlens + s_new - 1, then attended to. With rotary_cos/rotary_sin ([seqlen_ro,
     rotary_dim / 2], seqlen_ro >= the cache capacity) the new k is rotated at positions
-    cache_seqlens - leftpad + t, and q at those positions (causal or local attention) or all at
+    cache_seqlens + t (flash-attn's: cache_leftpad does not shift them), and q at those positions (causal or local attention) or all at
     the first one; rotary_interleaved pairs channels (2i, 2i + 1), else (i, i + rotary_dim / 2).
     The keys are numbered from cache_leftpad; causal, window_size, softcap and alibi_slopes are
     flash_attn_func's on them, aligned to the bottom-right. num_splits splits the keys across

@@ -280,7 +280,8 @@ def test_kvcache_paged_with_splits(emu, dtype, head_dim):
 def test_kvcache_decode_contiguous(emu, dtype):
     """Decode (one query row per sequence, so the four query heads of the kv head fold into one
     block's rows) over a contiguous cache whose rows cache_batch_idx picks, left-padded, with one
-    appended row and 2 KV splits."""
+    appended row rotated (GPT-NeoX) at flash-attn's position cache_seqlens, not shifted by the
+    left padding, and 2 KV splits."""
     from test_kvcache import kvcache_ref
 
     batch, heads, head_dim, capacity = 3, 4, 64, 150
@@ -290,6 +291,9 @@ def test_kvcache_decode_contiguous(emu, dtype):
                   cache_seqlens=torch.tensor([100, 5, 140], dtype=torch.int32),
                   cache_batch_idx=torch.tensor([2, 0, 3], dtype=torch.int32),
                   cache_leftpad=torch.tensor([10, 0, 30], dtype=torch.int32), softmax_scale=head_dim ** -0.5)
+    angles = torch.rand(capacity, 16) * 6.28
+    # cos, sin in q's dtype: their products with it are exact in fp32, so the rotated rows match bitwise.
+    kwargs |= dict(rotary_cos=angles.cos().to(dtype), rotary_sin=angles.sin().to(dtype), rotary_interleaved=False)
     ref = kvcache_ref(q, k_cache, v_cache, **kwargs)
     out, lse = emu.fwd_kvcache(q, k_cache, v_cache, num_splits=2, **kwargs)
     assert torch.equal(k_cache, ref.k_cache) and torch.equal(v_cache, ref.v_cache), "the append"

@@ -29,8 +29,9 @@ struct CacheSeq {
     seqlen_k = end - first_row;
   }
 
-  // Rotary position of new row t (and of query rows): keys count from first_row.
-  FA_DEVICE int position(int t) const { return filled - first_row + t; }
+  // Rotary position of new row t (and of query rows): its cache row, as in flash-attn 2.8, whose
+  // rotary ignores cache_leftpad (the masks and ALiBi count keys from first_row).
+  FA_DEVICE int position(int t) const { return filled + t; }
 };
 
 // Address of cache row `row` of one (sequence, kv head) in a contiguous or a paged cache.

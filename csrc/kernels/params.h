@@ -97,7 +97,7 @@ struct KvCacheParams : FwdParams {
   int seqlen_new;
 
   // Rotary embedding, fp32 cos/sin [seqlen_ro, rotary_dim / 2]: new key row t of sequence b sits at
-  // position cache_seqlens[b] - cache_leftpad[b] + t. q_unrotated [b, sq, nheads_q, d] is rotated
+  // position cache_seqlens[b] + t (flash-attn's: cache_leftpad does not shift it). q_unrotated [b, sq, nheads_q, d] is rotated
   // into FwdParams's q (contiguous) at that position, + its row when rotary_q_per_row (causal or
   // local attention), else all rows at the first new position. Interleaved: pairs (2i, 2i + 1);
   // otherwise (i, i + rotary_dim / 2).
