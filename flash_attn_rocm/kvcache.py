@@ -6,6 +6,7 @@ import torch
 
 from ._inputs import (
     check_alibi_slopes,
+    check_block_table,
     check_devices,
     check_dtype,
     check_gqa,
@@ -50,18 +51,11 @@ def _check_cache(q, k_cache, v_cache, block_table, cache_batch_idx) -> int:
             raise ValueError(f"k_cache has batch size {k_cache.shape[0]} but q has {batch} (pass cache_batch_idx to "
                              f"pick cache rows)")
         return k_cache.shape[1]
-    check_int32("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
-    if block_table.shape[0] != batch or block_table.shape[1] == 0:
-        raise ValueError(f"block_table must have shape [batch, max_pages_per_sequence] with batch = {batch} and at "
-                         f"least one page, got {tuple(block_table.shape)}")
+    check_block_table(block_table, batch, k_cache.shape[1], "k_cache")
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx cannot be combined with block_table: the table already maps each batch "
                          "element to its pages")
-    page_size = k_cache.shape[1]
-    if page_size < 16 or page_size & (page_size - 1):
-        raise ValueError(f"the page size (k_cache.shape[1] with block_table) must be a power of two >= 16, got "
-                         f"{page_size}")
-    return block_table.shape[1] * page_size
+    return block_table.shape[1] * k_cache.shape[1]
 
 
 def flash_attn_with_kvcache(
