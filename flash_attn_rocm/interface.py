@@ -153,7 +153,8 @@ def flash_attn_varlen_func(
     block_table (int32 [batch, max_pages_per_sequence]; chunked prefill over a paged KV cache):
     k, v are then pages [num_pages, page_size, h_k, d], page_size a power of two >= 16, and
     sequence i's cu_seqlens_k[i + 1] - cu_seqlens_k[i] keys are its rows 0, 1, ... : row r in page
-    block_table[i, r // page_size]. Forward only, as in flash-attn 2.8: the backward raises.
+    block_table[i, r // page_size]. Forward only, as in flash-attn 2.8: the backward raises. NVIDIA
+    only for now (on AMD: NotImplementedError).
     """
     if block_table is None:
         check_qkv(q, k, v, varlen=True)
@@ -161,6 +162,10 @@ def flash_attn_varlen_func(
     else:
         check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
         check_paged_qkv(q, k, v, block_table, cu_seqlens_q.shape[0] - 1)
+        if torch.version.hip is not None:
+            raise NotImplementedError("block_table (paged K/V) in flash_attn_varlen_func is not implemented on AMD "
+                                      "GPUs yet: the AMD forward reads contiguous K/V only (flash_attn_with_kvcache "
+                                      "takes paged caches)")
     scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
     window = resolve_window(window_size)
     softcap = resolve_softcap(softcap)

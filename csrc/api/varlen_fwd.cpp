@@ -24,6 +24,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, c
                                                           double dropout_p,
                                                           const std::optional<at::Tensor>& block_table) {
   const bool paged = block_table.has_value();
+#if !defined(FA_PLATFORM_CUDA)
+  TORCH_CHECK(!paged, "block_table (paged K/V) in varlen_fwd is not implemented on AMD GPUs yet (the AMD "
+              "forward reads contiguous K/V only); flash_attn_with_kvcache takes paged caches");
+#endif
   if (paged) {  // q [total_q, h, d]; k, v [num_pages, page_size, h_k, d] (set_paged_kv_params checks the rest)
     check_attention_input(q, "q", 3);
     check_attention_input(k, "k", 4);

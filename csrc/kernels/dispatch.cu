@@ -119,6 +119,13 @@ KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras
 }
 
 error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, stream_t stream) {
+#if !defined(FA_PLATFORM_CUDA)
+  // The AMD forward reads contiguous K/V only. Paging it the portable kernel's way (a page lookup
+  // a key block, or a row) costs SGPRs its extras variants do not have: at d128 fp16 every variant
+  // tried spilled 15-16 SGPRs on gfx942 (the plain kernel without paging uses 105 of 106) and
+  // spilled more on gfx1100 (benchmarks/NOTES.md). The varlen op refuses it first, by name.
+  if (params.block_table != nullptr) return kInvalidConfig;
+#endif
   const PassFamily<FwdParams>* family =
       find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;

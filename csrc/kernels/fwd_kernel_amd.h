@@ -2,8 +2,8 @@
 // its rows (AmdQueryTile, attention_amd.h: both products on the device's matrix cores,
 // transposed). The algorithm is the portable kernel's (fwd_kernel.h): key blocks from the last
 // to the first, masking only where a window edge or the sequence end crosses a block, P kept in
-// registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations, K and V
-// contiguous or paged (seq_bounds.h's KvRows). Per key block:
+// registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations. K and V
+// are contiguous: the dispatch refuses paged K/V here (dispatch.cu says why). Per key block:
 //
 //   barrier | K(n), V(n)^T -> LDS | barrier | load K(n-1), V(n-1) | S^T = K Q^T, mask | softmax | O^T += V^T P^T
 #pragma once
@@ -54,7 +54,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
     const T* q = seq.q_row<T>(params, batch, head, row_begin);
-    const KvRows<T> k_rows = seq.k_rows<T>(params, batch, head_k), v_rows = seq.v_rows<T>(params, batch, head_k);
+    const T* k = seq.k_contiguous<T>(params, batch, head_k);
+    const T* v = seq.v_contiguous<T>(params, batch, head_k);
     const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
 
     const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
@@ -72,21 +73,13 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     const int thread_row0 = row_begin + tile.wave_row0 + Layout::lane_row(lane);  // row of the lane's element 0
 
     // K(n) and V(n) travel through registers: their loads are issued before block n + 1's products.
-    // A block's rows are evenly strided from its first (contiguous K/V, pages of >= kBlockN rows),
-    // else (smaller pages) each row looks its page up: a uniform branch.
     RowChunks<kBlockN, kHeadDim, kNThreads> k_next, v_next;
-    const bool strided_blocks = k_rows.strided_blocks(kBlockN);
     auto load_next = [&](int n) {
-      const int first = n * kBlockN, keys_valid = min(kBlockN, seq.seqlen_k - first);
-      if (strided_blocks) {
-        const T* k_block = k_rows(first);
-        const T* v_block = v_rows(first);
-        k_next.load([&](int row) { return k_block + row * params.k_row_stride; }, keys_valid, params.d, tid);
-        v_next.load([&](int row) { return v_block + row * params.v_row_stride; }, keys_valid, params.d, tid);
-      } else {
-        k_next.load([&](int row) { return k_rows(first + row); }, keys_valid, params.d, tid);
-        v_next.load([&](int row) { return v_rows(first + row); }, keys_valid, params.d, tid);
-      }
+      const int keys_valid = min(kBlockN, seq.seqlen_k - n * kBlockN);
+      const T* k_block = k + n * kBlockN * params.k_row_stride;
+      const T* v_block = v + n * kBlockN * params.v_row_stride;
+      k_next.load([&](int row) { return k_block + row * params.k_row_stride; }, keys_valid, params.d, tid);
+      v_next.load([&](int row) { return v_block + row * params.v_row_stride; }, keys_valid, params.d, tid);
     };
     if (n_block_end > n_block_begin) load_next(n_block_end - 1);
 

@@ -78,6 +78,18 @@ struct SeqBounds {
                      batch * params.v_batch_stride + k_start * params.v_row_stride);
   }
 
+  // Row 0 of this sequence in contiguous k and v: for kernels without paged K/V (the AMD forward).
+  template <class T>
+  FA_DEVICE const T* k_contiguous(const FwdParams& params, int batch, int head_k) const {
+    return static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +
+           k_start * params.k_row_stride;
+  }
+  template <class T>
+  FA_DEVICE const T* v_contiguous(const FwdParams& params, int batch, int head_k) const {
+    return static_cast<const T*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride +
+           k_start * params.v_row_stride;
+  }
+
   // Index of row `row` of this sequence in softmax_lse (and softmax_d), for one head.
   FA_DEVICE int64_t lse_index(const FwdParams& params, int batch, int head, int row) const {
     return batch * params.lse_batch_stride + head * params.lse_head_stride + q_start + row;
