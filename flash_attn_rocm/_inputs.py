@@ -392,3 +392,47 @@ def check_metadata(*, cu_seqlens_q=None, cu_seqlens_k=None, total_q=None, total_
                 if not 0 <= page < num_pages:
                     raise ValueError(f"block_table[{b}, {p}] = {page} is not a page of the cache: must be in "
                                      f"[0, {num_pages}) (k_cache.shape[0])")
+
+# ---------------------------------------------------------------- paged K/V
+
+
+PAGED_LAYOUT = "[num_pages, page_size, nheads_k, head_dim]"
+
+
+def check_block_table(block_table, batch: int, page_size: int, pages_name: str) -> None:
+    """block_table int32 [batch, max_pages_per_sequence] (at least one page) over pages of
+    page_size rows (pages_name.shape[1]): a power of two >= 16, vLLM's 16 included (flash-attn 2.8
+    asks for multiples of 256). Row r of sequence i lives in page block_table[i, r // page_size];
+    the page numbers are the caller's contract (the kernels clamp them to the pages)."""
+    check_int32("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
+    if block_table.shape[0] != batch or block_table.shape[1] == 0:
+        raise ValueError(f"block_table must have shape [batch, max_pages_per_sequence] with batch = {batch} and at "
+                         f"least one page, got {tuple(block_table.shape)}")
+    if block_table.stride(1) != 1:
+        raise ValueError("block_table must be contiguous in its last dimension")
+    if page_size < 16 or page_size & (page_size - 1):
+        raise ValueError(f"the page size ({pages_name}.shape[1] with block_table) must be a power of two >= 16, got "
+                         f"{page_size}")
+
+
+def check_paged_qkv(q, k, v, block_table, batch: int) -> None:
+    """flash_attn_varlen_func with block_table (chunked prefill over a paged KV cache): q
+    [total_q, h, d] and k, v [num_pages, page_size, h_k, d] with check_qkv's rules otherwise, and
+    check_block_table's block_table [batch, max_pages_per_sequence]."""
+    check_tensor("q", q, 3, VARLEN_LAYOUT)
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, 4, PAGED_LAYOUT + " with block_table")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_dtype(name, t)
+    for name, t in (("k", k), ("v", v)):
+        check_dtype(name, t, like=("q", q))
+    nheads, head_dim = q.shape[-2:]
+    check_head_dim(head_dim)
+    for name, t in (("k", k), ("v", v)):
+        check_same_head_dim(name, t, "q", head_dim)
+    check_same_shape("k", k, "v", v)
+    check_gqa(nheads, k.shape[2], "q", "k and v")
+    check_last_dim_contiguous(("q", q), ("k", k), ("v", v))
+    if k.shape[0] == 0:
+        raise ValueError("k must hold at least one page with block_table")
+    check_block_table(block_table, batch, k.shape[1], "k")

@@ -6,6 +6,7 @@ import torch
 
 from ._inputs import (
     check_alibi_slopes,
+    check_block_table,
     check_devices,
     check_dtype,
     check_gqa,
@@ -52,18 +53,11 @@ def _check_cache(q, k_cache, v_cache, block_table, cache_batch_idx) -> int:
             raise ValueError(f"k_cache has batch size {k_cache.shape[0]} but q has {batch} (pass cache_batch_idx to "
                              f"pick cache rows)")
         return k_cache.shape[1]
-    check_int32("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
-    if block_table.shape[0] != batch or block_table.shape[1] == 0:
-        raise ValueError(f"block_table must have shape [batch, max_pages_per_sequence] with batch = {batch} and at "
-                         f"least one page, got {tuple(block_table.shape)}")
+    check_block_table(block_table, batch, k_cache.shape[1], "k_cache")
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx cannot be combined with block_table: the table already maps each batch "
                          "element to its pages")
-    page_size = k_cache.shape[1]
-    if page_size < 16 or page_size & (page_size - 1):
-        raise ValueError(f"the page size (k_cache.shape[1] with block_table) must be a power of two >= 16, got "
-                         f"{page_size}")
-    return block_table.shape[1] * page_size
+    return block_table.shape[1] * k_cache.shape[1]
 
 
 def flash_attn_with_kvcache(
@@ -98,7 +92,7 @@ def flash_attn_with_kvcache(
     k, v [b, s_new, h_k, d]: written in place into the caches at rows cache_seqlens ..
     cache_seqlens + s_new - 1, then attended to. With rotary_cos/rotary_sin ([seqlen_ro,
     rotary_dim / 2], seqlen_ro >= the cache capacity) the new k is rotated at positions
-    cache_seqlens - leftpad + t, and q at those positions (causal or local attention) or all at
+    cache_seqlens + t (flash-attn's: cache_leftpad does not shift them), and q at those positions (causal or local attention) or all at
     the first one; rotary_interleaved pairs channels (2i, 2i + 1), else (i, i + rotary_dim / 2).
     The keys are numbered from cache_leftpad; causal, window_size, softcap and alibi_slopes are
     flash_attn_func's on them, aligned to the bottom-right. num_splits splits the keys across

@@ -2,8 +2,8 @@
 // its rows (AmdQueryTile, attention_amd.h: both products on the device's matrix cores,
 // transposed). The algorithm is the portable kernel's (fwd_kernel.h): key blocks from the last
 // to the first, masking only where a window edge or the sequence end crosses a block, P kept in
-// registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations. Per key
-// block:
+// registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations. K and V
+// are contiguous: the dispatch refuses paged K/V here (dispatch.cu says why). Per key block:
 //
 //   barrier | K(n), V(n)^T -> LDS | barrier | load K(n-1), V(n-1) | S^T = K Q^T, mask | softmax | O^T += V^T P^T
 //
@@ -61,8 +61,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
     const T* q = seq.q_row<T>(params, batch, head, row_begin);
-    const T* k = seq.k_rows<T>(params, batch, head_k);
-    const T* v = seq.v_rows<T>(params, batch, head_k);
+    const T* k = seq.k_contiguous<T>(params, batch, head_k);
+    const T* v = seq.v_contiguous<T>(params, batch, head_k);
     const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
 
     const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
