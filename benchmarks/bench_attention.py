@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--headdims", type=int, nargs="+", default=list(GRID_HEADDIMS),
                    help=f"head dims of the grid (default: {' '.join(map(str, GRID_HEADDIMS))})")
     p.add_argument("--dtype", choices=tuple(common.DTYPES), default="fp16", help="input dtype (default: fp16)")
+    p.add_argument("--blog-backends", nargs="+", choices=BLOG_BACKENDS, default=list(BLOG_BACKENDS),
+                   help="backends of the blog curve (default: all; without eager its speedup column is empty)")
     p.add_argument("--seqlens", type=int, nargs="+", default=None,
                    help=f"sequence lengths of the grid (default: {' '.join(map(str, GRID_SEQLENS))})")
     return p.parse_args(argv)
@@ -59,12 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_blog(args, flash_attn_func) -> None:
     seqlens = BLOG_SEQLENS_QUICK if args.quick else BLOG_SEQLENS
     shapes = [Shape(batch=1, heads=32, seqlen=s, headdim=128, causal=True) for s in seqlens]
-    backends = common.make_backends(BLOG_BACKENDS, flash_attn_func)
+    names = [b for b in BLOG_BACKENDS if b in args.blog_backends]
+    backends = common.make_backends(names, flash_attn_func)
     rows = common.run_cases(shapes, backends, args.mode, common.DTYPES[args.dtype], args.quick, desc="blog")
 
     eager_ms = {r["seqlen"]: r["ms"] for r in rows if r["backend"] == "eager"}
     for r in rows:
-        r["speedup_over_eager"] = common.ratio(eager_ms[r["seqlen"]], r["ms"])
+        r["speedup_over_eager"] = common.ratio(eager_ms.get(r["seqlen"], math.nan), r["ms"])
 
     tag = f"{args.mode}_{args.dtype}"
     common.write_csv(args.out_dir / f"blog_{tag}.csv", rows,
@@ -79,8 +83,16 @@ def run_blog(args, flash_attn_func) -> None:
     table = [r for r in common.pivot(rows, ("seqlen",), ("speedup_over_eager",))
              if args.quick or r["seqlen"] == 256 or r["seqlen"] % 512 == 0]
     print(f"\n== blog: speedup over eager ({args.mode}, {args.dtype}) ==")
-    columns = [("seqlen", "seqlen", "d")] + [(b, f"{b}_speedup_over_eager", ".2f") for b in BLOG_BACKENDS]
+    columns = [("seqlen", "seqlen", "d")] + [(b, f"{b}_speedup_over_eager", ".2f") for b in names]
     print(common.format_table(table, columns))
+    # The bar: at or above cuDNN at every length.
+    ms = {(r["seqlen"], r["backend"]): r["ms"] for r in rows}
+    if "sdpa_cudnn" in names:
+        vs_cudnn = {s: common.ratio(ms[(s, "sdpa_cudnn")], ms[(s, "flash_attn_rocm")]) for s in seqlens}
+        below = [s for s, x in vs_cudnn.items() if x < 1.0]
+        worst = min(vs_cudnn, key=vs_cudnn.get)
+        print(f"blog vs sdpa_cudnn: {len(below)} of {len(vs_cudnn)} lengths below 1.0x; "
+              f"lowest {vs_cudnn[worst]:.3f}x at {worst}")
 
 
 # --------------------------------------------------------------------------- grid

@@ -9,26 +9,38 @@ built once and switched between implementations with set_attn_implementation.
   prefill_ms  one forward over the prompt that fills the KV cache (logits of the last token
               only, as generate() runs it): median of --reps after a warm-up, the impls
               timed in alternating rounds (the GPU's clock drifts over a run)
-  tpot_ms     time per output token: greedy generate(use_cache=True) of --new-tokens tokens,
-              the median gap between consecutive tokens (CUDA events recorded as each token's
-              logits arrive), so the prefill is excluded
+  prefill_syncs  host syncs in one such forward (torch.cuda.set_sync_debug_mode), to see
+              whether an attention path stalls the launch queue layer by layer
+  decode_ms   time per output token where the host is out of the way: the prompt prefilled
+              into a StaticCache (room for --new-tokens more), one greedy decode step (forward,
+              argmax, next position) captured as a CUDA graph, then --new-tokens replays timed
+              with CUDA events, median of --reps such runs, every impl alike. Full-attention
+              cache layers for every model (Mistral's window of 4096 still masks: the cache
+              layers just keep every key), so a replay never depends on host-side cache state.
+              A timing from generate() measured Python and launch overhead instead (sdpa 80.85
+              ms/token vs eager 39.13 at Llama-3-8B 4096 in one run): it is gone.
 
-Writes llm.csv (model, seqlen, impl, prefill_ms, tpot_ms, speedup_vs_eager: eager's prefill
-time over this one's) and llm_prefill_speedup.png (bars per model x seqlen, one per impl) to
---out-dir, and prints a table.
+Writes llm.csv (model, seqlen, impl, prefill_ms, prefill_syncs, decode_ms, speedup_vs_eager:
+eager's prefill time over this one's, prefill_vs_sdpa and decode_vs_sdpa: sdpa's time over this
+one's, from the same run) and llm_prefill_speedup.png (bars per model x seqlen, one per impl)
+to --out-dir, and prints a table; the flash_attn_rocm decode path taken is logged once per model.
 
 Examples:
   python benchmarks/bench_llm.py
   python benchmarks/bench_llm.py --quick --models llama-3-8b
+  python benchmarks/bench_llm.py --device cpu --tiny --seqlens 32 --new-tokens 4   # plumbing check, no GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import math
 import statistics
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -68,13 +80,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", choices=tuple(ARCHS), default=list(ARCHS), help="architectures to run")
     p.add_argument("--seqlens", nargs="+", type=int, default=None, help=f"prompt lengths (default: {SEQLENS})")
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="attention implementations")
-    p.add_argument("--new-tokens", type=int, default=None, help="tokens generated for tpot_ms (default: 128)")
-    p.add_argument("--reps", type=int, default=None, help="timed prefill repetitions (default: 5)")
+    p.add_argument("--new-tokens", type=int, default=None, help="decode steps per decode_ms run (default: 64)")
+    p.add_argument("--reps", type=int, default=None, help="timed prefill repetitions and decode runs (default: 5)")
+    p.add_argument("--no-decode", action="store_true", help="prefill columns only")
     p.add_argument("--quick", action="store_true",
                    help=f"seqlens {SEQLENS_QUICK}, 32 new tokens, 2 reps: a smoke run")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cpu: a plumbing check with --tiny (float32, no CUDA graphs, wall-clock times)")
+    p.add_argument("--tiny", action="store_true", help="2 layers, hidden 256: the architectures' shapes shrunk")
     args = p.parse_args(argv)
     args.seqlens = args.seqlens or (SEQLENS_QUICK if args.quick else SEQLENS)
-    args.new_tokens = args.new_tokens or (32 if args.quick else 128)
+    args.new_tokens = args.new_tokens or (32 if args.quick else 64)
     args.reps = args.reps or (2 if args.quick else 5)
     args.out_dir = args.out_dir or common.default_out_dir()
     return args
@@ -83,15 +99,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- models
 
 
-def build_model(arch: str):
-    """Random bf16 weights, allocated and initialised on the GPU (no CPU round trip)."""
+TINY = dict(num_hidden_layers=2, vocab_size=512, num_attention_heads=4)
+
+
+def build_model(arch: str, device: str = "cuda", tiny: bool = False):
+    """Random weights (bf16 on the GPU, float32 on the CPU), allocated and initialised on the
+    device (no CPU round trip)."""
     import transformers
     from transformers import AutoModelForCausalLM
 
     config_class, fields = ARCHS[arch]
+    if tiny:  # the same head dim and features (GQA or not, window, partial rotary), 2 layers of 4 heads
+        head_dim = fields["hidden_size"] // fields["num_attention_heads"]
+        gqa = fields["num_key_value_heads"] < fields["num_attention_heads"]
+        fields = {**fields, **TINY, "hidden_size": 4 * head_dim, "intermediate_size": 8 * head_dim,
+                  "num_key_value_heads": 2 if gqa else 4}
     config = getattr(transformers, config_class)(**fields)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPE, attn_implementation="eager")
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPE if device == "cuda" else torch.float32,
+                                                 attn_implementation="eager")
     return model.eval()
 
 
@@ -109,26 +135,11 @@ def available_impls(wanted) -> list[str]:
 # --------------------------------------------------------------------------- timing
 
 
-class StepClock:
-    """A logits processor that records a CUDA event whenever generate() has a new token's
-    logits; the gaps between consecutive events are the decode steps."""
-
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, input_ids, scores):
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self.events.append(event)
-        return scores
-
-    def median_gap_ms(self) -> float:
-        torch.cuda.synchronize()
-        gaps = [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
-        return statistics.median(gaps) if gaps else math.nan
-
-
 def time_prefill_ms(model, ids) -> float:
+    if ids.device.type != "cuda":
+        start = time.perf_counter()
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        return 1e3 * (time.perf_counter() - start)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     model(input_ids=ids, use_cache=True, logits_to_keep=1)
@@ -137,32 +148,132 @@ def time_prefill_ms(model, ids) -> float:
     return start.elapsed_time(end)
 
 
-def tpot_ms(model, ids, new_tokens: int) -> float:
-    from transformers import LogitsProcessorList
+def prefill_syncs(model, ids) -> float:
+    """Host syncs during one prefill forward, as counted by torch.cuda.set_sync_debug_mode."""
+    if ids.device.type != "cuda":
+        return math.nan
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return float(sum("synchronizing" in str(w.message) for w in caught))
 
-    clock = StepClock()
-    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, use_cache=True, pad_token_id=0, logits_processor=LogitsProcessorList([clock]))
-    return clock.median_gap_ms()
+
+class Decoder:
+    """Greedy decoding from a prefilled StaticCache, one step (forward, argmax, next position)
+    captured as a CUDA graph and replayed: the GPU's time per token, no host in the loop."""
+
+    def __init__(self, model, ids, new_tokens: int):
+        from transformers import StaticCache
+
+        self.model, self.prompt_len, self.new_tokens = model, ids.shape[1], new_tokens
+        # Full-attention layers for every architecture: a sliding-window layer keeps host-side
+        # counters that a graph replay would not advance. The window itself is the model's, not the cache's.
+        cache_config = copy.deepcopy(model.config)
+        cache_config.sliding_window = None
+        if getattr(cache_config, "layer_types", None) is not None:
+            cache_config.layer_types = ["full_attention"] * len(cache_config.layer_types)
+        self.cache = StaticCache(config=cache_config, max_cache_len=self.prompt_len + new_tokens + 1)
+        self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.token = ids[:, -1:].clone()
+        self.position = torch.full_like(self.token, self.prompt_len)
+        self.graph = None
+
+    def rewind(self):
+        """Back to the end of the prompt: the cache forgets the decoded tokens (their slots are overwritten)."""
+        for layer in self.cache.layers:
+            layer.cumulative_length.fill_(self.prompt_len)
+        self.position.fill_(self.prompt_len)
+
+    def step(self):
+        logits = self.model(input_ids=self.token, position_ids=self.position, cache=self.cache, use_cache=True).logits
+        self.token.copy_(logits[:, -1].argmax(dim=-1, keepdim=True))
+        self.position.add_(1)
+
+    def capture(self):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up off the capture (cuBLAS workspaces, lazy inits)
+            for _ in range(2):
+                self.step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.rewind()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step()
+
+    def run_ms(self) -> float:
+        """Milliseconds per token over new_tokens steps from the end of the prompt."""
+        self.rewind()
+        if self.graph is None:  # the CPU plumbing check
+            start = time.perf_counter()
+            for _ in range(self.new_tokens):
+                self.step()
+            return 1e3 * (time.perf_counter() - start) / self.new_tokens
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(self.new_tokens):
+            self.graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / self.new_tokens
 
 
-def measure(model, impls: list[str], seqlen: int, args) -> dict[str, tuple[float, float]]:
-    """{impl: (prefill_ms, tpot_ms)} at one prompt length; NaNs (logged) where an impl cannot
-    run. The timed prefills go in rounds, one per impl per round, the order reversed every other
-    round, so that the GPU's clock drift (it warms up over a run) falls on every impl alike."""
-    ids = torch.randint(1, model.config.vocab_size, (1, seqlen), device="cuda")
+def decode_ms(model, ids, args) -> float:
+    decoder = Decoder(model, ids, args.new_tokens)
+    if ids.device.type == "cuda":
+        decoder.capture()
+    decoder.run_ms()  # warm-up
+    return statistics.median(decoder.run_ms() for _ in range(args.reps))
+
+
+def decode_path(model, ids) -> str:
+    """Which flash_attn_rocm backend entries one eager decode step reaches (e.g. "spans" = flash_attn_with_kvcache)."""
+    from flash_attn_rocm.integrations import transformers as hf
+
+    called, original = set(), hf._KERNELS
+
+    def spy(name, fn):
+        def wrapped(*a, **k):
+            called.add(name)
+            return fn(*a, **k)
+        return wrapped
+
+    hf._KERNELS = hf._Backend(*(spy(name, fn) for name, fn in zip(hf._Backend._fields, original)))
+    try:
+        decoder = Decoder(model, ids, 1)
+        called.clear()  # the prefill's path is not the question
+        decoder.step()
+    finally:
+        hf._KERNELS = original
+    names = {"dense": "dense (flash_attn_func)", "varlen": "varlen (flash_attn_varlen_func)",
+             "spans": "spans (flash_attn_with_kvcache)"}
+    return ", ".join(names[n] for n in sorted(called)) or "the PyTorch fallback"
+
+
+def measure(model, impls: list[str], seqlen: int, args) -> dict[str, dict]:
+    """{impl: {prefill_ms, prefill_syncs, decode_ms}} at one prompt length; NaNs (logged) where an
+    impl cannot run. The timed prefills go in rounds, one per impl per round, the order reversed
+    every other round, so that the GPU's clock drift (it warms up over a run) falls on every impl
+    alike; the decode runs follow, impl after impl."""
+    device = next(model.parameters()).device
+    ids = torch.randint(1, model.config.vocab_size, (1, seqlen), device=device)
     times = {impl: [] for impl in impls}
-    tpot = {}
 
     def attempt(impl, fn):
         try:
             model.set_attn_implementation(impl)
             with torch.inference_mode():
                 return fn()
-        except (RuntimeError, ValueError, NotImplementedError) as e:  # OOM, unsupported shapes
+        except (RuntimeError, ValueError, NotImplementedError) as e:  # OOM, unsupported shapes, a sync in capture
             common.log_once(f"{impl}: cannot run at seqlen {seqlen}, recording NaN "
                             f"({type(e).__name__}: {common._first_line(e)})")
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             return math.nan
 
     for impl in impls:  # warm-up
@@ -170,9 +281,17 @@ def measure(model, impls: list[str], seqlen: int, args) -> dict[str, tuple[float
     for r in range(args.reps):
         for impl in (impls if r % 2 == 0 else impls[::-1]):
             times[impl].append(attempt(impl, lambda: time_prefill_ms(model, ids)))
-    for impl in impls:
-        tpot[impl] = attempt(impl, lambda: tpot_ms(model, ids, args.new_tokens))
-    return {impl: (statistics.median(times[impl]), tpot[impl]) for impl in impls}
+    results = {impl: dict(prefill_ms=statistics.median(times[impl]),
+                          prefill_syncs=attempt(impl, lambda: prefill_syncs(model, ids)),
+                          decode_ms=math.nan) for impl in impls}
+    if not args.no_decode:
+        if "flash_attn_rocm" in impls:
+            path = attempt("flash_attn_rocm", lambda: decode_path(model, ids))
+            common.log_once(f"{model.config.model_type}: flash_attn_rocm decode step runs: {path}")
+        for impl in impls:
+            results[impl]["decode_ms"] = attempt(impl, lambda: decode_ms(model, ids, args))
+            gc.collect()  # the static cache of the last impl
+    return results
 
 
 def run(args) -> list[dict]:
@@ -180,18 +299,23 @@ def run(args) -> list[dict]:
     rows = []
     with common.progress(len(args.models) * len(args.seqlens), "llm") as bar:
         for arch in args.models:
-            model = build_model(arch)
+            model = build_model(arch, args.device, args.tiny)
             for seqlen in args.seqlens:
                 bar.set_postfix_str(f"{arch} s{seqlen}")
-                for impl, (prefill, tpot) in measure(model, impls, seqlen, args).items():
-                    rows.append(dict(model=arch, seqlen=seqlen, impl=impl, prefill_ms=prefill, tpot_ms=tpot))
+                for impl, result in measure(model, impls, seqlen, args).items():
+                    rows.append(dict(model=arch, seqlen=seqlen, impl=impl, **result))
                 bar.update()
             del model  # the next architecture needs the memory
             gc.collect()
-            torch.cuda.empty_cache()
-    eager = {(r["model"], r["seqlen"]): r["prefill_ms"] for r in rows if r["impl"] == "eager"}
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+    by_impl = {(r["model"], r["seqlen"], r["impl"]): r for r in rows}
     for r in rows:
-        r["speedup_vs_eager"] = common.ratio(eager.get((r["model"], r["seqlen"]), math.nan), r["prefill_ms"])
+        eager = by_impl.get((r["model"], r["seqlen"], "eager"), {})
+        sdpa = by_impl.get((r["model"], r["seqlen"], "sdpa"), {})
+        r["speedup_vs_eager"] = common.ratio(eager.get("prefill_ms", math.nan), r["prefill_ms"])
+        r["prefill_vs_sdpa"] = common.ratio(sdpa.get("prefill_ms", math.nan), r["prefill_ms"])
+        r["decode_vs_sdpa"] = common.ratio(sdpa.get("decode_ms", math.nan), r["decode_ms"])
     return rows
 
 
@@ -229,32 +353,39 @@ def plot_speedup_bars(path: Path, rows: list[dict], impls: list[str], title: str
     print(f"wrote {path}", flush=True)
 
 
+CSV_COLUMNS = ("model", "seqlen", "impl", "prefill_ms", "prefill_syncs", "decode_ms", "speedup_vs_eager",
+               "prefill_vs_sdpa", "decode_vs_sdpa")
+
+
 def print_table(rows: list[dict], impls: list[str]):
     table = {}
     for r in rows:
         entry = table.setdefault((r["model"], r["seqlen"]), {"model": r["model"], "seqlen": r["seqlen"]})
-        entry.update({f"{r['impl']}_{key}": r[key] for key in ("prefill_ms", "tpot_ms", "speedup_vs_eager")})
+        entry.update({f"{r['impl']}_{key}": r[key] for key in CSV_COLUMNS[3:]})
     columns = [("model", "model", "s"), ("seqlen", "seqlen", "d")]
     columns += [(f"prefill {i}", f"{i}_prefill_ms", ".1f") for i in impls]
-    columns += [(f"tpot {i}", f"{i}_tpot_ms", ".2f") for i in impls]
-    columns += [(f"x {i}", f"{i}_speedup_vs_eager", ".2f") for i in impls if i != "eager"]
+    columns += [(f"syncs {i}", f"{i}_prefill_syncs", ".0f") for i in impls]
+    columns += [(f"decode {i}", f"{i}_decode_ms", ".2f") for i in impls]
+    columns += [(f"x eager {i}", f"{i}_speedup_vs_eager", ".2f") for i in impls if i != "eager"]
+    columns += [(f"prefill sdpa/{i}", f"{i}_prefill_vs_sdpa", ".2f") for i in impls if i != "sdpa"]
+    columns += [(f"decode sdpa/{i}", f"{i}_decode_vs_sdpa", ".2f") for i in impls if i != "sdpa"]
     print(common.format_table(list(table.values()), columns))
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench_llm.py needs a CUDA GPU")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_llm.py needs a CUDA GPU (or --device cpu --tiny for a plumbing check)")
     torch.manual_seed(0)
     rows = run(args)
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    common.write_csv(args.out_dir / "llm.csv", rows,
-                     ("model", "seqlen", "impl", "prefill_ms", "tpot_ms", "speedup_vs_eager"))
-    plot_speedup_bars(args.out_dir / "llm_prefill_speedup.png", rows, impls,
-                      f"Prefill speedup over eager attention, transformers, batch 1, bf16, random weights\n"
-                      f"{common.device_name()}")
-    print(f"\n== LLM prefill (ms), time per output token (ms, {args.new_tokens} new tokens), "
-          f"prefill speedup over eager ==")
+    common.write_csv(args.out_dir / "llm.csv", rows, CSV_COLUMNS)
+    if args.device == "cuda":
+        plot_speedup_bars(args.out_dir / "llm_prefill_speedup.png", rows, impls,
+                          f"Prefill speedup over eager attention, transformers, batch 1, bf16, random weights\n"
+                          f"{common.device_name()}")
+    print(f"\n== LLM prefill (ms), its host syncs, decode (ms per token: CUDA graph replays from a static cache, "
+          f"{args.new_tokens} tokens), prefill speedup over eager, sdpa's time over each impl's (same run) ==")
     print_table(rows, impls)
 
 

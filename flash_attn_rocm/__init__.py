@@ -2,6 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._inputs import metadata_checks, metadata_checks_enabled, set_metadata_checks
+from . import context_parallel  # noqa: F401  (flash_attn_rocm.context_parallel: attention across ranks)
 from ._ops import compiled_head_dims, kernel_family
 from .kvcache import flash_attn_with_kvcache
 from .sdpa import patch_sdpa, scaled_dot_product_attention, sdpa_patched, unpatch_sdpa
@@ -33,5 +35,8 @@ __all__ = [
     "sdpa_patched",
     "compiled_head_dims",
     "kernel_family",
+    "set_metadata_checks",
+    "metadata_checks",
+    "metadata_checks_enabled",
     "__version__",
 ]

@@ -1,6 +1,6 @@
 """The kernels' dropout mask, recomputed in PyTorch (csrc/kernels/dropout.h is the spec).
 
-Used by return_attn_probs (S_dmask) and by the tests, which check the kernels against this
+Used by return_attn_probs (S_dmask, in flash-attn's blockwise convention) and by the tests, which check the kernels against this
 independent implementation. Memory and time are O(batch * heads * seqlen_q * seqlen_k): for
 testing, not for training.
 """
@@ -63,10 +63,33 @@ def keep_mask(rng_state: torch.Tensor, dropout_p: float, batch: int, nheads: int
     return keep[:, :seqlen_q, :seqlen_k].reshape(len(batches), nheads, seqlen_q, seqlen_k)
 
 
-def attention_probs(q, k, softmax_lse, softmax_scale: float, causal: bool, window: tuple[int, int], softcap: float,
-                    alibi_slopes) -> torch.Tensor:
-    """The probabilities the kernels computed (before dropout), float32 [b, h, sq, sk], from the
-    forward's softmax_lse: q [b, sq, h, d], k [b, sk, h_k, d]."""
+def block_size_n(device, head_dim: int, is_dropout: bool, is_causal: bool) -> int:
+    """The key-block width of S_dmask's convention (flash-attn 2's `_get_block_size_n`, same
+    arguments and values, so that tests written for flash-attn normalise our S_dmask with it).
+    It describes flash-attn 2's tiles, which S_dmask reproduces, not necessarily ours. head_dim is
+    the caller's (before padding to a multiple of 8)."""
+    if head_dim > 256:
+        raise ValueError(f"head_dim must be at most 256, got {head_dim}")
+    device = torch.device(device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    if head_dim <= 32:
+        return 128
+    if head_dim <= 64:
+        return 64 if is_dropout else 128
+    if head_dim <= 96:
+        return 64
+    if head_dim <= 128:
+        if is_dropout:
+            return 32
+        # flash-attn's sm86/sm89 tiles (less shared memory than sm80) narrow the non-causal blocks.
+        return 32 if capability[0] == 8 and capability[1] > 0 and not is_causal else 64
+    return 64
+
+
+def masked_scores(q, k, softmax_scale: float, causal: bool, window: tuple[int, int], softcap: float,
+                  alibi_slopes) -> torch.Tensor:
+    """The logits the kernels compute, float32 [b, h, sq, sk], -inf where the mask hides a key:
+    q [b, sq, h, d], k [b, sk, h_k, d]."""
     seqlen_q, seqlen_k, nheads = q.shape[1], k.shape[1], q.shape[2]
     k = k.float().repeat_interleave(nheads // k.shape[2], dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k) * softmax_scale
@@ -76,19 +99,46 @@ def attention_probs(q, k, softmax_lse, softmax_scale: float, causal: bool, windo
         rows = torch.arange(seqlen_q, device=q.device)[:, None] + seqlen_k - seqlen_q
         cols = torch.arange(seqlen_k, device=q.device)[None, :]
         scores = scores - alibi_slopes.float().reshape(-1, nheads, 1, 1) * (rows - cols).abs()
-    probs = torch.exp(scores - softmax_lse.float()[..., None])
-    hidden = softmax_lse.isneginf()[..., None]
     visible = window_visible(seqlen_q, seqlen_k, window, causal, q.device)
     if visible is not None:
-        hidden = hidden | ~visible
-    return probs.masked_fill(hidden, 0.0)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return scores
 
 
-def s_dmask(q, k, softmax_lse, rng_state, dropout_p: float, softmax_scale: float, causal: bool,
-            window: tuple[int, int], softcap: float, alibi_slopes, batch_index: int | None = None) -> torch.Tensor:
-    """flash-attn's S_dmask: the attention probabilities [b, h, sq, sk] in q's dtype, negated
-    where dropout dropped them. batch_index: q, k are one varlen sequence ([1, s, h, d])."""
-    probs = attention_probs(q, k, softmax_lse, softmax_scale, causal, window, softcap, alibi_slopes)
-    batch, nheads, seqlen_q, seqlen_k = probs.shape
+def attention_probs(q, k, softmax_lse, softmax_scale: float, causal: bool, window: tuple[int, int], softcap: float,
+                    alibi_slopes) -> torch.Tensor:
+    """The probabilities the kernels computed (before dropout), float32 [b, h, sq, sk], from the
+    forward's softmax_lse: q [b, sq, h, d], k [b, sk, h_k, d]."""
+    scores = masked_scores(q, k, softmax_scale, causal, window, softcap, alibi_slopes)
+    probs = torch.exp(scores - softmax_lse.float()[..., None])
+    return probs.masked_fill(scores.isneginf() | softmax_lse.isneginf()[..., None], 0.0)
+
+
+def blockwise_unnormalized_probs(scores: torch.Tensor, block_n: int) -> torch.Tensor:
+    """exp(s - m) per key, m being the running row max when the key's block is reached: the max
+    over that block and every block to its right (flash-attn walks the key blocks from the last
+    one down). 0 where s is -inf. scores: float32 [..., sk]."""
+    blocks = scores.split(block_n, dim=-1)
+    block_max = torch.stack([b.amax(dim=-1) for b in blocks], dim=-1)
+    running_max = block_max.flip(-1).cummax(dim=-1).values.flip(-1)
+    running_max = running_max.masked_fill(running_max.isneginf(), 0.0)  # fully hidden so far: exp(-inf) = 0
+    widths = [b.shape[-1] for b in blocks]
+    per_key_max = running_max.repeat_interleave(torch.tensor(widths, device=scores.device), dim=-1)
+    return torch.exp(scores - per_key_max)
+
+
+def s_dmask(q, k, rng_state, dropout_p: float, softmax_scale: float, causal: bool,
+            window: tuple[int, int], softcap: float, alibi_slopes, batch_index: int | None = None,
+            head_dim: int | None = None) -> torch.Tensor:
+    """flash-attn's S_dmask, [b, h, sq, sk] in q's dtype: per key block of block_size_n(...)
+    keys, exp(s - m) with m the running row max when that block is reached (the unnormalised
+    probability the kernel holds; times exp(m - lse) it is the probability, which is what
+    flash-attn's tests' normalize_flash_attn_S recovers), 0 where the mask hides the key, and
+    negated where dropout dropped it. batch_index: q, k are one varlen sequence ([1, s, h, d]).
+    head_dim: the caller's head dim, before padding (default q's)."""
+    scores = masked_scores(q, k, softmax_scale, causal, window, softcap, alibi_slopes)
+    block_n = block_size_n(q.device, q.shape[-1] if head_dim is None else head_dim, True, causal)
+    values = blockwise_unnormalized_probs(scores, block_n)
+    batch, nheads, seqlen_q, seqlen_k = values.shape
     keep = keep_mask(rng_state, dropout_p, batch, nheads, seqlen_q, seqlen_k, batch_index)
-    return torch.where(keep, probs, -probs).to(q.dtype)
+    return torch.where(keep, values, -values).to(q.dtype)

@@ -8,11 +8,21 @@ instead and, where a rule is broken, run PyTorch with the error's message as the
 Head dims are the build's: a positive multiple of 8 runs on the smallest compiled head dim at
 least as large (the kernels pad it), so a build filtered to fewer head dims
 (FLASH_ATTN_ROCM_HEAD_DIMS) serves up to its largest one and refuses the rest here, by name.
+Other head dims are zero-padded to the next multiple of 8 here in Python (pad_head_dim), as
+flash-attn does, and the output sliced back.
+
+The values inside the index tensors (cu_seqlens, cache_seqlens, block_table, ...) live on the
+device and are not read by default (no host sync, CUDA-graph capturable); check_metadata reads
+and validates them when metadata checks are on (set_metadata_checks, metadata_checks, or
+FLASH_ATTN_ROCM_CHECK_METADATA=1 in the environment).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
+import os
 from typing import Callable
 
 import torch
@@ -27,9 +37,25 @@ VARLEN_LAYOUT = "[total, nheads, head_dim]"
 
 
 def kernel_head_dim(head_dim: int) -> int | None:
-    """The compiled head dim that serves head_dim (a positive multiple of 8): the smallest one at
-    least as large, or None when the build has none."""
+    """The compiled head dim that serves head_dim (> 0): the smallest one at least as large, or
+    None when the build has none."""
     return next((d for d in COMPILED_HEAD_DIMS if d >= head_dim), None)
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """head_dim rounded up to a multiple of 8, the granularity the kernels read rows in."""
+    return -(-head_dim // 8) * 8
+
+
+def pad_head_dim(*tensors):
+    """The tensors zero-padded in their last dim to a multiple of 8 (a copy), or themselves when it
+    already is one. Zero channels add nothing to q.k and give zero output channels, which the
+    caller slices off; autograd slices the gradients back through the pad."""
+    head_dim = tensors[0].shape[-1]
+    extra = padded_head_dim(head_dim) - head_dim
+    if extra == 0:
+        return tensors
+    return tuple(None if t is None else torch.nn.functional.pad(t, (0, extra)) for t in tensors)
 
 
 def fallback_reason(check: Callable[[], object]) -> str | None:
@@ -74,8 +100,9 @@ def check_dtype(name: str, t: torch.Tensor, like: tuple[str, torch.Tensor] | Non
 
 
 def check_head_dim(head_dim: int, name: str = "q") -> None:
-    if head_dim <= 0 or head_dim % 8 != 0 or kernel_head_dim(head_dim) is None:
-        raise ValueError(f"head dim of {name} must be a positive multiple of 8 and at most {COMPILED_HEAD_DIMS[-1]} "
+    """Any head dim from 1 to the build's largest; one that is not a multiple of 8 is padded to one."""
+    if head_dim <= 0 or kernel_head_dim(padded_head_dim(head_dim)) is None:
+        raise ValueError(f"head dim of {name} must be positive and at most {COMPILED_HEAD_DIMS[-1]} "
                          f"(the largest of this build's {list(COMPILED_HEAD_DIMS)}), got {head_dim}")
 
 
@@ -169,16 +196,29 @@ def resolve_softmax_scale(softmax_scale, head_dim: int, name: str = "softmax_sca
 
 
 def resolve_window(window_size) -> tuple[int, int]:
-    """flash-attn's (left, right), -1 meaning unbounded."""
+    """flash-attn's (left, right), -1 meaning unbounded: a pair of ints, or as flash-attn 2.8 also
+    takes, an integer tensor of 2 elements (or a pair of 0-d ones). A tensor's values are read
+    once, here; on a GPU that read is a device-to-host copy that synchronises (and cannot be
+    captured in a CUDA graph): pass ints where that matters."""
+    if isinstance(window_size, torch.Tensor):
+        if window_size.shape != (2,) or window_size.is_floating_point() or window_size.is_complex() or \
+                window_size.dtype == torch.bool:
+            raise TypeError(f"window_size as a tensor must be an integer tensor of shape [2], got dtype "
+                            f"{window_size.dtype} and shape {tuple(window_size.shape)}")
+        window_size = tuple(window_size.tolist())
     if isinstance(window_size, (str, bytes)) or not hasattr(window_size, "__len__") or len(window_size) != 2:
         raise TypeError(f"window_size must be a pair (left, right), got {window_size!r}")
-    left, right = window_size
-    for value in (left, right):
-        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+    entries = []
+    for value in window_size:
+        if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() and \
+                not value.is_complex() and value.dtype != torch.bool:
+            value = int(value.item())
+        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
             raise TypeError(f"window_size entries must be ints, got {window_size!r}")
         if value < -1:
             raise ValueError(f"window_size entries must be >= -1 (-1: unbounded), got {window_size!r}")
-    return int(left), int(right)
+        entries.append(int(value))
+    return entries[0], entries[1]
 
 
 def resolve_softcap(softcap) -> float:
@@ -234,3 +274,165 @@ def check_packed(t, name: str, rank: int, pack_dim: int, count: int) -> None:
     check_tensor(name, t, rank, layout)
     if t.shape[pack_dim] != count:
         raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+
+
+# ---------------------------------------------------------------- metadata values (opt-in)
+
+_metadata_checks = os.environ.get("FLASH_ATTN_ROCM_CHECK_METADATA", "0").strip() not in ("", "0")
+
+
+def set_metadata_checks(enabled: bool) -> bool:
+    """Turns the metadata value checks on or off for every later call (the default comes from
+    FLASH_ATTN_ROCM_CHECK_METADATA, off unless set to something other than 0). Returns the
+    previous setting. On, each call reads its cu_seqlens / cache_seqlens / block_table /
+    cache_batch_idx values with one device-to-host copy (a sync; not capturable in a CUDA graph)
+    and raises ValueError at the first bad one."""
+    global _metadata_checks
+    previous, _metadata_checks = _metadata_checks, bool(enabled)
+    return previous
+
+
+def metadata_checks_enabled() -> bool:
+    return _metadata_checks
+
+
+@contextlib.contextmanager
+def metadata_checks(enabled: bool = True):
+    """`with metadata_checks(): ...` checks the metadata values of the calls inside the block."""
+    previous = set_metadata_checks(enabled)
+    try:
+        yield
+    finally:
+        set_metadata_checks(previous)
+
+
+def _host_values(named: dict) -> dict:
+    """{name: list of ints} for the named int tensors, read with one device-to-host copy."""
+    tensors = [t for t in named.values()]
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("metadata checks (set_metadata_checks / FLASH_ATTN_ROCM_CHECK_METADATA) read the index "
+                           "tensors on the host, which a CUDA graph capture cannot do: turn them off while capturing")
+    flat = torch.cat([t.reshape(-1).to(device=tensors[0].device, dtype=torch.int64) for t in tensors]).tolist()
+    values, start = {}, 0
+    for name, t in named.items():
+        values[name] = flat[start:start + t.numel()]
+        start += t.numel()
+    return values
+
+
+def _check_cu_seqlens(name: str, cu: list[int], total, max_seqlen) -> list[int]:
+    """cu_seqlens: 0 first, non-decreasing, the last one at most the rows there are, every length at
+    most max_seqlen. Returns the lengths."""
+    if cu[0] != 0:
+        raise ValueError(f"{name}[0] must be 0, got {cu[0]}")
+    for i in range(1, len(cu)):
+        if cu[i] < cu[i - 1]:
+            raise ValueError(f"{name} must be non-decreasing, got {name}[{i}] = {cu[i]} < {name}[{i - 1}] = "
+                             f"{cu[i - 1]}")
+        if total is not None and cu[i] > total:
+            raise ValueError(f"{name}[{i}] = {cu[i]} is past the {total} rows of the packed tensor")
+        if max_seqlen is not None and cu[i] - cu[i - 1] > max_seqlen:
+            raise ValueError(f"sequence {i - 1} of {name} has {cu[i] - cu[i - 1]} rows, more than its max_seqlen "
+                             f"({max_seqlen}): {name}[{i}] - {name}[{i - 1}]")
+    return [cu[i + 1] - cu[i] for i in range(len(cu) - 1)]
+
+
+def check_metadata(*, cu_seqlens_q=None, cu_seqlens_k=None, total_q=None, total_k=None, max_seqlen_q=None,
+                   max_seqlen_k=None, cache_seqlens=None, seqlen_new: int = 0, capacity=None, cache_batch_idx=None,
+                   batch_cache=None, block_table=None, num_pages=None, page_size=None) -> None:
+    """When metadata checks are on (set_metadata_checks), the values of the index tensors given,
+    read with one device-to-host copy; otherwise nothing (the kernels clamp bad values: wrong
+    rows, never an out-of-bounds access). Raises ValueError naming the argument and the first
+    bad index. Meta and fake tensors are skipped (no values).
+
+    cu_seqlens_q / cu_seqlens_k (int32 [batch + 1]): 0 first, non-decreasing, at most total_q /
+      total_k (the packed rows; None: unchecked, e.g. paged keys), lengths <= max_seqlen_q / _k.
+    cache_seqlens (int32 [batch]): >= 0, and + seqlen_new (the rows appended) <= capacity.
+    cache_batch_idx (int32 [batch]): in [0, batch_cache).
+    block_table (int32 [batch, max_pages]): the entries a sequence uses, in [0, num_pages). A
+      sequence of n keys uses its first ceil(n / page_size) entries, n being cache_seqlens +
+      seqlen_new, else the cu_seqlens_k length, else every entry; the rest may hold anything
+      (vLLM-style tables pad with -1).
+    """
+    if not _metadata_checks:
+        return
+    named = {name: t for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k),
+                                     ("cache_seqlens", cache_seqlens), ("cache_batch_idx", cache_batch_idx),
+                                     ("block_table", block_table))
+             if isinstance(t, torch.Tensor) and t.numel() > 0}
+    if not named or any(t.device.type == "meta" or isinstance(t, torch._subclasses.FakeTensor)
+                        for t in named.values()):
+        return
+    values = _host_values(named)
+    lengths_k = None
+    if "cu_seqlens_q" in values:
+        _check_cu_seqlens("cu_seqlens_q", values["cu_seqlens_q"], total_q, max_seqlen_q)
+    if "cu_seqlens_k" in values:
+        lengths_k = _check_cu_seqlens("cu_seqlens_k", values["cu_seqlens_k"], total_k, max_seqlen_k)
+    if "cache_seqlens" in values:
+        lengths_k = []
+        for i, n in enumerate(values["cache_seqlens"]):
+            if n < 0:
+                raise ValueError(f"cache_seqlens[{i}] = {n} must be >= 0")
+            if capacity is not None and n + seqlen_new > capacity:
+                raise ValueError(f"cache_seqlens[{i}] = {n} plus the {seqlen_new} new rows is past the cache capacity "
+                                 f"of {capacity} rows per sequence (rows past it would be dropped)")
+            lengths_k.append(n + seqlen_new)
+    if "cache_batch_idx" in values and batch_cache is not None:
+        for i, n in enumerate(values["cache_batch_idx"]):
+            if not 0 <= n < batch_cache:
+                raise ValueError(f"cache_batch_idx[{i}] = {n} is not a row of the cache: must be in [0, {batch_cache})")
+    if "block_table" in values and num_pages is not None:
+        batch, max_pages = block_table.shape
+        table = values["block_table"]
+        for b in range(batch):
+            used = max_pages if lengths_k is None or page_size is None else min(max_pages, -(-lengths_k[b] // page_size))
+            for p in range(used):
+                page = table[b * max_pages + p]
+                if not 0 <= page < num_pages:
+                    raise ValueError(f"block_table[{b}, {p}] = {page} is not a page of the cache: must be in "
+                                     f"[0, {num_pages}) (k_cache.shape[0])")
+
+# ---------------------------------------------------------------- paged K/V
+
+
+PAGED_LAYOUT = "[num_pages, page_size, nheads_k, head_dim]"
+
+
+def check_block_table(block_table, batch: int, page_size: int, pages_name: str) -> None:
+    """block_table int32 [batch, max_pages_per_sequence] (at least one page) over pages of
+    page_size rows (pages_name.shape[1]): a power of two >= 16, vLLM's 16 included (flash-attn 2.8
+    asks for multiples of 256). Row r of sequence i lives in page block_table[i, r // page_size];
+    the page numbers are the caller's contract (the kernels clamp them to the pages)."""
+    check_int32("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
+    if block_table.shape[0] != batch or block_table.shape[1] == 0:
+        raise ValueError(f"block_table must have shape [batch, max_pages_per_sequence] with batch = {batch} and at "
+                         f"least one page, got {tuple(block_table.shape)}")
+    if block_table.stride(1) != 1:
+        raise ValueError("block_table must be contiguous in its last dimension")
+    if page_size < 16 or page_size & (page_size - 1):
+        raise ValueError(f"the page size ({pages_name}.shape[1] with block_table) must be a power of two >= 16, got "
+                         f"{page_size}")
+
+
+def check_paged_qkv(q, k, v, block_table, batch: int) -> None:
+    """flash_attn_varlen_func with block_table (chunked prefill over a paged KV cache): q
+    [total_q, h, d] and k, v [num_pages, page_size, h_k, d] with check_qkv's rules otherwise, and
+    check_block_table's block_table [batch, max_pages_per_sequence]."""
+    check_tensor("q", q, 3, VARLEN_LAYOUT)
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, 4, PAGED_LAYOUT + " with block_table")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_dtype(name, t)
+    for name, t in (("k", k), ("v", v)):
+        check_dtype(name, t, like=("q", q))
+    nheads, head_dim = q.shape[-2:]
+    check_head_dim(head_dim)
+    for name, t in (("k", k), ("v", v)):
+        check_same_head_dim(name, t, "q", head_dim)
+    check_same_shape("k", k, "v", v)
+    check_gqa(nheads, k.shape[2], "q", "k and v")
+    check_last_dim_contiguous(("q", q), ("k", k), ("v", v))
+    if k.shape[0] == 0:
+        raise ValueError("k must hold at least one page with block_table")
+    check_block_table(block_table, batch, k.shape[1], "k")

@@ -34,7 +34,8 @@ def _bwd_fake(dout, q, k, v, out, softmax_lse, softmax_scale, is_causal, determi
 
 @torch.library.register_fake("flash_attn_rocm::varlen_fwd")
 def _varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, is_causal,
-                     window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None, dropout_p=0.0):
+                     window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None, dropout_p=0.0,
+                     block_table=None):
     total_q, nheads, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((nheads, total_q), dtype=torch.float32), _rng_state_like(q, dropout_p)
 
@@ -69,7 +70,7 @@ def set_hopper_kernels(enabled: bool) -> bool:
 
 
 def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward: bool = False, softcap: float = 0.0,
-                  alibi_slopes=None, dropout_p: float = 0.0, q=None, k=None, v=None, dout=None,
+                  alibi_slopes=None, dropout_p: float = 0.0, q=None, k=None, v=None, dout=None, block_table=None,
                   explain: bool = False):
     """Which kernels flash_attn_func (and the varlen and packed variants) run for these arguments
     on the current device: "sm90" (the Hopper wgmma kernels) or "sm80" (the portable mma.sync
@@ -78,9 +79,13 @@ def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward
     (csrc/kernels/dispatch.cu). Pass the call's q, k, v (and dout for the backward), dense
     [b, s, h, d] or varlen [total, h, d], for an answer that covers their strides too: operands
     TMA cannot describe (a dimension of more than one index broadcast with stride 0) run the
-    portable kernels. explain=True returns (family, reason): why the portable kernels run, or ""."""
+    portable kernels. block_table: flash_attn_varlen_func's paged K/V (forward only; k, v are then the
+    pages), which runs on the portable kernels. explain=True returns (family, reason): why the
+    portable kernels run, or ""."""
     if dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+    if backward and block_table is not None:
+        raise ValueError("kernel_family: block_table (paged K/V) has no backward")
     if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 8 != 0:
         raise ValueError(f"head_dim must be a positive multiple of 8, got {head_dim!r}")
     operands = [q, k, v] + ([dout] if backward else [])
@@ -93,7 +98,7 @@ def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward
         operands = [None] * 4
     extras = softcap != 0.0 or alibi_slopes is not None or dropout_p > 0.0
     family, reason = ops.kernel_family(backward, head_dim, dtype == torch.bfloat16, extras, *operands[:3],
-                                       operands[3] if backward else None)
+                                       operands[3] if backward else None, block_table is not None)
     if family == "none":
         raise ValueError(f"head_dim {head_dim} is larger than any compiled head dim {compiled_head_dims()}")
     return (family, reason) if explain else family

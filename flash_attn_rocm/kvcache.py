@@ -6,16 +6,19 @@ import torch
 
 from ._inputs import (
     check_alibi_slopes,
+    check_block_table,
     check_devices,
     check_dtype,
     check_gqa,
     check_head_dim,
     check_int32,
     check_last_dim_contiguous,
+    check_metadata,
     check_same_head_dim,
     check_same_shape,
     check_tensor,
     optional,
+    pad_head_dim,
     resolve_softcap,
     resolve_softmax_scale,
     resolve_window,
@@ -50,18 +53,11 @@ def _check_cache(q, k_cache, v_cache, block_table, cache_batch_idx) -> int:
             raise ValueError(f"k_cache has batch size {k_cache.shape[0]} but q has {batch} (pass cache_batch_idx to "
                              f"pick cache rows)")
         return k_cache.shape[1]
-    check_int32("block_table", block_table, 2, f"[batch, max_pages_per_sequence] = [{batch}, ...]")
-    if block_table.shape[0] != batch or block_table.shape[1] == 0:
-        raise ValueError(f"block_table must have shape [batch, max_pages_per_sequence] with batch = {batch} and at "
-                         f"least one page, got {tuple(block_table.shape)}")
+    check_block_table(block_table, batch, k_cache.shape[1], "k_cache")
     if cache_batch_idx is not None:
         raise ValueError("cache_batch_idx cannot be combined with block_table: the table already maps each batch "
                          "element to its pages")
-    page_size = k_cache.shape[1]
-    if page_size < 16 or page_size & (page_size - 1):
-        raise ValueError(f"the page size (k_cache.shape[1] with block_table) must be a power of two >= 16, got "
-                         f"{page_size}")
-    return block_table.shape[1] * page_size
+    return block_table.shape[1] * k_cache.shape[1]
 
 
 def flash_attn_with_kvcache(
@@ -96,7 +92,7 @@ def flash_attn_with_kvcache(
     k, v [b, s_new, h_k, d]: written in place into the caches at rows cache_seqlens ..
     cache_seqlens + s_new - 1, then attended to. With rotary_cos/rotary_sin ([seqlen_ro,
     rotary_dim / 2], seqlen_ro >= the cache capacity) the new k is rotated at positions
-    cache_seqlens - leftpad + t, and q at those positions (causal or local attention) or all at
+    cache_seqlens + t (flash-attn's: cache_leftpad does not shift them), and q at those positions (causal or local attention) or all at
     the first one; rotary_interleaved pairs channels (2i, 2i + 1), else (i, i + rotary_dim / 2).
     The keys are numbered from cache_leftpad; causal, window_size, softcap and alibi_slopes are
     flash_attn_func's on them, aligned to the bottom-right. num_splits splits the keys across
@@ -104,7 +100,10 @@ def flash_attn_with_kvcache(
 
     Values in cache_seqlens, cache_leftpad, cache_batch_idx and block_table are read on the
     device and clamped to the tensors: bad values give wrong rows, never out-of-bounds accesses;
-    rows appended past the capacity are dropped (an int cache_seqlens is checked here).
+    rows appended past the capacity are dropped (an int cache_seqlens is checked here; with
+    metadata checks on, flash_attn_rocm.set_metadata_checks, the tensors' values are too).
+    A head dim that is not a multiple of 8 is zero-padded to one: q, the new k, v and the caches
+    are copied, and the appended caches copied back (slow; flash-attn does the same).
     Returns out [b, sq, h, d], or (out, softmax_lse [b, h, sq] float32) with return_softmax_lse.
     No backward.
     """
@@ -174,6 +173,10 @@ def flash_attn_with_kvcache(
     check_last_dim_contiguous(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *optional("k", k),
                               *optional("v", v))
     seqlens_tensor = cache_seqlens if isinstance(cache_seqlens, torch.Tensor) else None
+    check_metadata(cache_seqlens=seqlens_tensor, seqlen_new=seqlen_new, capacity=capacity,
+                   cache_batch_idx=cache_batch_idx, batch_cache=k_cache.shape[0], block_table=block_table,
+                   num_pages=k_cache.shape[0] if block_table is not None else None,
+                   page_size=k_cache.shape[1] if block_table is not None else None)
     check_devices(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), *optional("k", k), *optional("v", v),
                   *optional("rotary_cos", rotary_cos), *optional("rotary_sin", rotary_sin),
                   *optional("cache_seqlens", seqlens_tensor), *optional("cache_batch_idx", cache_batch_idx),
@@ -182,7 +185,14 @@ def flash_attn_with_kvcache(
     if isinstance(cache_seqlens, int):
         seqlens_tensor = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
 
+    k_cache_og, v_cache_og = k_cache, v_cache
+    q, k_cache, v_cache, k, v = pad_head_dim(q, k_cache, v_cache, k, v)
     out, softmax_lse = ops.fwd_kvcache(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, seqlens_tensor,
                                        cache_batch_idx, cache_leftpad, block_table, scale, bool(causal), *window,
                                        softcap, bool(rotary_interleaved), alibi_slopes, num_splits)
+    if out.shape[-1] != head_dim:  # padded: the op appended to the padded copies of the caches
+        out = out[..., :head_dim]
+        if k is not None:
+            k_cache_og.copy_(k_cache[..., :head_dim])
+            v_cache_og.copy_(v_cache[..., :head_dim])
     return (out, softmax_lse) if return_softmax_lse else out

@@ -2,10 +2,11 @@
 
 Inputs the kernels serve run on them, without copies beyond the [b, h, s, d] -> [b, s, h, d]
 view; anything else falls back to PyTorch's own SDPA with a one-time warning that says why:
-an arbitrary attn_mask, a causal mask with seqlen_q != seqlen_k (PyTorch aligns that one
-top-left, flash-attn bottom-right), or inputs that break flash_attn_func's rules
-(flash_attn_rocm._inputs: CPU tensors, fp32, head dims this build lacks, ...).
+an arbitrary attn_mask, or inputs that break flash_attn_func's rules (flash_attn_rocm._inputs:
+CPU tensors, fp32, head dims this build lacks, ...).
 A boolean key-padding mask ([b, 1, 1, sk] or [b, sk]) runs through the varlen kernels.
+is_causal with seqlen_q != seqlen_k is PyTorch's top-left causal mask (query i sees keys
+j <= i), which the kernels' bottom-right masks express exactly (_top_left_causal).
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, scale, 
         return reason
     if query.shape[1] != key.shape[1] and not enable_gqa:
         return "query and key/value head counts differ without enable_gqa"
-    if is_causal and query.shape[2] != key.shape[2]:
-        return "is_causal with seqlen_q != seqlen_k (PyTorch aligns it top-left)"
     if attn_mask is not None:
         if is_causal:
             return "attn_mask together with is_causal"
@@ -45,6 +44,17 @@ def _check_kernel_inputs(query, key, value, scale) -> None:
     for name, t in zip(_NAMES, (query, key, value)):
         check_tensor(name, t, 4, "[batch, heads, seqlen, head_dim]")
     check_servable(*(t.transpose(1, 2) for t in (query, key, value)), scale, names=_NAMES, scale_name="scale")
+
+
+def _top_left_causal(seqlen_q: int, seqlen_k: int) -> tuple[int, bool, tuple[int, int]]:
+    """PyTorch's is_causal (query i sees keys j <= i, aligned top-left) as the kernels' bottom-right
+    masks: (keys to keep, causal, window_size). With seqlen_q <= seqlen_k no query sees a key past
+    seqlen_q - 1, so the keys are cut there and the two alignments coincide. With seqlen_q >
+    seqlen_k, query i sees j <= i = i + sk - sq + (sq - sk): a right window of sq - sk. Every
+    query sees key 0, so no row is empty."""
+    if seqlen_q <= seqlen_k:
+        return seqlen_q, True, (-1, -1)
+    return seqlen_k, False, (-1, seqlen_q - seqlen_k)
 
 
 def _key_padding(attn_mask, batch: int, seqlen_k: int):
@@ -93,6 +103,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # views: [b, s, h, d]
     if attn_mask is not None:
         out = _padded_keys_attention(q, k, v, _key_padding(attn_mask, q.shape[0], k.shape[1]), scale, dropout_p)
+    elif is_causal and q.shape[1] != k.shape[1]:
+        keys, causal, window = _top_left_causal(q.shape[1], k.shape[1])
+        out = flash_attn_func(q, k[:, :keys], v[:, :keys], dropout_p, softmax_scale=scale, causal=causal,
+                              window_size=window)
     else:
         out = flash_attn_func(q, k, v, dropout_p, softmax_scale=scale, causal=is_causal)
     return out.transpose(1, 2)

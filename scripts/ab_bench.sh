@@ -9,7 +9,8 @@
 # e.g. on the device, with the other trees exported into the carried scratch/ folder first
 # (git archive fwd-early-k | tar -x -C scratch/early):
 #   scripts/ab_bench.sh . scratch/early scratch/wide --only grid --mode fwd --headdims 128
-# Every tree runs tree A's benchmarks/bench_attention.py against its own package.
+# Every tree runs tree A's benchmarks/bench_attention.py against its own package. The summary
+# covers the grid's and the blog curve's CSVs (rocm/cudnn per point).
 # Environment: ROUNDS (default 2), OUT (default build/ab), MAX_JOBS (default 16), and the
 # build filters of setup.py (FLASH_ATTN_ROCM_HEAD_DIMS, ..._DTYPES) to shorten the builds.
 set -euo pipefail
@@ -58,6 +59,14 @@ for tree in range(n):
             for row in csv.DictReader(open(path)):
                 key = (path.name, row["headdim"], row["causal"], row["seqlen"])
                 ratios[key + (tree,)].append(float(row["rocm/cudnn"]))
+# The blog curve (b1 h32 d128 causal): rocm/cudnn per length from the ms columns.
+for tree in range(n):
+    for r in range(1, rounds + 1):
+        for path in sorted((out / f"tree{tree}_round{r}").glob("blog_*.csv")):
+            ms = {(row["seqlen"], row["backend"]): float(row["ms"]) for row in csv.DictReader(open(path))}
+            for (seqlen, backend), t in ms.items():
+                if backend == "flash_attn_rocm" and (seqlen, "sdpa_cudnn") in ms:
+                    ratios[(path.name, "128", "True", seqlen, tree)].append(ms[(seqlen, "sdpa_cudnn")] / t)
 keys = sorted({k[:4] for k in ratios}, key=lambda k: (k[0], int(k[1]), k[2], int(k[3])))
 names = [chr(ord("A") + t) for t in range(n)]
 print(f"{'file':24s} {'d':>4s} {'causal':>6s} {'seqlen':>6s}  "
@@ -66,4 +75,11 @@ for k in keys:
     means = [sum(v) / len(v) if (v := ratios.get(k + (t,), [])) else float("nan") for t in range(n)]
     print(f"{k[0]:24s} {k[1]:>4s} {k[2]:>6s} {k[3]:>6s}  " + "  ".join(f"{m:12.3f}" for m in means)
           + "  " + "  ".join(f"{m / means[0]:5.3f}" for m in means[1:]))
+for name in sorted({k[0] for k in keys}):
+    for t in range(n):
+        means = {k[3]: sum(v) / len(v) for k in keys if k[0] == name and (v := ratios.get(k + (t,)))}
+        if means:
+            worst = min(means, key=means.get)
+            print(f"{name}: tree {names[t]}: {sum(x < 1.0 for x in means.values())} of {len(means)} points below "
+                  f"1.0x cudnn, lowest {means[worst]:.3f} at seqlen {worst}")
 PY

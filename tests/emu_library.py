@@ -53,7 +53,9 @@ class _Attention(ctypes.Structure):
                 ("softcap", ctypes.c_double), ("alibi_slopes", ctypes.c_void_p), ("alibi_batch_stride", ctypes.c_int64),
                 ("dropout_p", ctypes.c_double), ("philox_seed", ctypes.c_uint64), ("philox_offset", ctypes.c_uint64),
                 ("rng_state", ctypes.c_void_p), ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
-                ("total_q", ctypes.c_int), ("total_k", ctypes.c_int)]
+                ("total_q", ctypes.c_int), ("total_k", ctypes.c_int),
+                ("block_table", ctypes.c_void_p), ("block_table_batch_stride", ctypes.c_int64),
+                ("block_table_width", ctypes.c_int), ("num_pages", ctypes.c_int), ("page_size", ctypes.c_int)]
 
 
 class _Backward(ctypes.Structure):
@@ -181,16 +183,24 @@ class Library:
 
     def varlen_fwd(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
                    softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, dropout_p=0.0, seed=0,
-                   offset=0):
-        """flash_attn_rocm::varlen_fwd: q [total_q, h, d] -> out, softmax_lse [h, total_q], rng_state."""
+                   offset=0, block_table=None):
+        """flash_attn_rocm::varlen_fwd: q [total_q, h, d] -> out, softmax_lse [h, total_q], rng_state. With
+        block_table (int32 [batch, max_pages]) k, v are paged [num_pages, page_size, h_k, d]."""
         _check_inputs(q, k, v)
         total_q, heads, _ = q.shape
         out = torch.empty_like(q)
         lse = torch.empty(heads, total_q, dtype=torch.float32)
         rng_state = torch.empty(2 if dropout_p > 0 else 0, dtype=torch.int64)
-        a = self._attention(q, k, v, out, lse, causal, softmax_scale, window_size, softcap, alibi_slopes, dropout_p,
-                            seed, offset, rng_state, (0, total_q))
+        a = self._attention(q, k if block_table is None else k[0], v if block_table is None else v[0], out, lse,
+                            causal, softmax_scale, window_size, softcap, alibi_slopes, dropout_p, seed, offset,
+                            rng_state, (0, total_q))
         self._varlen(a, q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        if block_table is not None:  # varlen_fwd.cpp: set_paged_kv_params
+            assert block_table.dtype == torch.int32 and block_table.stride(1) == 1 and k.dim() == 4
+            a.k, a.v = _view(k), _view(v)  # batch_stride: one page
+            a.total_k = 2 ** 31 - 1  # cu_seqlens_k count keys and index no tensor
+            a.block_table, a.block_table_batch_stride = block_table.data_ptr(), block_table.stride(0)
+            a.block_table_width, a.num_pages, a.page_size = block_table.shape[1], k.shape[0], k.shape[1]
         self.call("varlen_fwd", self._lib.fa_emu_fwd, ctypes.byref(a))
         return out, lse, rng_state
 

@@ -10,7 +10,7 @@ from conftest import (DTYPES, assert_within_eager_error, attention_ref, cu_seqle
                       requires_gpu)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
-from flash_attn_rocm._dropout import keep_mask
+from flash_attn_rocm._dropout import block_size_n, keep_mask, masked_scores
 from flash_attn_rocm._ops import ops
 
 pytestmark = requires_gpu
@@ -108,7 +108,12 @@ def test_s_dmask_marks_the_dropped_probabilities():
     torch.cuda.set_rng_state(state)
     _, _, rng_state = ops.fwd(q, k, v, 64 ** -0.5, True, -1, -1, 0.0, None, 0.25)
     mask = keep_mask(rng_state, 0.25, 2, 4, 177, 300)
-    probs = dmask.float().abs()
+    # flash-attn's convention: per key block, exp(s - running max); times exp(m - lse), the probabilities.
+    scores = masked_scores(q, k, 64 ** -0.5, True, (-1, -1), 0.0, None)
+    block_n = block_size_n(q.device, 64, True, True)
+    running_max = torch.stack([b.amax(-1) for b in scores.split(block_n, -1)], -1).flip(-1).cummax(-1).values.flip(-1)
+    factor = torch.exp(running_max - lse[..., None]).repeat_interleave(block_n, -1)[..., :300]
+    probs = dmask.float().abs() * factor
     torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)), atol=2e-2, rtol=0)
     visible = probs > 0
     assert torch.equal((dmask > 0) & visible, mask & visible)

@@ -3,7 +3,8 @@ for each AMD target (gfx90a, gfx942, gfx950, gfx1100, gfx1201) and executed by t
 emulator on CPU tensors (compiled and emulated, not run on AMD hardware). Held to the GPU tests'
 fp32 reference and 2x criterion: forward, backward, varlen (with empty sequences), GQA, causal and
 window, softcap and ALiBi, dropout (the mask of flash_attn_rocm._dropout), the deterministic
-backward, and the KV cache with pages and splits; tiny odd shapes, fp16 and bf16.
+backward, and the KV cache with pages and splits (varlen over paged K/V: refused, for now);
+tiny odd shapes, fp16 and bf16.
 
 The AMD kernels run on the target's matrix cores (MFMA on CDNA, WMMA on RDNA: fwd_kernel_amd.h,
 bwd_kernel_amd.h, fwd_kvcache_kernel_amd.h), whose tiles fit every target's LDS; a kernel that
@@ -109,6 +110,21 @@ def test_fwd_score_mods(emu, dtype, softcap, alibi, causal):
     check_forward(emu, q, k, v, causal=causal, softcap=softcap, alibi_slopes=slopes)
 
 
+@pytest.mark.parametrize("extras", ["softcap-alibi-window", "dropout"])
+@pytest.mark.parametrize("target, head_dim", target_head_dim_params("fwd", [200]))
+def test_fwd_extras_with_the_head_dim_split(emu, head_dim, extras):
+    """Above head dim 128 RDNA's waves share their query rows, each with a part of the head dim
+    (tile_config.h's kDSplit): the score modifiers, the window and dropout must see the whole of S,
+    and one wave of each pair writes the rows' lse. 200 leaves the second part partly empty."""
+    q, k, v = make_qkv(1, 40, 70, 2, 1, head_dim, torch.float16)
+    if extras == "dropout":
+        keep_mask = dropout_module().keep_mask
+        check_forward(emu, q, k, v, causal=True, dropout_p=0.3, seed=0x1234_5678_9ABC, offset=8,
+                      dropout_mask=lambda rng_state: keep_mask(rng_state, 0.3, 1, 2, 40, 70))
+    else:
+        check_forward(emu, q, k, v, softcap=4.0, alibi_slopes=torch.rand(2) * 0.3, window_size=(25, 3))
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("target", target_params())
 def test_fwd_dropout_mask_is_flash_attn_rocms(emu, causal):
@@ -156,6 +172,21 @@ def test_varlen_fwd(emu, dtype, causal):
         eager, _ = attention_ref(qs[None], ks[None], vs[None], causal, upcast=False)
         assert_within_eager_error(os_[None], ref, eager, f"out of sequence {i}")
         check_lse(lse_i, lse_ref[0])
+
+
+@pytest.mark.parametrize("target", target_params())
+def test_varlen_fwd_paged_is_refused(emu):
+    """varlen_fwd with block_table (paged K/V, chunked prefill) is NVIDIA-only for now: the AMD
+    forward reads contiguous K/V, and paging it spilled SGPRs in its extras variants (dispatch.cu),
+    so the dispatch refuses the launch instead of reading the pages as one tensor."""
+    from test_varlen_paged import paged_kv
+
+    q_lens, k_lens = [37, 0, 5], [50, 3, 77]
+    q = randn(sum(q_lens), 4, 64)
+    k_pages, v_pages, block_table, _, _ = paged_kv(k_lens, 2, 64, 16, torch.float16, device=CPU)
+    with pytest.raises(LaunchRefused):
+        emu.varlen_fwd(q, k_pages, v_pages, cu_seqlens(q_lens, CPU), cu_seqlens(k_lens, CPU), max(q_lens),
+                       max(k_lens), block_table=block_table)
 
 
 # ---------------------------------------------------------------- backward
@@ -280,7 +311,8 @@ def test_kvcache_paged_with_splits(emu, dtype, head_dim):
 def test_kvcache_decode_contiguous(emu, dtype):
     """Decode (one query row per sequence, so the four query heads of the kv head fold into one
     block's rows) over a contiguous cache whose rows cache_batch_idx picks, left-padded, with one
-    appended row and 2 KV splits."""
+    appended row rotated (GPT-NeoX) at flash-attn's position cache_seqlens, not shifted by the
+    left padding, and 2 KV splits."""
     from test_kvcache import kvcache_ref
 
     batch, heads, head_dim, capacity = 3, 4, 64, 150
@@ -290,6 +322,9 @@ def test_kvcache_decode_contiguous(emu, dtype):
                   cache_seqlens=torch.tensor([100, 5, 140], dtype=torch.int32),
                   cache_batch_idx=torch.tensor([2, 0, 3], dtype=torch.int32),
                   cache_leftpad=torch.tensor([10, 0, 30], dtype=torch.int32), softmax_scale=head_dim ** -0.5)
+    angles = torch.rand(capacity, 16) * 6.28
+    # cos, sin in q's dtype: their products with it are exact in fp32, so the rotated rows match bitwise.
+    kwargs |= dict(rotary_cos=angles.cos().to(dtype), rotary_sin=angles.sin().to(dtype), rotary_interleaved=False)
     ref = kvcache_ref(q, k_cache, v_cache, **kwargs)
     out, lse = emu.fwd_kvcache(q, k_cache, v_cache, num_splits=2, **kwargs)
     assert torch.equal(k_cache, ref.k_cache) and torch.equal(v_cache, ref.v_cache), "the append"

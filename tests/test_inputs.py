@@ -35,11 +35,21 @@ def test_every_multiple_of_8_up_to_the_largest_runs_on_the_next_compiled_one():
     assert _inputs.kernel_head_dim(LARGEST + 8) is None
 
 
-@pytest.mark.parametrize("head_dim", [0, 4, 36, LARGEST + 8, 4096])
+@pytest.mark.parametrize("head_dim", [0, -8, LARGEST + 1, LARGEST + 8, 4096])
 def test_head_dims_the_build_cannot_run(head_dim):
-    with pytest.raises(ValueError, match=rf"head dim of q must be a positive multiple of 8 and at most {LARGEST} "
+    with pytest.raises(ValueError, match=rf"head dim of q must be positive and at most {LARGEST} "
                                          rf"\(the largest of this build's \[.*\]\), got {head_dim}$"):
         _inputs.check_head_dim(head_dim)
+
+
+@pytest.mark.parametrize("head_dim", [1, 4, 36, 59, 111, LARGEST - 1])
+def test_head_dims_not_a_multiple_of_8_are_padded_to_one(head_dim):
+    _inputs.check_head_dim(head_dim)
+    q = torch.randn(2, 3, 4, head_dim)
+    (padded,) = _inputs.pad_head_dim(q)
+    assert padded.shape[-1] == _inputs.padded_head_dim(head_dim) == -(-head_dim // 8) * 8
+    assert torch.equal(padded[..., :head_dim], q) and not padded[..., head_dim:].any()
+    assert _inputs.pad_head_dim(padded)[0] is padded  # a multiple of 8: no copy
 
 
 def test_the_suite_runs_every_compiled_head_dim_and_some_that_round_up():
@@ -85,7 +95,8 @@ BROKEN_RULES = {
     "fp32": (lambda: (*qkv(dtype=torch.float32), None), r"{q} must have dtype float16 or bfloat16"),
     "kv-bf16-q-fp16": (lambda: (*qkv(kv_dtype=torch.bfloat16), None),
                        r"{k} has dtype torch.bfloat16 but {q} has torch.float16"),
-    "head-dim-not-multiple-of-8": (lambda: (*qkv(head_dim=36), None), r"head dim of {q} must be a positive multiple"),
+    "head-dim-just-above-the-build": (lambda: (*qkv(head_dim=LARGEST + 1), None),
+                                      rf"head dim of {{q}} must be positive and at most {LARGEST}"),
     "head-dim-above-the-build": (lambda: (*qkv(head_dim=LARGEST + 8), None), rf"head dim of {{q}} .* at most {LARGEST}"),
     "v-head-dim-differs": (lambda: (*qkv(v_head_dim=32), None), r"{v} has head dim 32 but {q} has 64"),
     "nheads-not-divisible": (lambda: (*qkv(q_heads=3), None),
@@ -133,10 +144,10 @@ def test_every_head_dim_the_build_runs_is_served_everywhere(head_dim):
         assert flash_attn_with_kvcache(q, k, v, causal=True).shape == q.shape
 
 
-@pytest.mark.parametrize("head_dim", [36, LARGEST + 8])
+@pytest.mark.parametrize("head_dim", [LARGEST + 1, LARGEST + 8])
 def test_the_kvcache_and_varlen_functions_refuse_the_same_head_dims(head_dim):
     q, k, v = qkv(head_dim=head_dim, device="cpu")
-    message = rf"head dim of q must be a positive multiple of 8 and at most {LARGEST}"
+    message = rf"head dim of q must be positive and at most {LARGEST}"
     with pytest.raises(ValueError, match=message):
         flash_attn_with_kvcache(q, k, v)
     cu_seqlens = torch.arange(0, (B + 1) * S, S, dtype=torch.int32)
@@ -155,7 +166,7 @@ def test_the_drop_ins_leave_non_cuda_tensors_to_pytorch(device):
 
 def test_fallback_reason_turns_only_rule_errors_into_reasons():
     assert _inputs.fallback_reason(lambda: None) is None
-    assert _inputs.fallback_reason(lambda: _inputs.check_head_dim(36, "query")).startswith("head dim of query")
+    assert _inputs.fallback_reason(lambda: _inputs.check_head_dim(LARGEST + 1, "query")).startswith("head dim of query")
 
     def broken():
         raise RuntimeError("a bug, not a rule")

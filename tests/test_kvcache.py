@@ -9,7 +9,8 @@ The reference (kvcache_ref) spells out the semantics: sequence i appends its s_n
 cache rows cache_seqlens[i] .. cache_seqlens[i] + s_new - 1 (of cache row cache_batch_idx[i], or
 through block_table), then attends to cache rows cache_leftpad[i] .. cache_seqlens[i] + s_new - 1,
 whose count seqlen_k_i is what causal, window and ALiBi are bottom-right aligned with. Rotary
-positions count from the first visible row: the new rows sit at cache_seqlens[i] - leftpad[i] + t.
+positions are cache rows, as in flash-attn 2.8's tests: the new rows sit at cache_seqlens[i] + t
+whatever cache_leftpad[i] is.
 """
 
 import math
@@ -97,7 +98,7 @@ def kvcache_ref(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin
 
     outs, lses, eager_outs = [], [], []
     for i in range(batch):
-        first_new = seqlens[i] - leftpads[i]  # the rotary position of the first new row
+        first_new = seqlens[i]  # the rotary position of the first new row (cache_leftpad does not shift it)
         end = seqlens[i] + seqlen_new
         if seqlen_new:
             k_new = k[i]
@@ -404,7 +405,7 @@ LEFTPAD_CASES = [
 @pytest.mark.parametrize("page_size", layouts(None, 16, 64))
 @pytest.mark.parametrize("seqlen_q, seqlen_new, rotary, options", LEFTPAD_CASES)
 def test_cache_leftpad(seqlen_q, seqlen_new, rotary, options, page_size):
-    """Rows before cache_leftpad[i] are invisible; masks and rotary positions count from it."""
+    """Rows before cache_leftpad[i] are invisible; masks count from it, rotary positions do not."""
     q, k_cache, v_cache, kwargs = make_kvcache(seqlen_q=seqlen_q, seqlen_new=seqlen_new, rotary=rotary, leftpad=True,
                                                page_size=page_size)
     run_and_check(q, k_cache, v_cache, **kwargs, **options)

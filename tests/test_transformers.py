@@ -18,7 +18,8 @@ import torch
 from conftest import DTYPES, assert_within_eager_error, head_dim_params, requires_gpu, skip_unless_served
 
 pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, PhiConfig  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, PhiConfig, StaticCache)
 from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 from transformers.modeling_utils import AttentionInterface  # noqa: E402
 
@@ -242,6 +243,143 @@ def test_packed_check_is_remembered_across_layers_and_calls_cpu():
     torch.testing.assert_close(packed, separate, atol=1e-4, rtol=1e-4)
 
 
+# ---------------------------------------------------------------- the padding decision, once per forward (CPU)
+
+
+@contextlib.contextmanager
+def counting_routes(monkeypatch):
+    """Counts the attention calls per route (dense / varlen / spans of the PyTorch backend the CPU
+    tests run), the unpadding index computations (two host syncs each) and the mask function's calls."""
+    counts = {"dense": 0, "varlen": 0, "spans": 0, "unpad": 0, "mask": 0}
+
+    def counted(name, fn):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(hf, "_PYTORCH", hf._Backend(*(counted(name, fn) for name, fn in
+                                                      zip(hf._Backend._fields, hf._PYTORCH))))
+    monkeypatch.setattr(hf, "_indices", counted("unpad", hf._indices))
+    AttentionMaskInterface.register(NAME, counted("mask", hf.padding_mask))
+    try:
+        yield counts
+    finally:
+        AttentionMaskInterface.register(NAME, hf.padding_mask)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_padding_is_decided_once_per_forward_cpu(padding, monkeypatch):
+    """A forward decides once (the mask function) what every layer runs: nothing padded -> dense;
+    left padding -> the KV-cache kernels' key spans, no unpadding at all; right padding -> varlen,
+    unpadded by the first layer only (the indices stay on the mask for the others)."""
+    config = tiny_config("llama")
+    config.num_hidden_layers = 3
+    eager = build(config, "eager")
+    ours = build(config, NAME, like=eager)
+    ids, mask = token_ids(2, 40), attention_mask(padding, seqlen=40, pads=9)
+    with counting_routes(monkeypatch) as counts, torch.no_grad():
+        logits = ours(ids, attention_mask=mask).logits
+    expected = {"none": dict(dense=3, varlen=0, spans=0, unpad=0), "left": dict(dense=0, varlen=0, spans=3, unpad=0),
+                "right": dict(dense=0, varlen=3, spans=0, unpad=1)}[padding]
+    assert counts == {**expected, "mask": 1}
+    keep = mask.bool()
+    with torch.no_grad():
+        torch.testing.assert_close(logits[keep], eager(ids, attention_mask=mask).logits[keep], atol=1e-4, rtol=1e-4)
+
+
+def test_padding_decision_host_syncs_cpu(monkeypatch):
+    """The mask function reads the mask on the host once (a single tolist), and a static cache
+    without a mask not at all; the layers never do."""
+    reads = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or original(self))
+    mask = attention_mask("left", seqlen=12, pads=3).bool()
+    assert hf.padding_mask(batch_size=2, q_length=12, kv_length=12, attention_mask=mask) is not None
+    assert len(reads) == 1
+    assert hf.padding_mask(batch_size=2, q_length=12, kv_length=12, attention_mask=torch.ones_like(mask)) is None
+    assert len(reads) == 2
+    static = hf.padding_mask(batch_size=2, q_length=1, kv_length=16, q_offset=torch.tensor(11))
+    assert len(reads) == 2
+    assert torch.equal(static, (torch.arange(16) < 12).expand(2, 16))
+    assert hf._layout(static).leftpad.tolist() == [0, 0]
+
+
+def test_padding_mask_layouts():
+    """What the layers are told: key spans for left padding and a static cache's unfilled slots,
+    a plain mask (varlen) for other padding and for training, and the mask handed back by
+    generate() kept as is."""
+    mask = attention_mask("left", batch=2, seqlen=6, pads=2).bool()
+    with torch.enable_grad():  # training: varlen, the KV-cache kernels have no backward
+        assert hf._layout(hf.padding_mask(batch_size=2, q_length=6, kv_length=6, attention_mask=mask)).leftpad is None
+    with torch.no_grad():
+        left = hf.padding_mask(batch_size=2, q_length=6, kv_length=6, attention_mask=mask)
+        right = hf.padding_mask(batch_size=2, q_length=6, kv_length=6, attention_mask=mask.flip(1))
+        # A static cache of 9 slots, 5 filled before this 1-token step: the mask covers the 6 written.
+        static = hf.padding_mask(batch_size=2, q_length=1, kv_length=9, q_offset=torch.tensor(5),
+                                 attention_mask=mask)
+        again = hf.padding_mask(batch_size=2, q_length=1, kv_length=9, q_offset=torch.tensor(5),
+                                attention_mask=static)
+    assert hf._layout(left).leftpad.tolist() == [0, 2] and hf._layout(left).filled == 6
+    assert torch.equal(right, mask.flip(1)) and hf._layout(right).leftpad is None
+    assert static.shape == (2, 9) and not static[:, 6:].any()
+    assert hf._layout(static).leftpad.tolist() == [0, 2]
+    assert again is static  # generate() feeds it back into forward
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
+@pytest.mark.parametrize("padding", ["none", "left"])
+def test_static_cache_matches_eager_cpu(arch, padding):
+    """A StaticCache hands every layer all its slots, most of them unwritten: without a mask (a
+    plain forward) or with one (generate), only the written ones count; prefill, then decoding."""
+    config = tiny_config(arch)
+    eager = build(config, "eager")
+    ours = build(config, NAME, like=eager)
+    ids = token_ids(2, 40)
+    mask = attention_mask(padding, seqlen=40, pads=7) if padding == "left" else None
+
+    def run(model):
+        cache = StaticCache(config=model.config, max_cache_len=64)
+        with torch.no_grad():
+            logits = [model(ids, cache=cache, attention_mask=mask).logits[:, -1]]
+            token, step_mask = ids[:, -1:], mask
+            for position in range(40, 44):
+                if step_mask is not None:
+                    step_mask = torch.cat([step_mask, step_mask.new_ones(2, 1)], dim=1)
+                positions = None if mask is None else step_mask.cumsum(-1)[:, -1:] - 1
+                logits.append(model(token, cache=cache, attention_mask=step_mask,
+                                    position_ids=positions if positions is not None else
+                                    torch.full((2, 1), position)).logits[:, -1])
+        return torch.stack(logits)
+
+    torch.testing.assert_close(run(ours), run(eager), atol=1e-4, rtol=1e-4)
+
+
+def test_static_cache_generate_matches_eager_cpu():
+    config = tiny_config("llama")
+    eager = build(config, "eager")
+    ours = build(config, NAME, like=eager)
+    ids, mask = token_ids(2, 32), attention_mask("left", seqlen=32, pads=5)
+
+    def generate(model):
+        return model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                              cache_implementation="static", output_logits=True, return_dict_in_generate=True)
+
+    assert_same_greedy_tokens(generate(ours), generate(eager), prompt_len=32, tol=1e-4)
+
+
+def test_static_cache_decode_step_traces_without_breaks_cpu():
+    """torch.compile(fullgraph=True) fails on any graph break, hence on any host sync: a decode step
+    over a StaticCache must have none (the bench captures it as a CUDA graph)."""
+    ours = build(tiny_config("llama"), NAME)
+    ids = token_ids(1, 16)
+    cache = StaticCache(config=ours.config, max_cache_len=24)
+    with torch.no_grad():
+        ours(ids, cache=cache)
+        step = torch.compile(ours, backend="eager", fullgraph=True)
+        step(ids[:, -1:], cache=cache, position_ids=torch.tensor([[16]]))
+
+
 # ---------------------------------------------------------------- the kernels (GPU)
 
 
@@ -355,3 +493,49 @@ def test_training_gradients_match_transformers_gpu(arch, padding):
     assert grads.keys() == ref_grads.keys()
     for name in ref_grads:
         assert_within_eager_error(grads[name], ref_grads[name], eager_grads[name], name=name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("padding", ["none", "left"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "phi"])
+def test_static_cache_decode_in_cuda_graph_gpu(arch, padding):
+    """A decode step over a StaticCache runs the KV-cache kernels with no host sync (sync debug mode
+    "error"), captures into a CUDA graph, and its replays give the eager step's logits, within the
+    criterion against the float32 model."""
+    config = tiny_config(arch)
+    reference = build(config, "eager", device="cuda")
+    low_precision = build(config, "sdpa", like=reference, dtype=torch.bfloat16, device="cuda")
+    ours = build(config, NAME, like=reference, dtype=torch.bfloat16, device="cuda")
+    ids = token_ids(2, 64).cuda()
+    mask = attention_mask("left", seqlen=64, pads=11).cuda() if padding == "left" else None
+
+    def decode_logits(model, graph=False):
+        cache = StaticCache(config=model.config, max_cache_len=80)
+        token = ids[:, -1:].clone()
+        step_mask = None if mask is None else torch.cat([mask, mask.new_ones(2, 1)], dim=1)
+        position = torch.full((2, 1), 64, device="cuda") if mask is None else step_mask.sum(-1, keepdim=True) - 1
+        with torch.no_grad():
+            model(ids, cache=cache, attention_mask=mask)
+            if not graph:
+                return model(token, cache=cache, attention_mask=step_mask, position_ids=position).logits[:, -1].float()
+            model(token, cache=cache, attention_mask=step_mask, position_ids=position)  # warm-up, then undone:
+            for layer in cache.layers:  # the replay writes the same slot again
+                layer.cumulative_length.fill_(64)
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    logits = model(token, cache=cache, attention_mask=step_mask, position_ids=position).logits
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            g.replay()
+            return logits[:, -1].float()
+
+    ref = decode_logits(reference)
+    eager = decode_logits(low_precision)
+    with kernels_only():
+        eager_step = decode_logits(ours)
+        replayed = decode_logits(ours, graph=True)
+    assert_within_eager_error(eager_step, ref, eager, name="logits")
+    torch.testing.assert_close(replayed, eager_step, atol=0, rtol=0)

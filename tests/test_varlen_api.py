@@ -58,7 +58,7 @@ INVALID_ARGUMENTS = {
     "v-2d": ({"v": tokens(TOTAL_K)[0]}, ValueError, ARG_V),
     "q-fp32": ({"q": tokens(TOTAL_Q, dtype=torch.float32)}, TypeError, ARG_Q),
     "kv-bf16-q-fp16": (qkv_tokens(dtype=torch.bfloat16) | {"q": tokens(TOTAL_Q)}, TypeError, ANY_QKV),
-    "head-dim-not-multiple-of-8": (qkv_tokens(head_dim=36), ValueError, r"(?i)head.?dim"),
+    "head-dim-above-the-largest": (qkv_tokens(head_dim=257), ValueError, r"(?i)head.?dim"),
     "v-head-dim-differs": ({"v": tokens(TOTAL_K, head_dim=32)}, ValueError, ANY_QKV),
     "kv-total-mismatch": ({"v": tokens(TOTAL_K + 1)}, ValueError, r"\b[kv]\b"),
     "nheads-not-divisible": ({"q": tokens(TOTAL_Q, nheads=6)}, ValueError, r"(?i)n_?heads"),
@@ -96,16 +96,82 @@ def test_rejects_invalid_arguments(overrides, error, message):
         call_with(**overrides)
 
 
-UNIMPLEMENTED_ARGUMENTS = {
-    "block_table": {"block_table": torch.zeros(len(Q_LENS), 1, dtype=torch.int32)},
+# ---------------------------------------------------------------- paged K/V (block_table)
+
+PAGE = 16
+
+
+def pages(num_pages=5, page_size=PAGE, nheads=NHEADS, head_dim=HEAD_DIM, dtype=torch.float16, device="cpu"):
+    """Paged K or V [num_pages, page_size, nheads_k, head_dim]."""
+    return torch.zeros(num_pages, page_size, nheads, head_dim, dtype=dtype, device=device)
+
+
+def paged(page_size=PAGE, width=2, dtype=torch.int32, **kwargs):
+    """Overrides that make call_with's K/V paged: pages and a [batch, width] block table."""
+    return {"k": pages(page_size=page_size, **kwargs), "v": pages(page_size=page_size, **kwargs),
+            "block_table": torch.zeros(len(Q_LENS), width, dtype=dtype)}
+
+
+ARG_BLOCK_TABLE = r"\bblock_table\b"
+INVALID_PAGED_ARGUMENTS = {
+    "block_table-int64": (paged(dtype=torch.int64), BAD_TYPE, ARG_BLOCK_TABLE),
+    "block_table-list": (paged() | {"block_table": [[0, 1]] * len(Q_LENS)}, TypeError, ARG_BLOCK_TABLE),
+    "block_table-1d": (paged() | {"block_table": torch.zeros(len(Q_LENS), dtype=torch.int32)}, ValueError,
+                       ARG_BLOCK_TABLE),
+    "block_table-batch-differs": (paged() | {"block_table": torch.zeros(len(Q_LENS) + 1, 2, dtype=torch.int32)},
+                                  ValueError, ARG_BLOCK_TABLE),
+    "block_table-no-pages": (paged(width=0), ValueError, ARG_BLOCK_TABLE),
+    "block_table-last-dim-strided": (paged() | {"block_table": torch.zeros(len(Q_LENS), 4, dtype=torch.int32)[:, ::2]},
+                                     ValueError, ARG_BLOCK_TABLE),
+    "page-size-24": (paged(page_size=24), ValueError, r"(?i)page size"),
+    "page-size-8": (paged(page_size=8), ValueError, r"(?i)page size"),
+    "k-packed-with-block_table": (paged() | {"k": tokens(TOTAL_K)}, ValueError, ARG_K),
+    "v-pages-differ": (paged() | {"v": pages(num_pages=6)}, ValueError, r"\b[kv]\b"),
+    "k-no-pages": (paged(num_pages=0), ValueError, ARG_K),
+    "pages-fp32": (paged() | {"k": pages(dtype=torch.float32), "v": pages(dtype=torch.float32)},
+                   TypeError, r"\b[kv]\b"),
+    "pages-nheads-not-divisor": (paged(nheads=3), ValueError, r"(?i)n_?heads"),
+    "q-dense-with-block_table": (paged() | {"q": tokens(TOTAL_Q)[None]}, ValueError, ARG_Q),
 }
 
 
-@pytest.mark.parametrize("overrides", UNIMPLEMENTED_ARGUMENTS.values(), ids=UNIMPLEMENTED_ARGUMENTS.keys())
-def test_unimplemented_arguments_raise(overrides):
-    (argument,) = overrides
-    with pytest.raises(NotImplementedError, match=argument):
+@pytest.mark.parametrize("overrides, error, message", INVALID_PAGED_ARGUMENTS.values(),
+                         ids=INVALID_PAGED_ARGUMENTS.keys())
+def test_rejects_invalid_paged_arguments(overrides, error, message):
+    with pytest.raises(error, match=message):
         call_with(**overrides)
+
+
+@pytest.mark.parametrize("page_size", [16, 64, 256])
+def test_valid_paged_arguments_pass_every_check_before_the_device(page_size):
+    with pytest.raises(ValueError, match="CUDA"):
+        call_with(**paged(page_size=page_size), causal=True, window_size=(7, 0))
+
+
+def test_block_table_must_be_on_the_device_of_q():
+    overrides = paged(device="meta") | {"q": tokens(TOTAL_Q, device="meta"),
+                                        "cu_seqlens_q": cu_seqlens(Q_LENS, device="meta"),
+                                        "cu_seqlens_k": cu_seqlens(K_LENS, device="meta")}
+    with pytest.raises(ValueError, match=ARG_BLOCK_TABLE):
+        call_with(**overrides)
+
+
+def test_fake_impl_of_paged_varlen_fwd_on_meta():
+    q, k, v = tokens(TOTAL_Q, device="meta"), pages(device="meta"), pages(device="meta")
+    block_table = torch.zeros(len(Q_LENS), 2, dtype=torch.int32, device="meta")
+    cu_q, cu_k = cu_seqlens(Q_LENS, device="meta"), cu_seqlens(K_LENS, device="meta")
+    out, lse, _ = torch.ops.flash_attn_rocm.varlen_fwd(q, k, v, cu_q, cu_k, max(Q_LENS), max(K_LENS), 0.125, True,
+                                                       block_table=block_table)
+    assert_output_metadata(q, out, lse)
+
+
+def test_kernel_family_of_paged_calls():
+    """Paged K/V runs the portable forward; there is no paged backward."""
+    block_table = torch.zeros(1, 1, dtype=torch.int32)
+    family, reason = flash_attn_rocm.kernel_family(HEAD_DIM, block_table=block_table, explain=True)
+    assert family.startswith("sm80:") and reason
+    with pytest.raises(ValueError, match="block_table"):
+        flash_attn_rocm.kernel_family(HEAD_DIM, backward=True, block_table=block_table)
 
 
 def test_valid_optional_arguments_pass_every_check_before_the_device():
@@ -133,7 +199,7 @@ def test_varlen_fwd_schema():
     schema = torch.ops.flash_attn_rocm.varlen_fwd.default._schema
     assert [(arg.name, str(arg.type)) for arg in schema.arguments] == [
         ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), *COMMON_ARGUMENTS, *TRAILING_ARGUMENTS,
-        ("dropout_p", "float")]
+        ("dropout_p", "float"), ("block_table", "Optional[Tensor]")]
     assert [str(ret.type) for ret in schema.returns] == ["Tensor", "Tensor", "Tensor"]
     assert_functional(schema)
 

@@ -151,6 +151,34 @@ inline void set_varlen_params(flash::FwdParams& params, const at::Tensor& cu_seq
   params.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
 }
 
+// Paged K/V: k, v [num_pages, page_size, h_k, d] with page_size a power of two >= 16, block_table
+// int32 [batch, max_pages_per_sequence] on q's device. Sets the batch strides to a page's, so a
+// varlen call makes it after set_varlen_params (which zeroes them). `pages`: the argument's name
+// for k ("k_cache" for the KV cache). Returns the rows a sequence can hold, max_pages * page_size.
+inline int64_t set_paged_kv_params(flash::FwdParams& params, const at::Tensor& table, const at::Tensor& k,
+                                   const at::Tensor& v, int64_t batch, const at::Tensor& q, const char* pages) {
+  TORCH_CHECK(table.scalar_type() == at::kInt, "block_table must be int32, got ", table.scalar_type());
+  TORCH_CHECK(table.device() == q.device(), "block_table must be on the device of q");
+  TORCH_CHECK(table.dim() == 2 && table.size(0) == batch && table.size(1) >= 1 && table.stride(1) == 1,
+              "block_table must be [batch, max_pages_per_sequence] = [", batch, ", >= 1] with a contiguous last "
+              "dim, got ", table.sizes());
+  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes(), "with block_table, ", pages, " must be paged [num_pages, "
+              "page_size, nheads_k, head_dim], got ", k.sizes());
+  const int64_t page = k.size(1);
+  TORCH_CHECK(page >= 16 && (page & (page - 1)) == 0, "the page size (", pages, ".size(1) with block_table) must be "
+              "a power of two >= 16, got ", page);
+  TORCH_CHECK(k.size(0) >= 1, pages, " must hold at least one page");
+  const int64_t capacity = table.size(1) * page;
+  TORCH_CHECK(capacity < (1 << 30), "block_table's pages must hold below 2^30 rows per sequence");
+  params.block_table = table.data_ptr<int>();
+  params.block_table_batch_stride = table.stride(0);
+  params.block_table_width = static_cast<int>(table.size(1));
+  params.num_pages = static_cast<int>(k.size(0));
+  params.page_shift = static_cast<int>(std::log2(static_cast<double>(page)));
+  params.k_batch_stride = k.stride(0), params.v_batch_stride = v.stride(0);  // one page
+  return capacity;
+}
+
 // The backward after the forward's fields are set: dout, dq, dk, dv are 4-D views like q, k, v;
 // softmax_lse is the forward's. Writes dq, dk, dv.
 inline void run_backward(flash::BwdParams& params, const at::Tensor& dout, const at::Tensor& dq, const at::Tensor& dk,

@@ -21,7 +21,8 @@ std::vector<int64_t> compiled_head_dims() {
 TORCH_LIBRARY(flash_attn_rocm, m) {
   // Every op ends in flash-attn's extras: softcap (0: off), alibi_slopes, dropout_p. The forward
   // returns the (seed, offset) its dropout drew with as rng_state (int64 [2], or [0] without
-  // dropout); the backward takes it back.
+  // dropout); the backward takes it back. varlen_fwd's block_table (int32 [batch, max_pages]) makes
+  // k and v paged [num_pages, page_size, h_k, d] (chunked prefill; forward only).
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool is_causal, int window_size_left=-1, "
       "int window_size_right=-1, float softcap=0.0, Tensor? alibi_slopes=None, float dropout_p=0.0) "
@@ -33,7 +34,7 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
   m.def(
       "varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
       "int max_seqlen_k, float softmax_scale, bool is_causal, int window_size_left=-1, int window_size_right=-1, "
-      "float softcap=0.0, Tensor? alibi_slopes=None, float dropout_p=0.0) "
+      "float softcap=0.0, Tensor? alibi_slopes=None, float dropout_p=0.0, Tensor? block_table=None) "
       "-> (Tensor out, Tensor softmax_lse, Tensor rng_state)");
   m.def(
       "varlen_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, Tensor cu_seqlens_q, "
@@ -51,7 +52,7 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
   // Tests and benchmarks switch the Hopper kernels off to compare them with the portable ones.
   m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
   m.def("kernel_family(bool backward, int head_dim, bool bf16, bool extras, Tensor? q=None, Tensor? k=None, "
-        "Tensor? v=None, Tensor? dout=None) -> str[]",
+        "Tensor? v=None, Tensor? dout=None, bool paged=False) -> str[]",
         &flash_api::kernel_family);
 }
 

@@ -79,24 +79,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
   // The cache: capacity per sequence, and the paging.
   int64_t capacity = k_cache.size(1);
   if (block_table.has_value()) {
-    const at::Tensor& table = *block_table;
-    TORCH_CHECK(table.scalar_type() == at::kInt, "block_table must be int32, got ", table.scalar_type());
-    TORCH_CHECK(table.device() == q.device(), "block_table must be on the device of q");
-    TORCH_CHECK(table.dim() == 2 && table.size(0) == batch && table.size(1) >= 1 && table.stride(1) == 1,
-                "block_table must be [batch, max_pages_per_sequence] = [", batch, ", >= 1] with a contiguous last "
-                "dim, got ", table.sizes());
     TORCH_CHECK(!cache_batch_idx.has_value(), "cache_batch_idx cannot be combined with block_table (the table "
                 "already maps each batch element to its pages)");
-    const int64_t page = k_cache.size(1);
-    TORCH_CHECK(page >= 16 && (page & (page - 1)) == 0, "the page size (k_cache.size(1) with block_table) must be a "
-                "power of two >= 16, got ", page);
-    params.block_table = table.data_ptr<int>();
-    params.block_table_batch_stride = table.stride(0);
-    params.block_table_width = static_cast<int>(table.size(1));
-    params.num_pages = static_cast<int>(k_cache.size(0));
-    params.page_shift = static_cast<int>(std::log2(static_cast<double>(page)));
-    capacity = table.size(1) * page;
-    TORCH_CHECK(params.num_pages >= 1, "k_cache must hold at least one page");
+    capacity = set_paged_kv_params(params, *block_table, k_cache, v_cache, batch, q, "k_cache");
   } else {
     TORCH_CHECK(cache_batch_idx.has_value() ? k_cache.size(0) >= 1 : k_cache.size(0) == batch,
                 "k_cache must have q's batch size ", batch, " (or cache_batch_idx must pick its rows), got ",

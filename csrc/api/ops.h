@@ -29,7 +29,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, c
                                                           int64_t max_seqlen_k, double softmax_scale, bool is_causal,
                                                           int64_t window_size_left, int64_t window_size_right,
                                                           double softcap, const std::optional<at::Tensor>& alibi_slopes,
-                                                          double dropout_p);
+                                                          double dropout_p,
+                                                          const std::optional<at::Tensor>& block_table);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
@@ -50,6 +51,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
 // [family ("sm90:hdim128", "sm80:hdim64" or "none"), why not Hopper ("" when Hopper or none)].
 std::vector<std::string> kernel_family(bool backward, int64_t head_dim, bool bf16, bool extras,
                                        const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
-                                       const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& dout);
+                                       const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& dout,
+                                       bool paged);
 
 }  // namespace flash_api

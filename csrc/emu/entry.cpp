@@ -42,6 +42,11 @@ struct FaEmuAttention {
   int64_t* rng_state;                   // [2], written by the forward, read by the backward
   const int *cu_seqlens_q, *cu_seqlens_k;  // varlen: [batch + 1]; seqlen_q / seqlen_k are the maxima
   int total_q, total_k;
+  // Paged K/V (varlen_fwd's block_table, [batch, width]; k and v [num_pages, page_size, h_k, d], their
+  // batch_stride a page's); nullptr: contiguous. The KV cache passes its paging in FaEmuKvCache.
+  const int* block_table;
+  int64_t block_table_batch_stride;
+  int block_table_width, num_pages, page_size;
 };
 
 struct FaEmuBackward {
@@ -84,6 +89,13 @@ bool fill_attention(flash::FwdParams& p, const FaEmuAttention& a) {
   p.lse_batch_stride = a.lse_batch_stride, p.lse_head_stride = a.lse_head_stride;
   p.cu_seqlens_q = a.cu_seqlens_q, p.cu_seqlens_k = a.cu_seqlens_k;
   p.total_q = a.total_q, p.total_k = a.total_k;
+  if (a.block_table != nullptr) {  // attention_params.h: set_paged_kv_params
+    p.block_table = a.block_table;
+    p.block_table_batch_stride = a.block_table_batch_stride;
+    p.block_table_width = a.block_table_width;
+    p.num_pages = a.num_pages;
+    p.page_shift = static_cast<int>(std::log2(static_cast<double>(a.page_size)));
+  }
 
   auto side = [](int size) { return size < 0 || size >= flash::kUnboundedWindow ? flash::kUnboundedWindow : size; };
   p.window_left = side(a.window_left);

@@ -31,11 +31,13 @@ struct KernelChoice {
   int head_dim;            // the compiled head dim the call rounds up to; 0 with "none"
   const char* not_hopper;  // with "sm80": why not the Hopper kernels; nullptr otherwise
 };
-// `extras`: softcap, ALiBi or dropout. `operands`: the call's params, whose pointers and strides
-// decide whether TMA can take them (a backward's must be a BwdParams), or nullptr to leave them out.
-KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, const FwdParams* operands);
+// `extras`: softcap, ALiBi or dropout. `paged`: K/V through a block table (forward only).
+// `operands`: the call's params, whose pointers and strides decide whether TMA can take them (a
+// backward's must be a BwdParams), or nullptr to leave them out.
+KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, bool paged,
+                           const FwdParams* operands);
 
-// Forward for params.d rounded up to kernel_head_dim(params.d).
+// Forward for params.d rounded up to kernel_head_dim(params.d); paged K/V when params.block_table is set.
 error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, stream_t stream);
 
 // Backward (preprocess + main kernel); dq_accum must be zeroed, and dq_semaphore too when

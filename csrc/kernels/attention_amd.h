@@ -44,6 +44,28 @@ struct RowChunks {
     }
   }
 
+  // The same from rows row_stride apart starting at `first`. Where the threads' rows advance by a
+  // whole number per chunk, a thread holds one offset and each chunk adds a uniform step: offsets
+  // per chunk (row * row_stride, hoisted out of the kernel's key loop) took a register pair each.
+  template <class T>
+  FA_DEVICE void load_rows(const T* first, int64_t row_stride, int rows_valid, int head_dim, int tid) {
+    if constexpr (kNThreads % kChunks != 0) {
+      load([&](int row) { return first + row * row_stride; }, rows_valid, head_dim, tid);
+    } else {
+      constexpr int kRowStep = kNThreads / kChunks;
+      const int row0 = tid / kChunks, c = 8 * (tid % kChunks);
+      const T* thread_first = first + (row0 * row_stride + c);
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = row0 + i * kRowStep;
+        chunk[i] = make_uint4(0, 0, 0, 0);
+        if ((kCopies % kNThreads == 0 || row < kRows) && row < rows_valid && c < head_dim) {
+          chunk[i] = *reinterpret_cast<const uint4*>(thread_first + i * kRowStep * row_stride);
+        }
+      }
+    }
+  }
+
   template <int kStride, bool kTransposed, class T>
   FA_DEVICE void store(T* lds, int tid) const {
 #pragma unroll
@@ -95,27 +117,71 @@ FA_DEVICE void mma_tile(Tile& acc, int mt, int nt, const typename Core::Operand&
   from_accumulator(acc.v[mt][nt], Core::mma(a, b, to_accumulator<Accumulator>(acc.v[mt][nt])));
 }
 
+// With the head dim split over kDSplit waves (consecutive ones), each adds its partners' partial
+// sums of a tile to its own: every wave publishes its partial to swap[wave], all wait (a barrier,
+// the caller's), each adds its partners'. The buffer is free again after the next barrier.
+template <int kTileFloats, class Tile>
+FA_DEVICE void publish_partial(const Tile& tile, float* swap, int wave, int lane) {
+  static_assert(Tile::kMT * Tile::kNT * Tile::kElems * Tile::Layout::kWaveSize == kTileFloats, "one tile a wave");
+  float* mine = swap + wave * kTileFloats + lane;
+  constexpr int kStride = Tile::Layout::kWaveSize;
+#pragma unroll
+  for (int nt = 0; nt < Tile::kNT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < Tile::kElems; ++e) mine[(nt * Tile::kElems + e) * kStride] = tile(0, nt, e);
+  }
+}
+template <int kDSplit, int kTileFloats, class Tile>
+FA_DEVICE void add_partner_partials(Tile& tile, const float* swap, int wave, int lane) {
+  constexpr int kStride = Tile::Layout::kWaveSize;
+  const int first = wave - wave % kDSplit;
+#pragma unroll
+  for (int w = first; w < first + kDSplit; ++w) {
+    if (w == wave) continue;
+    const float* theirs = swap + w * kTileFloats + lane;
+#pragma unroll
+    for (int nt = 0; nt < Tile::kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < Tile::kElems; ++e) tile(0, nt, e) += theirs[(nt * Tile::kElems + e) * kStride];
+    }
+  }
+}
+
 // One wave's kMT instruction tiles of query rows (rows wave_row0 .. of the block): Q's operands,
-// the output accumulators and the softmax state, and the steps of a key block.
+// the output accumulators and the softmax state, and the steps of a key block. With the head dim
+// split (Traits::kDSplit > 1) the wave holds part `part` of it: its k-steps of S (a partial sum
+// the caller completes with the partners': add_partner_partials) and its channels of O.
 template <class Traits>
 struct AmdQueryTile {
   using T = typename Traits::T;
   using Core = MatrixCore<Traits::kFamily, T>;
   using Layout = typename Core::Layout;
   static constexpr int kMT = Traits::kMT, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
-  static constexpr int kNTiles = kBlockN / Core::kM, kDTiles = kHeadDim / Core::kM;
-  static constexpr int kKSteps = kHeadDim / Core::kK, kPSteps = kBlockN / Core::kK;
+  static constexpr int kDSplit = Traits::kDSplit;
+  static constexpr int kNTiles = kBlockN / Core::kM, kDTiles = kHeadDim / Core::kM / kDSplit;  // the wave's
+  static constexpr int kKSteps = kHeadDim / Core::kK / kDSplit, kPSteps = kBlockN / Core::kK;   // the wave's
   static constexpr bool kQInRegisters = Traits::kQInRegisters;
   using STile = AccTile<Layout, kMT, kNTiles>;  // scores, then probabilities: queries x keys
-  using OTile = AccTile<Layout, kMT, kDTiles>;  // output: queries x head dim
+  using OTile = AccTile<Layout, kMT, kDTiles>;  // output: queries x the wave's channels
   static_assert(Core::kN == Traits::kTileRows && Layout::kWaveSize == Traits::kWaveSize, "traits and instruction");
 
-  int lane, wave_row0;
+  int lane, wave_row0, part;
   typename Core::Operand q_frag[kQInRegisters ? kMT : 1][kQInRegisters ? kKSteps : 1];
   OTile acc_o;
   OnlineSoftmax<Layout, kMT> softmax;
 
-  FA_DEVICE AmdQueryTile(int lane_, int wave_row0_) : lane(lane_), wave_row0(wave_row0_), acc_o{} {}
+  FA_DEVICE AmdQueryTile(int lane_, int wave_row0_, int part_ = 0)
+      : lane(lane_), wave_row0(wave_row0_), part(part_), acc_o{} {}
+
+  // How the operand loads address LDS. RDNA: one address a lane (its row, its first k) and
+  // constant offsets from it; indices that mix the lane's k with the step's left the compiler an
+  // address register per load (16 in the d256 forward's O^T += V^T P^T). CDNA keeps the plain
+  // indices: there the same form moved gfx942's d256 KV cache into spills.
+  static constexpr bool kLaneBase = !is_cdna(Traits::kFamily);
+
+  // The head dim's k-step of the wave's k-step kk, and its first channel (O's column of tile 0).
+  FA_DEVICE int k_step(int kk) const { return kDSplit > 1 ? part * kKSteps + kk : kk; }
+  FA_DEVICE int channel0() const { return kDSplit > 1 ? part * kDTiles * Core::kM : 0; }
 
   // The block row of the lane's operand column in tile mt (queries run along the instruction's N).
   FA_DEVICE int q_row(int mt) const { return wave_row0 + mt * Core::kN + lane % Core::kN; }
@@ -132,27 +198,41 @@ struct AmdQueryTile {
         const T* row = q_ptr(valid ? q_row(mt) : 0);
 #pragma unroll
         for (int kk = 0; kk < kKSteps; ++kk) {
-          q_frag[mt][kk] = load_operand<Core>(row, kk, [&](int i) { return Core::operand_k(lane, i); },
+          q_frag[mt][kk] = load_operand<Core>(row, k_step(kk), [&](int i) { return Core::operand_k(lane, i); },
                                               valid ? head_dim : 0);
         }
       }
     }
   }
 
-  // S^T = K Q^T for the key block in sK (sQ: the block's Q without Q in registers).
+  // S^T = K Q^T for the key block in sK (sQ: the block's Q without Q in registers), over the
+  // wave's part of the head dim.
   FA_DEVICE STile scores(const T* sK, const T* sQ) const {
     auto operand_k = [&](int i) { return Core::operand_k(lane, i); };
+    // RDNA: one LDS address a lane (its row, its first k), the rest constant offsets from it.
+    auto k_run = [&](int i) { return Core::operand_k(lane, i) - Core::operand_k(lane, 0); };
+    const T* k_lane = sK + (lane % Core::kM) * Traits::kKStride + Core::operand_k(lane, 0);
     STile acc_s = {};
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         typename Core::Operand b;
-        if constexpr (kQInRegisters) b = q_frag[mt][kk];
-        else b = load_operand<Core>(sQ + q_row(mt) * Traits::kKStride, kk, operand_k);
+        if constexpr (kQInRegisters) {
+          b = q_frag[mt][kk];
+        } else if constexpr (kLaneBase) {
+          b = load_operand<Core>(sQ + q_row(mt) * Traits::kKStride + Core::operand_k(lane, 0), k_step(kk), k_run);
+        } else {
+          b = load_operand<Core>(sQ + q_row(mt) * Traits::kKStride, k_step(kk), operand_k);
+        }
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-          const auto a = load_operand<Core>(sK + (nt * Core::kM + lane % Core::kM) * Traits::kKStride, kk, operand_k);
+          typename Core::Operand a;
+          if constexpr (kLaneBase) {
+            a = load_operand<Core>(k_lane + nt * Core::kM * Traits::kKStride, k_step(kk), k_run);
+          } else {
+            a = load_operand<Core>(sK + (nt * Core::kM + lane % Core::kM) * Traits::kKStride, k_step(kk), operand_k);
+          }
           mma_tile<Core>(acc_s, mt, nt, a, b);
         }
       }
@@ -160,10 +240,13 @@ struct AmdQueryTile {
     return acc_s;
   }
 
-  // O^T += V^T P^T for the key block whose V^T is in sVt, a k-step (kK keys) at a time; V^T's
-  // operand takes P's keys in P's order (MatrixCore::p_key).
+  // O^T += V^T P^T (the wave's channels) for the key block whose V^T is in sVt, a k-step (kK
+  // keys) at a time; V^T's operand takes P's keys in P's order (MatrixCore::p_key).
   FA_DEVICE void accumulate(const STile& p, const T* sVt) {
     auto p_key = [&](int i) { return Core::p_key(lane, i); };
+    // RDNA: one LDS address a lane, as in scores().
+    auto key_run = [&](int i) { return Core::p_key(lane, i) - Core::p_key(lane, 0); };
+    const T* vt_lane = sVt + (channel0() + lane % Core::kM) * Traits::kVtStride + Core::p_key(lane, 0);
 #pragma unroll
     for (int s = 0; s < kPSteps; ++s) {
 #pragma unroll
@@ -171,7 +254,12 @@ struct AmdQueryTile {
         const typename Core::Operand b = Core::p_operand(p, mt, s, lane);
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
-          const auto a = load_operand<Core>(sVt + (dt * Core::kM + lane % Core::kM) * Traits::kVtStride, s, p_key);
+          typename Core::Operand a;
+          if constexpr (kLaneBase) {
+            a = load_operand<Core>(vt_lane + dt * Core::kM * Traits::kVtStride, s, key_run);
+          } else {
+            a = load_operand<Core>(sVt + (channel0() + dt * Core::kM + lane % Core::kM) * Traits::kVtStride, s, p_key);
+          }
           mma_tile<Core>(acc_o, mt, dt, a, b);
         }
       }

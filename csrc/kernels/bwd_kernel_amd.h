@@ -49,34 +49,6 @@ FA_DEVICE typename Core::Operand load_operand_strided(const T* base, int stride,
   return op;
 }
 
-// With the head dim split over kDSplit waves (consecutive ones), each adds its partners' partial
-// sums of a tile to its own: every wave writes its partial to swap[wave], all wait, each reads its
-// partners', all wait again (the buffer is reused for the next tile).
-template <int kDSplit, int kTileFloats, class Tile>
-FA_DEVICE void add_partner_partials(Tile& tile, float* swap, int wave, int lane) {
-  static_assert(Tile::kMT * Tile::kNT * Tile::kElems * Tile::Layout::kWaveSize == kTileFloats, "one tile a wave");
-  float* mine = swap + wave * kTileFloats + lane;
-  constexpr int kStride = Tile::Layout::kWaveSize;
-#pragma unroll
-  for (int nt = 0; nt < Tile::kNT; ++nt) {
-#pragma unroll
-    for (int e = 0; e < Tile::kElems; ++e) mine[(nt * Tile::kElems + e) * kStride] = tile(0, nt, e);
-  }
-  __syncthreads();
-  const int first = wave - wave % kDSplit;
-#pragma unroll
-  for (int w = first; w < first + kDSplit; ++w) {
-    if (w == wave) continue;
-    const float* theirs = swap + w * kTileFloats + lane;
-#pragma unroll
-    for (int nt = 0; nt < Tile::kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < Tile::kElems; ++e) tile(0, nt, e) += theirs[(nt * Tile::kElems + e) * kStride];
-    }
-  }
-  __syncthreads();
-}
-
 template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     flash_bwd_amd_kernel(const BwdParams params) {
@@ -208,9 +180,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       }
 
       if constexpr (kDSplit > 1) {
-        // The waves of a key tile add each other's partial sums: both end with all of S and dP.
+        // The waves of a key tile add each other's partial sums: all end with all of S and dP.
+        publish_partial<kTile * kTile>(acc_s, sSwap, wave, lane);
+        __syncthreads();
         add_partner_partials<kDSplit, kTile * kTile>(acc_s, sSwap, wave, lane);
+        __syncthreads();
+        publish_partial<kTile * kTile>(acc_dp, sSwap, wave, lane);
+        __syncthreads();
         add_partner_partials<kDSplit, kTile * kTile>(acc_dp, sSwap, wave, lane);
+        __syncthreads();
       }
 
       // P (kept and rescaled, for dV) in acc_s, dS in acc_dp. Keys past the end get P = 0 too:

@@ -5,8 +5,9 @@
 //      kInvalidConfig, which the ops report);
 //   2. Hopper or portable: the Hopper (sm_90a wgmma) kernels run when the build has them for the
 //      family, nobody switched them off, the device is compute capability 9.0, the call has no
-//      extras (softcap, ALiBi, dropout) and TMA can describe every operand's strides; otherwise
-//      the portable kernels (mma.sync on NVIDIA, the AMD build's kernels on ROCm);
+//      extras (softcap, ALiBi, dropout), its K/V are not paged and TMA can describe every
+//      operand's strides; otherwise the portable kernels (mma.sync on NVIDIA, the AMD build's
+//      kernels on ROCm);
 //   3. the variant: with or without a right window edge, with or without the extras.
 // kernel_family() reports the same decision, and for the portable kernels why not Hopper.
 #include <algorithm>
@@ -50,16 +51,27 @@ bool device_is_hopper() {
 #endif
 }
 
-// Why a call of `family` does not run its Hopper kernels; nullptr when it does. `operands`: the
-// call's params, whose pointers and strides TMA must describe (a backward's dout too), or nullptr
-// to leave them out.
+// Paged K/V (varlen with a block table: chunked prefill) runs on the portable kernels, which look
+// pages up per key block (per row below a block's worth of rows). The Hopper forward loads a key
+// block with one TMA copy from a map of the whole K or V; paged, it would need a map over the
+// pages, a block-table read in the producer ahead of every copy, and pages that are a multiple of
+// its key block: never at head dim 256 (80 keys) or d64's wide 192-key blocks, and not vLLM's
+// 16-row pages. The portable kernel serves every page size, so Hopper waits for a measured need.
+constexpr const char* kPagedNotHopper =
+    "paged K/V (block_table) runs on the portable kernels: the Hopper kernels' TMA loads take a whole key "
+    "block from one contiguous map";
+
+// Why a call of `family` does not run its Hopper kernels; nullptr when it does. `paged`: K/V through
+// a block table. `operands`: the call's params, whose pointers and strides TMA must describe (a
+// backward's dout too), or nullptr to leave them out.
 template <class Params>
-const char* why_not_hopper(const PassFamily<Params>& family, bool extras, const FwdParams* operands,
+const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool paged, const FwdParams* operands,
                            const BwdParams* backward) {
   if (family.hopper[0] == nullptr) return "this build has no Hopper kernels for the head dim";
   if (!hopper_kernels_enabled) return "the Hopper kernels are switched off (set_hopper_kernels)";
   if (!device_is_hopper()) return "the device is not compute capability 9.0";
   if (extras) return "softcap, ALiBi and dropout run on the portable kernels";
+  if (paged) return kPagedNotHopper;
 #if defined(FA_PLATFORM_CUDA)
   if (operands != nullptr && !hopper_operands_describable(*operands, backward)) {
     return "TMA cannot describe an operand's strides (a broadcast dimension)";
@@ -91,11 +103,12 @@ bool set_hopper_kernels(bool enabled) {
   return previous;
 }
 
-KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, const FwdParams* operands) {
+KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, bool paged,
+                           const FwdParams* operands) {
   const int d = kernel_head_dim(head_dim);
   auto choose = [&](const auto* family, const BwdParams* backward_operands) -> KernelChoice {
     if (family == nullptr) return {"none", 0, nullptr};
-    const char* why = why_not_hopper(*family, extras, operands, backward_operands);
+    const char* why = why_not_hopper(*family, extras, paged, operands, backward_operands);
     return {why == nullptr ? "sm90" : "sm80", d, why};
   };
   if (backward) {
@@ -106,11 +119,18 @@ KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras
 }
 
 error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, stream_t stream) {
+#if !defined(FA_PLATFORM_CUDA)
+  // The AMD forward reads contiguous K/V only. Paging it the portable kernel's way (a page lookup
+  // a key block, or a row) costs SGPRs its extras variants do not have: at d128 fp16 every variant
+  // tried spilled 15-16 SGPRs on gfx942 (the plain kernel without paging uses 105 of 106) and
+  // spilled more on gfx1100 (benchmarks/NOTES.md). The varlen op refuses it first, by name.
+  if (params.block_table != nullptr) return kInvalidConfig;
+#endif
   const PassFamily<FwdParams>* family =
       find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params);
-  if (why_not_hopper(*family, extras, &params, nullptr) == nullptr) {
+  if (why_not_hopper(*family, extras, params.block_table != nullptr, &params, nullptr) == nullptr) {
     return family->hopper[has_right_edge](params, stream);
   }
   return family->portable[has_right_edge][extras](params, stream);
@@ -121,7 +141,7 @@ error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, s
       find_family(kKernelTable.bwd, kKernelTable.num_bwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params);
-  if (why_not_hopper(*family, extras, &params, &params) == nullptr) {
+  if (why_not_hopper(*family, extras, false, &params, &params) == nullptr) {  // the backward is never paged
     return family->hopper[has_right_edge](params, stream);
   }
   return family->portable[has_right_edge][extras](params, stream);

@@ -1,10 +1,11 @@
 // The forward kernel: one thread block per (kBlockM query rows, head, batch).
 //
 // Q stays in shared memory for the block's lifetime; K and V blocks stream through one buffer
-// each, walking the key blocks the rows' windows reach from the last to the first; only blocks
-// that cross the sequence end or a window edge pay for masking, and only the Has_extras
-// instantiations pay for softcap, ALiBi and dropout (the sum of a row counts the dropped
-// probabilities too; the kept ones are rescaled at the end). The loads overlap the math:
+// each (contiguous, or paged through a block table: seq_bounds.h's KvRows), walking the key
+// blocks the rows' windows reach from the last to the first; only blocks that cross the sequence
+// end or a window edge pay for masking, and only the Has_extras instantiations pay for softcap,
+// ALiBi and dropout (the sum of a row counts the dropped probabilities too; the kept ones are
+// rescaled at the end). The loads overlap the math:
 //
 //   wait K(n) | issue V(n) | S = Q K(n)^T, mask | wait V(n) | issue K(n-1) | softmax | O += P V(n)
 //
@@ -59,18 +60,23 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
   const T* q = seq.q_row<T>(params, batch, head, row_begin);
-  const T* k = seq.k_rows<T>(params, batch, head_k);
-  const T* v = seq.v_rows<T>(params, batch, head_k);
+  const KvRows<T> k_rows = seq.k_rows<T>(params, batch, head_k), v_rows = seq.v_rows<T>(params, batch, head_k);
   const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
   auto keys_in_block = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
-  auto load_k = [&](int n) {
-    KVTile::template load_async<Traits::kNThreads>(sK, k + n * kBlockN * params.k_row_stride, params.k_row_stride,
-                                                   keys_in_block(n), params.d, tid);
+  // A key block is one strided copy from its first row (contiguous K/V, pages of >= kBlockN rows),
+  // else (pages smaller than a block) row by row through the block table: a uniform branch.
+  const bool strided_blocks = k_rows.strided_blocks(kBlockN);
+  auto load_kv = [&](T* smem, const KvRows<T>& rows, int n) {
+    if (strided_blocks) {
+      KVTile::template load_async<Traits::kNThreads>(smem, rows(n * kBlockN), rows.row_stride, keys_in_block(n),
+                                                     params.d, tid);
+    } else {
+      KVTile::template load_rows_async<Traits::kNThreads>(
+          smem, [&](int r) { return rows(n * kBlockN + r); }, keys_in_block(n), params.d, tid);
+    }
   };
-  auto load_v = [&](int n) {
-    KVTile::template load_async<Traits::kNThreads>(sV, v + n * kBlockN * params.v_row_stride, params.v_row_stride,
-                                                   keys_in_block(n), params.d, tid);
-  };
+  auto load_k = [&](int n) { load_kv(sK, k_rows, n); };
+  auto load_v = [&](int n) { load_kv(sV, v_rows, n); };
 
   const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
   const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);

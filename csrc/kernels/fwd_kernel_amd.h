@@ -2,10 +2,14 @@
 // its rows (AmdQueryTile, attention_amd.h: both products on the device's matrix cores,
 // transposed). The algorithm is the portable kernel's (fwd_kernel.h): key blocks from the last
 // to the first, masking only where a window edge or the sequence end crosses a block, P kept in
-// registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations. Per key
-// block:
+// registers, the extras (softcap, ALiBi, dropout) only in the Has_extras instantiations. K and V
+// are contiguous: the dispatch refuses paged K/V here (dispatch.cu says why). Per key block:
 //
 //   barrier | K(n), V(n)^T -> LDS | barrier | load K(n-1), V(n-1) | S^T = K Q^T, mask | softmax | O^T += V^T P^T
+//
+// With the head dim split (tile_config.h's kDSplit: RDNA above head dim 128), the waves of a query
+// tile each compute S^T over their part of the head dim and add the partners' partial sums through
+// LDS (one more barrier) before the mask; each keeps its part of O's channels.
 #pragma once
 
 #include "attention_amd.h"
@@ -34,11 +38,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     using Layout = typename Wave::Layout;
     constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
     constexpr int kKStride = Traits::kKStride, kVtStride = Traits::kVtStride, kNThreads = Traits::kNThreads;
+    constexpr int kDSplit = Traits::kDSplit;
 
     extern __shared__ __align__(16) char smem[];
     T* sK = reinterpret_cast<T*>(smem);  // [kBlockN][kKStride]
     T* sVt = sK + kBlockN * kKStride;    // [kHeadDim][kVtStride]
     T* sQ = sVt + kHeadDim * kVtStride;  // [kBlockM][kKStride] without Q in registers
+    // [kWaves][kRowsPerWave * kBlockN]: partial S, with the head dim split
+    float* sSwap = reinterpret_cast<float*>(sQ + (Traits::kQInRegisters ? 0 : kBlockM * kKStride));
 
     // Blocks with a right window edge near the end of the sequence carry the most keys: first.
     const int m_block = Has_right_edge ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
@@ -54,8 +61,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
     const T* q = seq.q_row<T>(params, batch, head, row_begin);
-    const T* k = seq.k_rows<T>(params, batch, head_k);
-    const T* v = seq.v_rows<T>(params, batch, head_k);
+    const T* k = seq.k_contiguous<T>(params, batch, head_k);
+    const T* v = seq.v_contiguous<T>(params, batch, head_k);
     const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
 
     const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
@@ -63,7 +70,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
     const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
 
-    Wave tile(lane, wave * Traits::kRowsPerWave);
+    // Waves wave / kDSplit share their query rows; wave % kDSplit names the part of the head dim.
+    Wave tile(lane, wave / kDSplit * Traits::kRowsPerWave, wave % kDSplit);
     auto q_row = [&](int row) { return q + row * params.q_row_stride; };
     tile.load_q(q_row, rows_valid, params.d);
     if constexpr (!Traits::kQInRegisters) {
@@ -77,8 +85,15 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
       const int keys_valid = min(kBlockN, seq.seqlen_k - n * kBlockN);
       const T* k_block = k + n * kBlockN * p.k_row_stride;
       const T* v_block = v + n * kBlockN * p.v_row_stride;
-      k_next.load([&](int row) { return k_block + row * p.k_row_stride; }, keys_valid, p.d, tid);
-      v_next.load([&](int row) { return v_block + row * p.v_row_stride; }, keys_valid, p.d, tid);
+      // RDNA: one offset a thread (RowChunks::load_rows). On CDNA its uniform per-chunk steps
+      // cost SGPRs the d128 extras lack (gfx942 spilled 6): there the offsets stay per chunk.
+      if constexpr (is_cdna(Traits::kFamily)) {
+        k_next.load([&](int row) { return k_block + row * p.k_row_stride; }, keys_valid, p.d, tid);
+        v_next.load([&](int row) { return v_block + row * p.v_row_stride; }, keys_valid, p.d, tid);
+      } else {
+        k_next.load_rows(k_block, p.k_row_stride, keys_valid, p.d, tid);
+        v_next.load_rows(v_block, p.v_row_stride, keys_valid, p.d, tid);
+      }
     };
     if (n_block_end > n_block_begin) load_next(params, n_block_end - 1);
 
@@ -88,12 +103,22 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
       // across the loop. (Without, nothing spills and the reloads would cost instructions.)
       const FwdParams& block_params = amd::reload_params_if<Has_extras>(params);
       __syncthreads();  // every wave is done with the last block's K and V^T
-      k_next.template store<kKStride, false>(sK, tid);
+      // With the head dim split, K(n) went to LDS behind the partial sums' barrier (below).
+      if (kDSplit == 1 || n == n_block_end - 1) k_next.template store<kKStride, false>(sK, tid);
       v_next.template store<kVtStride, true>(sVt, tid);
       __syncthreads();  // K(n), V(n)^T (and Q) visible to all
       if (n > n_block_begin) load_next(block_params, n - 1);
 
       typename Wave::STile acc_s = tile.scores(sK, sQ);
+      if constexpr (kDSplit > 1) {
+        // The waves of a query tile add each other's partial S (the buffer is written again after
+        // the loop's first barrier). Past this barrier no wave reads K(n): K(n - 1) takes its place
+        // now, so its registers are free for the softmax and O^T += V^T P^T.
+        publish_partial<Traits::kRowsPerWave * kBlockN>(acc_s, sSwap, wave, lane);
+        __syncthreads();
+        if (n > n_block_begin) k_next.template store<kKStride, false>(sK, tid);
+        add_partner_partials<kDSplit, Traits::kRowsPerWave * kBlockN>(acc_s, sSwap, wave, lane);
+      }
       const int col0 = n * kBlockN + Layout::lane_col(lane);
       if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, col0);
       if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
@@ -115,7 +140,19 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     const FwdParams late = amd::reload_params(params);
     float lse[Wave::OTile::kRows];
     tile.softmax.finalize(tile.acc_o, late.logit_scale, lse, Has_extras && late.has_dropout ? late.rp_keep : 1.f);
-    store_output<T>(late, seq, batch, head, thread_row0, lane, tile.acc_o, lse);
+    if constexpr (kDSplit == 1) {
+      store_output<T>(late, seq, batch, head, thread_row0, lane, tile.acc_o, lse);
+    } else {
+      // Each wave its channels of O; the first of a query tile's waves its rows' lse.
+      const int tile_row0 = row_begin + tile.wave_row0;
+      T* o = static_cast<T*>(late.o) + batch * late.o_batch_stride + head * late.o_head_stride +
+             seq.q_start * late.o_row_stride;
+      store_tile<T>(o, late.o_row_stride, tile.acc_o, tile_row0, tile.channel0(), seq.seqlen_q, late.d, 1.f, lane);
+      if (tile.part == 0) {
+        store_row_values<typename Wave::OTile>(late.softmax_lse + seq.lse_index(late, batch, head, 0), lse,
+                                               tile_row0, seq.seqlen_q, lane);
+      }
+    }
   }
 #endif  // FA_AMD_DEVICE_FAMILY
 }

@@ -68,26 +68,54 @@ struct FwdTensorMaps {
   CUtensorMap q, k, v;
 };
 
-// The blocks are persistent: block b takes work units b, b + gridDim.x, ... A unit is one
-// 128-row tile, head-major (the blocks at work share a few heads' K and V in L2); with a causal
-// mask it is the pair of tiles j and m_blocks - 1 - j of a head, longest first, so that every
-// unit costs the same and a static schedule stays balanced.
+// The blocks are persistent and walk a static schedule, built on the host (it needs the SM count)
+// in one of two orders:
+// - Head-major (by default): a unit is one 128-row tile, or with a right edge the pair of tiles j
+//   and m_blocks - 1 - j of a head, longest first, so that every unit costs the same; block b
+//   takes units b, b + gridDim.x, ... The blocks at work share a few heads' K and V in L2.
+// - Longest first: with a right edge, when the pairs fill the last round of blocks poorly (160
+//   pairs on 132 SMs take two rounds of work for 1.2: the causal curve's drop after every 1024
+//   tokens at 32 heads). A unit is one tile; the last row tile of every head comes first, then
+//   the one before, ..., dealt in snake order (left to right in even rounds, right to left in
+//   odd ones), which keeps each block's total near the average. It spreads the blocks at work
+//   over every head, which costs L2 hits where many rounds run (benchmarks/NOTES.md), so it is
+//   taken only where the pairs would leave more than 5% of the blocks' time idle.
 struct FwdTileSchedule {
   int m_blocks, units_per_head, units;
+  bool longest_first;
 
-  FA_HOST_DEVICE FwdTileSchedule(const FwdParams& params, int block_m, bool has_right_edge) {
-    m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-    units_per_head = has_right_edge ? (m_blocks + 1) / 2 : m_blocks;
-    units = units_per_head * params.h * params.b;
+  static FwdTileSchedule make(const FwdParams& params, int block_m, bool has_right_edge, int sms) {
+    FwdTileSchedule s;
+    s.m_blocks = (params.seqlen_q + block_m - 1) / block_m;
+    const int heads = params.h * params.b;
+    const int pairs = (has_right_edge ? (s.m_blocks + 1) / 2 : s.m_blocks) * heads;
+    const int rounds = (pairs + sms - 1) / sms;
+    s.longest_first = has_right_edge && 20 * int64_t(pairs) < 19 * int64_t(rounds) * sms;  // pairs fill < 95%
+    s.units_per_head = s.longest_first ? s.m_blocks : (has_right_edge ? (s.m_blocks + 1) / 2 : s.m_blocks);
+    s.units = s.units_per_head * heads;
+    return s;
+  }
+  // The unit block `block` of `blocks` takes in round `round` (>= units once past the end).
+  FA_DEVICE int unit_of(int block, int blocks, int round) const {
+    const bool reversed = longest_first && round % 2 == 1;
+    return round * blocks + (reversed ? blocks - 1 - block : block);
   }
   FA_DEVICE int tiles_in(int unit, bool has_right_edge) const {
-    return has_right_edge && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
+    return has_right_edge && !longest_first && 2 * (unit % units_per_head) + 1 != m_blocks ? 2 : 1;
   }
   // Tile `part` of `unit`: its m_block, head and batch.
   FA_DEVICE void tile(int unit, int part, bool has_right_edge, const FwdParams& params, int& m_block, int& head,
                       int& batch) const {
-    const int j = unit % units_per_head, head_batch = unit / units_per_head;
-    m_block = has_right_edge ? (part == 0 ? m_blocks - 1 - j : j) : j;
+    int head_batch;
+    if (longest_first) {
+      const int heads = params.h * params.b;
+      m_block = m_blocks - 1 - unit / heads;
+      head_batch = unit % heads;
+    } else {
+      const int j = unit % units_per_head;
+      head_batch = unit / units_per_head;
+      m_block = has_right_edge ? (part == 0 ? m_blocks - 1 - j : j) : j;
+    }
     head = head_batch % params.h;
     batch = head_batch / params.h;
   }
@@ -95,7 +123,8 @@ struct FwdTileSchedule {
 
 template <class Traits, bool Has_right_edge>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
-    flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps) {
+    flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps,
+                          const FwdTileSchedule schedule) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = typename Traits::T;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -116,7 +145,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index();
-  const FwdTileSchedule schedule(params, kBlockM, Has_right_edge);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
@@ -138,7 +166,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     SeqBounds seq;
   };
   auto for_each_tile = [&](auto&& body) {
-    for (int unit = blockIdx.x; unit < schedule.units; unit += gridDim.x) {
+    for (int round = 0;; ++round) {
+      const int unit = schedule.unit_of(blockIdx.x, gridDim.x, round);
+      if (unit >= schedule.units) break;
       for (int part = 0; part < schedule.tiles_in(unit, Has_right_edge); ++part) {
         int m_block, head, batch;
         schedule.tile(unit, part, Has_right_edge, params, m_block, head, batch);

@@ -1,10 +1,10 @@
 // Attention over a KV cache on AMD (decode and chunked prefill): one thread block per (query tile,
 // head, batch, split) with one wave, whose query tile attends to its split's key blocks on the
-// device's matrix cores (AmdQueryTile, attention_amd.h). The cache's rows come through CacheRows
-// (kvcache.h: contiguous or paged, with cache_batch_idx and cache_leftpad), the new rows having
-// been appended by kvcache_prepare_kernel; with split-KV each block writes fp32 partials with
-// their lse and flash_kvcache_combine_kernel merges them (both kvcache.h / fwd_kvcache_kernel.h's,
-// which are vendor-neutral).
+// device's matrix cores (AmdQueryTile, attention_amd.h). The cache's rows come through KvRows
+// (seq_bounds.h; kvcache.h adds cache_batch_idx and cache_leftpad: contiguous or paged), the new
+// rows having been appended by kvcache_prepare_kernel; with split-KV each block writes fp32
+// partials with their lse and flash_kvcache_combine_kernel merges them (both kvcache.h /
+// fwd_kvcache_kernel.h's, which are vendor-neutral).
 #pragma once
 
 #include "attention_amd.h"

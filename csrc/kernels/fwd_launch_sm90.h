@@ -24,10 +24,10 @@ error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
     return get_last_error();
   }
-  const FwdTileSchedule schedule(params, Traits::kBlockM, Has_right_edge);
+  const FwdTileSchedule schedule = FwdTileSchedule::make(params, Traits::kBlockM, Has_right_edge, sms);
   const int blocks = std::max(1, std::min(schedule.units, sms));
   return launch(&flash_fwd_sm90_kernel<Traits, Has_right_edge>, dim3(blocks), dim3(Traits::kNThreads),
-                Traits::kSmemBytes, stream, params, maps);
+                Traits::kSmemBytes, stream, params, maps, schedule);
 }
 
 // The block width comes from the tile table (FwdTileSm90): the wide one only without a right

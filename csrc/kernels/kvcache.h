@@ -10,6 +10,7 @@
 #include "params.h"
 #include "platform.h"
 #include "score_mod.h"
+#include "seq_bounds.h"
 
 namespace flash {
 
@@ -29,45 +30,21 @@ struct CacheSeq {
     seqlen_k = end - first_row;
   }
 
-  // Rotary position of new row t (and of query rows): keys count from first_row.
-  FA_DEVICE int position(int t) const { return filled - first_row + t; }
-};
-
-// Address of cache row `row` of one (sequence, kv head) in a contiguous or a paged cache.
-template <class T>
-struct CacheRows {
-  const T* base;           // row 0 of this sequence and head (paged: of page 0)
-  int64_t row_stride, page_stride;
-  const int* page_of;      // this sequence's block_table row; nullptr: contiguous
-  int pages_in_table, num_pages, page_shift;
-
-  FA_DEVICE CacheRows(const KvCacheParams& params, const void* cache, int64_t batch_stride, int64_t row_stride_,
-                      int64_t head_stride, int batch, int cache_batch, int head_k)
-      : row_stride(row_stride_), page_stride(batch_stride), page_of(nullptr), pages_in_table(params.block_table_width),
-        num_pages(params.num_pages), page_shift(params.page_shift) {
-    base = static_cast<const T*>(cache) + head_k * head_stride;
-    if (params.block_table != nullptr) page_of = params.block_table + batch * params.block_table_batch_stride;
-    else base += cache_batch * batch_stride;
-  }
-
-  FA_DEVICE int64_t offset(int row) const {
-    if (page_of == nullptr) return row * row_stride;
-    const int page = min(max(page_of[min(row >> page_shift, pages_in_table - 1)], 0), num_pages - 1);
-    return page * page_stride + (row & ((1 << page_shift) - 1)) * row_stride;
-  }
-  FA_DEVICE const T* operator()(int row) const { return base + offset(row); }
+  // Rotary position of new row t (and of query rows): its cache row, as in flash-attn 2.8, whose
+  // rotary ignores cache_leftpad (the masks and ALiBi count keys from first_row).
+  FA_DEVICE int position(int t) const { return filled + t; }
 };
 
 // The keys of sequence `batch` in the K and V caches, for kv head head_k.
 template <class T>
-FA_DEVICE CacheRows<T> key_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
-  return CacheRows<T>(params, params.k, params.k_batch_stride, params.k_row_stride, params.k_head_stride, batch,
-                      seq.cache_batch, head_k);
+FA_DEVICE KvRows<T> key_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
+  return KvRows<T>(params, params.k, params.k_batch_stride, params.k_row_stride, params.k_head_stride, batch, head_k,
+                   seq.cache_batch * params.k_batch_stride);
 }
 template <class T>
-FA_DEVICE CacheRows<T> value_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
-  return CacheRows<T>(params, params.v, params.v_batch_stride, params.v_row_stride, params.v_head_stride, batch,
-                      seq.cache_batch, head_k);
+FA_DEVICE KvRows<T> value_rows(const KvCacheParams& params, const CacheSeq& seq, int batch, int head_k) {
+  return KvRows<T>(params, params.v, params.v_batch_stride, params.v_row_stride, params.v_head_stride, batch, head_k,
+                   seq.cache_batch * params.v_batch_stride);
 }
 
 // Split `split`'s slice [begin, end) of the block_n-key blocks that rows [row_begin, row_end) see.
@@ -90,7 +67,7 @@ struct KeyBlockSplit {
 template <class T>
 struct KvCacheBlock {
   CacheSeq seq;
-  CacheRows<T> k_rows, v_rows;
+  KvRows<T> k_rows, v_rows;
   KeyWindow<true> window;  // non-causal calls pass an unbounded right side (one instantiation)
   ScoreMod score_mod;
   bool has_score_mod;
@@ -170,9 +147,11 @@ __global__ void __launch_bounds__(128) kvcache_prepare_kernel(const KvCacheParam
                  batch * (is_k ? params.knew_batch_stride : params.vnew_batch_stride) +
                  t * (is_k ? params.knew_row_stride : params.vnew_row_stride) +
                  head * (is_k ? params.knew_head_stride : params.vnew_head_stride);
-  const CacheRows<T> cache(params, is_k ? params.k : params.v, is_k ? params.k_batch_stride : params.v_batch_stride,
-                           is_k ? params.k_row_stride : params.v_row_stride,
-                           is_k ? params.k_head_stride : params.v_head_stride, batch, seq.cache_batch, head);
+  const int64_t batch_stride = is_k ? params.k_batch_stride : params.v_batch_stride;
+  const KvRows<T> cache(params, is_k ? params.k : params.v, batch_stride,
+                        is_k ? params.k_row_stride : params.v_row_stride,
+                        is_k ? params.k_head_stride : params.v_head_stride, batch, head,
+                        seq.cache_batch * batch_stride);
   rotate_row(src, const_cast<T*>(cache(row)), params, is_k ? params.rotary_cos : nullptr, seq.position(t), lane);
 }
 

@@ -66,6 +66,14 @@ struct FwdParams {
   const int* __restrict__ cu_seqlens_q;  // [b + 1] or nullptr
   const int* __restrict__ cu_seqlens_k;  // [b + 1] or nullptr
   int total_q, total_k;                  // rows of the packed tensors: bounds for cu_seqlens
+
+  // Paged K/V: k, v [num_pages, 1 << page_shift, h_k, d], k/v_batch_stride step one page; row r of
+  // sequence b lives in page block_table[b][r >> page_shift]. Used by the KV cache (KvCacheParams)
+  // and by the varlen forward (chunked prefill), where every sequence's keys start at row 0 of its
+  // pages and cu_seqlens_k give only their counts. nullptr: contiguous K/V.
+  const int* __restrict__ block_table;  // [b, block_table_width], rows block_table_batch_stride apart
+  int64_t block_table_batch_stride;
+  int block_table_width, num_pages, page_shift;
 };
 
 // Whether the kernels need the instantiation with the extras: softcap, ALiBi, dropout.
@@ -73,20 +81,15 @@ inline bool has_extras(const FwdParams& params) {
   return params.softcap_prescale != 0.f || params.alibi_slopes != nullptr || params.has_dropout;
 }
 
-// Attention over a KV cache (flash_attn_with_kvcache). FwdParams's k and v are the caches and
-// seqlen_k is one sequence's capacity: its cache rows, or block_table_width pages.
+// Attention over a KV cache (flash_attn_with_kvcache). FwdParams's k and v are the caches (paged
+// through FwdParams's block_table, or contiguous) and seqlen_k is one sequence's capacity: its
+// cache rows, or block_table_width pages.
 struct KvCacheParams : FwdParams {
   // Sequence b attends to the cache rows cache_leftpad[b] .. cache_seqlens[b] + seqlen_new - 1;
   // its keys are numbered from the first of them (the masks and ALiBi count from there).
   const int* __restrict__ cache_seqlens;    // [b] rows filled before the append; nullptr: all
   const int* __restrict__ cache_leftpad;    // [b] or nullptr
   const int* __restrict__ cache_batch_idx;  // [b] or nullptr: which cache batch row b uses
-
-  // Paged caches: [num_pages, 1 << page_shift, h_k, d], k/v_batch_stride step one page; row r
-  // of sequence b lives in page block_table[b][r >> page_shift]. nullptr: contiguous caches.
-  const int* __restrict__ block_table;
-  int64_t block_table_batch_stride;
-  int block_table_width, num_pages, page_shift;
 
   // New rows k_new, v_new [b, seqlen_new, h_k, d], written into the caches at cache_seqlens[b]
   // (rotated, for k, when rotary_cos is set) before the attention reads them.
@@ -97,7 +100,7 @@ struct KvCacheParams : FwdParams {
   int seqlen_new;
 
   // Rotary embedding, fp32 cos/sin [seqlen_ro, rotary_dim / 2]: new key row t of sequence b sits at
-  // position cache_seqlens[b] - cache_leftpad[b] + t. q_unrotated [b, sq, nheads_q, d] is rotated
+  // position cache_seqlens[b] + t (flash-attn's: cache_leftpad does not shift it). q_unrotated [b, sq, nheads_q, d] is rotated
   // into FwdParams's q (contiguous) at that position, + its row when rotary_q_per_row (causal or
   // local attention), else all rows at the first new position. Interleaved: pairs (2i, 2i + 1);
   // otherwise (i, i + rotary_dim / 2).

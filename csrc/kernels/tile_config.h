@@ -73,19 +73,22 @@ inline constexpr int kAmdLdsBytes = 64 * 1024;
 
 template <AmdFamily kFamily, int kHeadDim> struct FwdTileAmd;
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna, kHeadDim> {
-  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32;
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = kHeadDim <= 128 ? 64 : 32, kDSplit = 1;
   static constexpr bool kQInRegisters = true;
 };
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kCdna4, kHeadDim> : FwdTileAmd<AmdFamily::kCdna, kHeadDim> {};
 // RDNA has 256 VGPRs a lane and no AGPRs: 32 keys a step. RDNA3's operands take 16 values a lane
 // per k16 step (RDNA4's 8), so on RDNA3 Q stays in LDS above head dim 64, where its fragments
-// would crowd O's accumulators, and above 128 two waves keep Q beside K and V^T within 64 KB.
+// would crowd O's accumulators. Above head dim 128 O alone would take 128 VGPRs: two waves share a
+// query tile (kDSplit), each holding half of O's channels and computing S over half of the head
+// dim, and they add their partial S through LDS. On RDNA3 four such waves (32 query rows) keep Q
+// beside K, V^T and the partial sums within 64 KB.
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna3, kHeadDim> {
-  static constexpr int kWaves = kHeadDim <= 128 ? 4 : 2, kMT = 1, kBlockN = 32;
+  static constexpr int kWaves = 4, kMT = 1, kBlockN = 32, kDSplit = kHeadDim <= 128 ? 1 : 2;
   static constexpr bool kQInRegisters = kHeadDim <= 64;
 };
 template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
-  static constexpr int kWaves = 4, kMT = 1, kBlockN = 32;
+  static constexpr int kDSplit = kHeadDim <= 128 ? 1 : 2, kWaves = 4 * kDSplit, kMT = 1, kBlockN = 32;
   static constexpr bool kQInRegisters = true;
 };
 
@@ -93,7 +96,7 @@ template <int kHeadDim> struct FwdTileAmd<AmdFamily::kRdna4, kHeadDim> {
 // the blocks split the keys (split-KV) where the rows are too few to fill the device. Its 16 rows
 // of Q cost little LDS, so on RDNA (no AGPRs) they stay there.
 template <AmdFamily kFamily, int kHeadDim> struct KvCacheTileAmd {
-  static constexpr int kWaves = 1, kMT = 1, kBlockN = 32;
+  static constexpr int kWaves = 1, kMT = 1, kBlockN = 32, kDSplit = 1;
   static constexpr bool kQInRegisters = is_cdna(kFamily);
 };
 
@@ -106,15 +109,20 @@ struct AmdTraits {
   static constexpr int kWaveSize = is_cdna(kFamily) ? 64 : 32;
   static constexpr int kTileRows = is_cdna(kFamily) ? 32 : 16;  // queries per instruction tile
   static constexpr int kWaves = Tile::kWaves, kMT = Tile::kMT, kBlockN = Tile::kBlockN;
+  static constexpr int kDSplit = Tile::kDSplit;  // waves sharing a query tile, each a part of the head dim
   static constexpr bool kQInRegisters = Tile::kQInRegisters;
   static constexpr int kNThreads = kWaves * kWaveSize;
-  static constexpr int kRowsPerWave = kMT * kTileRows, kBlockM = kWaves * kRowsPerWave;
+  static constexpr int kRowsPerWave = kMT * kTileRows, kBlockM = kWaves / kDSplit * kRowsPerWave;
   static constexpr int kKStride = kHeadDim + 8;   // K and Q rows, padded against bank conflicts
   static constexpr int kVtStride = kBlockN + 8;   // V^T rows
+  // With the head dim split, each wave's partial S: kRowsPerWave x kBlockN floats.
+  static constexpr int kSwapFloats = kDSplit > 1 ? kWaves * kRowsPerWave * kBlockN : 0;
   static constexpr int kSmemBytes =
-      (kBlockN * kKStride + kHeadDim * kVtStride + (kQInRegisters ? 0 : kBlockM * kKStride)) * int(sizeof(T));
+      (kBlockN * kKStride + kHeadDim * kVtStride + (kQInRegisters ? 0 : kBlockM * kKStride)) * int(sizeof(T)) +
+      kSwapFloats * int(sizeof(float));
   static_assert(kSmemBytes <= kAmdLdsBytes, "the AMD kernels' tiles must fit 64 KB of LDS");
   static_assert(kHeadDim % kTileRows == 0 && kBlockN % 32 == 0, "whole instruction tiles");
+  static_assert(kWaves % kDSplit == 0 && kHeadDim % (16 * kDSplit) == 0, "whole k-steps in each wave's part");
 };
 template <class T, AmdFamily kFamily, int kHeadDim>
 using FwdTraitsAmd = AmdTraits<T, kFamily, kHeadDim>;
@@ -132,6 +140,18 @@ template <AmdFamily kFamily, int kHeadDim> struct BwdTileAmd {
   static constexpr int kKeyWaves = kHeadDim <= 128 ? 2 : 1, kDSplit = kHeadDim <= 128 ? 1 : 2;
   static constexpr bool kVFromGlobal = kHeadDim > 128;
 };
+// RDNA has 256 VGPRs a lane and no AGPRs: dK and dV together take 2 kHeadDim / 16 tiles of 8
+// floats, so above head dim 64 the channels split over two waves, above 128 over four (each wave
+// then holds at most 64 accumulators, as at d64). Split four ways the block's keys are one tile,
+// so K and V fit LDS at every head dim. RDNA3's operands are twice RDNA4's (16 values a lane): its
+// split starts above head dim 32.
+template <int kHeadDim, int kUnsplitHeadDim> struct BwdTileAmdRdna {
+  static constexpr int kKeyWaves = kHeadDim <= 128 ? 2 : 1;
+  static constexpr int kDSplit = kHeadDim <= kUnsplitHeadDim ? 1 : kHeadDim <= 128 ? 2 : 4;
+  static constexpr bool kVFromGlobal = false;
+};
+template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna3, kHeadDim> : BwdTileAmdRdna<kHeadDim, 32> {};
+template <int kHeadDim> struct BwdTileAmd<AmdFamily::kRdna4, kHeadDim> : BwdTileAmdRdna<kHeadDim, 64> {};
 
 template <class T_, AmdFamily kFamily_, int kHeadDim_>
 struct BwdTraitsAmd {

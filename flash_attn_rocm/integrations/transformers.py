@@ -9,13 +9,20 @@ AttentionMaskInterface (the only two entry points used); tested with 5.17 and 5.
 
 A call is served under the contract of transformers' own "flash_attention_2":
 - The mask function (registered beside the attention function: without one, transformers passes
-  no mask at all and causal masking would silently vanish) hands over a 2-D [batch, kv_len]
-  key-padding mask, or None when no token is padded. Causality and windows are the kernels' job.
+  no mask at all and causal masking would silently vanish) runs once per forward and decides for
+  every layer: None when every key is a real token, else a 2-D [batch, kv_len] key-padding mask
+  carrying its layout. Causality and windows are the kernels' job. Host syncs per forward: none
+  without a 2-D mask (static caches included), one with a 2-D mask (as transformers' own flash
+  path), plus one for the packed-sequence check of a batch-1 prefill with position_ids.
 - No mask: flash_attn_func, causal from the call's is_causal or module.is_causal, K/V heads as
   they come (GQA without repeat_kv).
-- A padding mask: the real tokens are packed, queries by the mask's last q_len columns (left
-  padding, as generate() with a KV cache produces; a single query is never dropped), attended by
+- Left padding and a static cache's unwritten slots (inference): flash_attn_with_kvcache over the
+  keys as they are, with per-row key spans (cache_leftpad, cache_seqlens) computed on the device:
+  no unpadding, no sync, capturable in CUDA graphs and traced by torch.compile without breaks.
+- Other padding (right padding, holes), or training: the real tokens are packed, queries by the
+  newest q_len written columns (a single query is never dropped), attended by
   flash_attn_varlen_func sequence by sequence, and scattered back; padded query rows are zeros.
+  The first layer computes the unpadding indices (two syncs); the others reuse them.
 - Sequences packed into one row (position_ids restarting, batch 1; DataCollatorWithFlattening)
   or precomputed cu_seq_lens_q/k kwargs: varlen, each sequence on its own.
 - sliding_window=W: a query sees itself and the W - 1 keys before it (transformers' mask is
@@ -65,6 +72,7 @@ from .._inputs import DTYPES, check_servable, fallback_reason
 from .._masks import window_visible
 from ..bert_padding import index_first_axis, pad_input, unpad_input
 from ..interface import flash_attn_func, flash_attn_varlen_func
+from ..kvcache import flash_attn_with_kvcache
 
 __all__ = ["NAME", "flash_attn_rocm_attention", "padding_mask", "register"]
 
@@ -90,16 +98,82 @@ class _Options:
                     softcap=self.softcap, deterministic=self.deterministic)
 
 
+class _KeyLayout(NamedTuple):
+    """What the mask function learnt about the key mask it returns, kept on that tensor (an
+    attribute, which torch.compile traces) so that no layer has to read the mask on the host.
+
+    filled: keys 0 .. filled - 1 have been written, this call's included; the queries are the last
+        seqlen_q of them (int, or a 0-d device tensor under a static cache).
+    leftpad: int32 [batch], row i's real keys are leftpad[i] .. filled - 1 (left padding only), or
+        None when the mask has other padding and takes varlen."""
+
+    filled: int | torch.Tensor
+    leftpad: torch.Tensor | None
+
+
+_LAYOUT_ATTR = "_flash_attn_rocm_layout"
+_UNPAD_ATTR = "_flash_attn_rocm_unpad"
+
+
+def _with_layout(mask: torch.Tensor, layout: _KeyLayout) -> torch.Tensor:
+    setattr(mask, _LAYOUT_ATTR, layout)
+    return mask
+
+
+def _layout(mask: torch.Tensor) -> _KeyLayout | None:
+    return getattr(mask, _LAYOUT_ATTR, None)
+
+
 # --------------------------------------------------------------------------- the two registered functions
 
 
-def padding_mask(*, kv_length: int, attention_mask: torch.Tensor | None = None, **unused) -> torch.Tensor | None:
-    """AttentionMaskInterface entry: the 2-D [batch, kv_len] bool key-padding mask (True = a real
-    token), or None when nothing is padded. The mask_function pattern (causal, window, packing) is
-    left to the attention function, as for transformers' flash_attention_2."""
+def padding_mask(*, kv_length: int, attention_mask: torch.Tensor | None = None, q_length: int | None = None,
+                 q_offset: int | torch.Tensor = 0, kv_offset: int = 0, batch_size: int | None = None,
+                 device: torch.device | None = None, **unused) -> torch.Tensor | None:
+    """AttentionMaskInterface entry, called once per forward (per mask kind) and handed to every
+    layer: None when every key is a real token (the layers run the plain kernels), else a 2-D
+    [batch, kv_length] bool key mask (True = a real token) that carries its layout (_KeyLayout).
+
+    What is decided here, once, is what the layers would otherwise each find out with host syncs:
+    - no 2-D mask and no unfilled cache slots: None, no sync;
+    - no 2-D mask under a static cache (its slots past q_offset + q_length hold no token yet):
+      the keys 0 .. filled - 1 are real, built on the device, no sync (CUDA graphs, torch.compile);
+    - a 2-D mask: one host sync, which answers both "anything padded?" and "only left padding
+      (plus a static cache's unfilled slots)?". Left padding goes to the KV-cache kernels with
+      per-row key spans (no unpadding); other padding (right padding followed by real queries,
+      holes) goes to varlen, its unpadding indices computed by the first layer and kept for the rest.
+    The mask_function pattern (causal, window, packing) is left to the attention function, as for
+    transformers' flash_attention_2."""
+    if attention_mask is not None and _layout(attention_mask) is not None and attention_mask.shape[1] == kv_length:
+        return attention_mask  # ours already (generate() feeds a static cache's mask back into forward)
+    if q_length is None:  # transformers < 5 passes cache_position instead: the mask's width says what is filled
+        return _legacy_padding_mask(kv_length, attention_mask)
+    filled = q_offset + q_length - kv_offset  # keys written so far, this call's included (a tensor: static cache)
+    has_unfilled = not isinstance(filled, int) or filled < kv_length
+    if attention_mask is None:
+        if not has_unfilled:
+            return None
+        device = filled.device if isinstance(filled, torch.Tensor) else device
+        mask = (torch.arange(kv_length, device=device) < filled).expand(batch_size, kv_length)
+        return _with_layout(mask, _KeyLayout(filled, mask.new_zeros(batch_size, dtype=torch.int32)))
+    mask = attention_mask[:, -kv_length:].bool()  # sliding-window caches keep only the newest kv_length keys
+    if mask.shape[1] < kv_length:  # a static cache: the slots past the mask hold no token yet
+        mask = F.pad(mask, (0, kv_length - mask.shape[1]), value=False)
+    columns = torch.arange(kv_length, device=mask.device)
+    leftpad = mask.int().argmax(dim=1).to(torch.int32)  # the first real key of each row
+    spans = (columns >= leftpad[:, None]) & (columns < filled)
+    all_real, left_padded = torch.stack([mask.all(), (mask == spans).all()]).tolist()  # the one host sync
+    if all_real and not has_unfilled:
+        return None
+    if not left_padded or torch.is_grad_enabled():  # training takes varlen: the KV-cache kernels have no backward
+        leftpad = None
+    return _with_layout(mask, _KeyLayout(filled, leftpad))
+
+
+def _legacy_padding_mask(kv_length: int, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None:
         return None
-    mask = attention_mask[:, -kv_length:]  # sliding-window caches keep only the newest kv_length keys
+    mask = attention_mask[:, -kv_length:]
     if mask.shape[1] == kv_length and bool(mask.all()):
         return None
     return mask  # narrower than kv_length only under a static cache: its unused slots get dropped
@@ -175,16 +249,23 @@ def _fallback_reason(q, k, v, attention_mask, opts: _Options) -> str | None:
 
 class _Backend(NamedTuple):
     """dense(q, k, v, opts): q [b, sq, h, d], k/v [b, sk, h_k, d] -> [b, sq, h, d].
-    varlen(q, k, v, cu_q, cu_k, max_q, max_k, opts): packed [total, heads, d] -> [total_q, h, d]."""
+    varlen(q, k, v, cu_q, cu_k, max_q, max_k, opts): packed [total, heads, d] -> [total_q, h, d].
+    spans(q, k, v, leftpad, seqlens, opts): dense layout, row i's keys leftpad[i] .. seqlens[i] - 1
+    (int32 [b] each), the queries its last sq (inference only) -> [b, sq, h, d]."""
 
     dense: Callable
     varlen: Callable
+    spans: Callable
 
 
 def _route(q, k, v, attention_mask, opts: _Options, kwargs: dict, backend: _Backend) -> torch.Tensor:
-    """Padded, packed and plain batches, each onto the backend's dense or varlen attention."""
+    """Padded, packed and plain batches, each onto the backend's dense, spans or varlen attention."""
     if attention_mask is not None:
-        return _padded(q, k, v, attention_mask.bool(), opts, backend)
+        mask, layout = attention_mask.bool(), _layout(attention_mask)
+        if layout is not None and layout.leftpad is not None and opts.causal and opts.dropout == 0 \
+                and not _needs_grad(q, k, v):
+            return backend.spans(q, k, v, layout.leftpad, _seqlens(layout.filled, q.shape[0], q.device), opts)
+        return _padded(q, k, v, mask, layout, opts, backend)
     cu_seqlens = _given_cu_seqlens(kwargs) or _packed_cu_seqlens(kwargs.get("position_ids"), q, k)
     if cu_seqlens is None:
         return backend.dense(q, k, v, opts)
@@ -194,23 +275,69 @@ def _route(q, k, v, attention_mask, opts: _Options, kwargs: dict, backend: _Back
     return out.reshape(batch, seqlen_q, *out.shape[1:])
 
 
-def _padded(q, k, v, key_mask, opts: _Options, backend: _Backend) -> torch.Tensor:
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _seqlens(filled: int | torch.Tensor, batch: int, device) -> torch.Tensor:
+    """int32 [batch], every row `filled`: computed on the device, never read back."""
+    if isinstance(filled, torch.Tensor):
+        return filled.to(torch.int32).reshape(1).expand(batch).contiguous()
+    return torch.full((batch,), filled, dtype=torch.int32, device=device)
+
+
+def _padded(q, k, v, key_mask, layout: _KeyLayout | None, opts: _Options, backend: _Backend) -> torch.Tensor:
     """Drops the padding, attends sequence by sequence (bottom-right aligned within each), scatters
     the result back with zeros at padded queries."""
     batch, seqlen_q = q.shape[:2]
-    if k.shape[1] > key_mask.shape[1]:  # a static cache: the slots past the mask hold no token yet
+    if k.shape[1] > key_mask.shape[1]:  # transformers < 5 under a static cache: the slots past the mask are unused
         k, v = k[:, : key_mask.shape[1]], v[:, : key_mask.shape[1]]
-    if seqlen_q == k.shape[1]:
-        query_mask = key_mask
-    elif seqlen_q == 1:
-        query_mask = torch.ones_like(key_mask[:, :1])  # decoding: every row has its new token
-    else:
-        query_mask = key_mask[:, -seqlen_q:]  # the queries are the newest tokens (left padding)
-    q_unpad, q_indices, cu_q, max_q, _ = unpad_input(q, query_mask)
-    k_unpad, k_indices, cu_k, max_k, _ = unpad_input(k, key_mask)
-    v_unpad = index_first_axis(v.reshape(-1, *v.shape[2:]), k_indices)
+    q_indices, k_indices, (cu_q, cu_k), (max_q, max_k) = _unpadding(key_mask, layout, seqlen_q)
+    q_unpad = index_first_axis(q.reshape(-1, *q.shape[2:]), q_indices)
+    k_unpad, v_unpad = (index_first_axis(t.reshape(-1, *t.shape[2:]), k_indices) for t in (k, v))
     out = backend.varlen(q_unpad, k_unpad, v_unpad, cu_q, cu_k, max_q, max_k, opts)
     return pad_input(out, q_indices, batch, seqlen_q)
+
+
+def _unpadding(key_mask, layout: _KeyLayout | None, seqlen_q: int):
+    """(q_indices, k_indices, (cu_q, cu_k), (max_q, max_k)) of a padded batch: two host syncs
+    (nonzero, the longest sequence). Every layer of a forward gets the same mask, so the answer is
+    kept on the mask tensor (with its version counter) and the later layers pay nothing."""
+    memo = getattr(key_mask, _UNPAD_ATTR, None)
+    version = _version(key_mask)
+    if memo is not None and memo[0] == version and seqlen_q in memo[1]:
+        return memo[1][seqlen_q]
+    query_mask = _query_mask(key_mask, layout, seqlen_q)
+    q_indices, cu_q, max_q = _indices(query_mask)
+    k_indices, cu_k, max_k = (q_indices, cu_q, max_q) if query_mask is key_mask else _indices(key_mask)
+    result = q_indices, k_indices, (cu_q, cu_k), (max_q, max_k)
+    if not torch.compiler.is_compiling():
+        plans = memo[1] if memo is not None and memo[0] == version else {}
+        plans[seqlen_q] = result
+        setattr(key_mask, _UNPAD_ATTR, (version, plans))
+    return result
+
+
+def _query_mask(key_mask, layout: _KeyLayout | None, seqlen_q: int) -> torch.Tensor:
+    """[batch, seqlen_q] bool, True for a real query: the queries are the newest tokens."""
+    filled = key_mask.shape[1] if layout is None else layout.filled
+    if isinstance(filled, int):
+        if seqlen_q == filled == key_mask.shape[1]:
+            return key_mask
+        if seqlen_q == 1 and layout is None:
+            return torch.ones_like(key_mask[:, :1])  # decoding: every row has its new token
+        return key_mask[:, filled - seqlen_q: filled]
+    columns = filled - seqlen_q + torch.arange(seqlen_q, device=key_mask.device)
+    return key_mask.gather(1, columns.expand(key_mask.shape[0], seqlen_q))
+
+
+def _indices(mask: torch.Tensor):
+    """Where the True entries of mask [batch, seqlen] sit in the flattened batch, the cu_seqlens of
+    the rows and the longest row."""
+    seqlens = mask.sum(dim=-1, dtype=torch.int32)
+    indices = mask.flatten().nonzero().squeeze(1)
+    cu_seqlens = F.pad(seqlens.cumsum(0, dtype=torch.int32), (1, 0))
+    return indices, cu_seqlens, int(seqlens.max()) if seqlens.numel() else 0
 
 
 def _given_cu_seqlens(kwargs: dict):
@@ -273,6 +400,11 @@ def _kernel_varlen(q, k, v, cu_q, cu_k, max_q, max_k, opts: _Options):
     return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, **opts.kernel_kwargs())
 
 
+def _kernel_spans(q, k, v, leftpad, seqlens, opts: _Options):
+    return flash_attn_with_kvcache(q, k, v, cache_seqlens=seqlens, cache_leftpad=leftpad, softmax_scale=opts.scale,
+                                   causal=opts.causal, window_size=opts.window, softcap=opts.softcap)
+
+
 def _reference_dense(q, k, v, opts: _Options, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention the plain way, with the kernels' semantics: causal and window aligned to the
     bottom-right corner, softcap on the scaled scores, zeros for a query that sees no key.
@@ -312,8 +444,23 @@ def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, opts: _Options) -> torc
     return torch.cat(pieces)
 
 
-_KERNELS = _Backend(_kernel_dense, _kernel_varlen)
-_PYTORCH = _Backend(_reference_dense, _reference_varlen)
+def _reference_spans(q, k, v, leftpad, seqlens, opts: _Options) -> torch.Tensor:
+    """The KV-cache kernels' masking spelled out: row i's keys are leftpad[i] .. seqlens[i] - 1, its
+    queries the last sq of them; causal and window count from those positions."""
+    seqlen_q, seqlen_k = q.shape[1], k.shape[1]
+    keys = torch.arange(seqlen_k, device=q.device)
+    queries = (seqlens[:, None] - seqlen_q + torch.arange(seqlen_q, device=q.device))[..., None]  # [b, sq, 1]
+    visible = (keys >= leftpad[:, None, None]) & (keys < seqlens[:, None, None])
+    left, right = opts.window
+    if opts.causal or right >= 0:
+        visible = visible & (keys <= queries + (0 if opts.causal else right))
+    if left >= 0:
+        visible = visible & (keys >= queries - left)
+    return _reference_dense(q, k, v, replace(opts, causal=False, window=(-1, -1)), mask=visible[:, None])
+
+
+_KERNELS = _Backend(_kernel_dense, _kernel_varlen, _kernel_spans)
+_PYTORCH = _Backend(_reference_dense, _reference_varlen, _reference_spans)
 
 
 # --------------------------------------------------------------------------- helpers
