@@ -8,7 +8,8 @@
 //      extras (softcap, ALiBi, dropout), its K/V are not paged and TMA can describe every
 //      operand's strides; otherwise the portable kernels (mma.sync on NVIDIA, the AMD build's
 //      kernels on ROCm);
-//   3. the variant: with or without a right window edge, with or without the extras.
+//   3. the variant: with or without a right window edge, with or without the extras (paged K/V
+//      runs the variants with them).
 // kernel_family() reports the same decision, and for the portable kernels why not Hopper.
 #include <algorithm>
 #include <vector>
@@ -129,11 +130,12 @@ error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, s
   const PassFamily<FwdParams>* family =
       find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
-  const bool extras = has_extras(params);
-  if (why_not_hopper(*family, extras, params.block_table != nullptr, &params, nullptr) == nullptr) {
+  const bool extras = has_extras(params), paged = params.block_table != nullptr;
+  if (why_not_hopper(*family, extras, paged, &params, nullptr) == nullptr) {
     return family->hopper[has_right_edge](params, stream);
   }
-  return family->portable[has_right_edge][extras](params, stream);
+  // Paged K/V runs the Has_extras variants, which alone compile the page lookups (fwd_kernel.h).
+  return family->portable[has_right_edge][extras || paged](params, stream);
 }
 
 error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, stream_t stream) {

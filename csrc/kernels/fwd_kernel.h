@@ -60,23 +60,34 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   if (row_begin >= seq.seqlen_q) return;  // varlen: this sequence is shorter than the longest
 
   const T* q = seq.q_row<T>(params, batch, head, row_begin);
-  const KvRows<T> k_rows = seq.k_rows<T>(params, batch, head_k), v_rows = seq.v_rows<T>(params, batch, head_k);
+  const T* k = seq.k_contiguous<T>(params, batch, head_k);
+  const T* v = seq.v_contiguous<T>(params, batch, head_k);
   const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
   auto keys_in_block = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
-  // A key block is one strided copy from its first row (contiguous K/V, pages of >= kBlockN rows),
-  // else (pages smaller than a block) row by row through the block table: a uniform branch.
-  const bool strided_blocks = k_rows.strided_blocks(kBlockN);
-  auto load_kv = [&](T* smem, const KvRows<T>& rows, int n) {
-    if (strided_blocks) {
+  // Paged K/V, in the Has_extras instantiations only (the dispatch sends paged calls there): the
+  // plain ones sit at 255 registers at d128, and any paging code in their loop spills. A uniform
+  // branch: a key block is one strided copy from its first row when the pages hold >= kBlockN
+  // rows, else row by row through the block table, looked up again for every block from params.
+  auto load_paged = [&](T* smem, const KvRows<T>& rows, int n) {
+    if (rows.strided_blocks(kBlockN)) {
       KVTile::template load_async<Traits::kNThreads>(smem, rows(n * kBlockN), rows.row_stride, keys_in_block(n),
                                                      params.d, tid);
     } else {
-      KVTile::template load_rows_async<Traits::kNThreads>(
-          smem, [&](int r) { return rows(n * kBlockN + r); }, keys_in_block(n), params.d, tid);
+      auto row_ptr = [&](int r) { return rows(n * kBlockN + r); };
+      KVTile::template load_rows_async<Traits::kNThreads, T, decltype(row_ptr), 1>(smem, row_ptr, keys_in_block(n),
+                                                                                     params.d, tid);
     }
   };
-  auto load_k = [&](int n) { load_kv(sK, k_rows, n); };
-  auto load_v = [&](int n) { load_kv(sV, v_rows, n); };
+  auto load_k = [&](int n) {
+    if (Has_extras && params.block_table != nullptr) return load_paged(sK, seq.k_rows<T>(params, batch, head_k), n);
+    KVTile::template load_async<Traits::kNThreads>(sK, k + n * kBlockN * params.k_row_stride, params.k_row_stride,
+                                                   keys_in_block(n), params.d, tid);
+  };
+  auto load_v = [&](int n) {
+    if (Has_extras && params.block_table != nullptr) return load_paged(sV, seq.v_rows<T>(params, batch, head_k), n);
+    KVTile::template load_async<Traits::kNThreads>(sV, v + n * kBlockN * params.v_row_stride, params.v_row_stride,
+                                                   keys_in_block(n), params.d, tid);
+  };
 
   const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
   const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);

@@ -78,7 +78,8 @@ struct SeqBounds {
                      batch * params.v_batch_stride + k_start * params.v_row_stride);
   }
 
-  // Row 0 of this sequence in contiguous k and v: for kernels without paged K/V (the AMD forward).
+  // Row 0 of this sequence in contiguous k and v (the AMD forward has no paged K/V; the portable one
+  // keeps these for its contiguous calls).
   template <class T>
   FA_DEVICE const T* k_contiguous(const FwdParams& params, int batch, int head_k) const {
     return static_cast<const T*>(params.k) + batch * params.k_batch_stride + head_k * params.k_head_stride +

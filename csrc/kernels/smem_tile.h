@@ -77,10 +77,11 @@ struct SmemTile {
 
   // Global -> shared for rows that need not be evenly strided (a paged KV cache): row_ptr(row)
   // gives row `row`'s address, for row < rows_valid (>= 1); other rows and chunks read as zeros.
-  template <int kNThreads, class T, class RowPtr>
+  // kUnroll 1 issues the copies from a loop: fewer registers where a kernel's peak is.
+  template <int kNThreads, class T, class RowPtr, int kUnroll = kRows * kChunks>
   static FA_DEVICE void load_rows_async(T* smem, const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
     constexpr int kCopies = kRows * kChunks;
-#pragma unroll
+#pragma unroll kUnroll
     for (int i = 0; i < (kCopies + kNThreads - 1) / kNThreads; ++i) {
       const int idx = tid + i * kNThreads;
       if (kCopies % kNThreads != 0 && idx >= kCopies) break;
