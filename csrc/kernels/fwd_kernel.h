@@ -65,11 +65,15 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
   auto keys_in_block = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
   // Paged K/V, in the Has_extras instantiations only (the dispatch sends paged calls there): the
-  // plain ones sit at 255 registers at d128, and any paging code in their loop spills. A uniform
-  // branch: a key block is one strided copy from its first row when the pages hold >= kBlockN
-  // rows, else row by row through the block table, looked up again for every block from params.
+  // plain ones sit at 255 registers at d128, and any paging code in their loop spills. Where the
+  // strided copies' steps fit in a page (d64, d128, d256), a thread re-bases its one pointer at the
+  // steps that start a page, from one uniform lookup; otherwise each row is looked up.
   auto load_paged = [&](T* smem, const KvRows<T>& rows, int n) {
-    if (rows.strided_blocks(kBlockN)) {
+    if constexpr (KVTile::template kPagedRowSteps<Traits::kNThreads, kMinPageRows>) {
+      auto page_offset = [&](int r) { return rows.offset(n * kBlockN + r); };
+      KVTile::template load_pages_async<Traits::kNThreads>(smem, rows.base, page_offset, rows.row_stride,
+                                                           1 << rows.page_shift, keys_in_block(n), params.d, tid);
+    } else if (rows.strided_blocks(kBlockN)) {
       KVTile::template load_async<Traits::kNThreads>(smem, rows(n * kBlockN), rows.row_stride, keys_in_block(n),
                                                      params.d, tid);
     } else {

@@ -75,6 +75,37 @@ struct SmemTile {
     }
   }
 
+  // Whether load_pages_async serves pages of kPageRows rows and up: every copy step of the strided
+  // load above moves all threads kRowStep rows on, so with pages of >= kRowStep rows a step's rows
+  // never straddle two pages.
+  template <int kNThreads, int kPageRows>
+  static constexpr bool kPagedRowSteps =
+      kNThreads % kChunks == 0 && (kNThreads / kChunks) % 8 == 0 && kNThreads / kChunks <= kPageRows;
+
+  // Global -> shared for rows that lie in pages of page_rows (a power of two >= kRowStep, see
+  // kPagedRowSteps) rows each, row_stride apart inside a page: load_async's copies with its one
+  // pointer a thread, re-based only at the steps that start a page. page_offset(r): the offset of
+  // row r of the tile from `base`, called with r a multiple of kRowStep (the same for every thread,
+  // so the page lookup is uniform); for pages of >= kRows rows, once.
+  template <int kNThreads, class T, class PageOffset>
+  static FA_DEVICE void load_pages_async(T* smem, const T* base, const PageOffset& page_offset, int64_t row_stride,
+                                         int page_rows, int rows_valid, int head_dim, int tid) {
+    constexpr int kRowStep = kNThreads / kChunks;
+    static_assert(kPagedRowSteps<kNThreads, kRowStep>, "load_pages_async needs load_async's strided copies");
+    const int row0 = tid / kChunks, chunk = tid % kChunks;
+    const bool chunk_valid = chunk * 8 < head_dim;
+    const int64_t thread_offset = row0 * row_stride + chunk * 8;
+    const T* src = base;
+    T* dst = smem + offset(row0, chunk);
+#pragma unroll
+    for (int i = 0; i < kRows * kChunks / kNThreads; ++i) {
+      if (i == 0 || ((i * kRowStep) & (page_rows - 1)) == 0) src = base + (page_offset(i * kRowStep) + thread_offset);
+      const bool valid = chunk_valid && row0 + i * kRowStep < rows_valid;
+      copy_async_16(dst + i * kRowStep * kHeadDim, valid ? src : base, valid);
+      src += kRowStep * row_stride;
+    }
+  }
+
   // Global -> shared for rows that need not be evenly strided (a paged KV cache): row_ptr(row)
   // gives row `row`'s address, for row < rows_valid (>= 1); other rows and chunks read as zeros.
   // kUnroll 1 issues the copies from a loop: fewer registers where a kernel's peak is.
