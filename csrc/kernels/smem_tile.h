@@ -97,7 +97,7 @@ struct SmemTile {
     const int64_t thread_offset = row0 * row_stride + chunk * 8;
     const T* src = base;
     T* dst = smem + offset(row0, chunk);
-#pragma unroll
+#pragma unroll 1
     for (int i = 0; i < kRows * kChunks / kNThreads; ++i) {
       if (i == 0 || ((i * kRowStep) & (page_rows - 1)) == 0) src = base + (page_offset(i * kRowStep) + thread_offset);
       const bool valid = chunk_valid && row0 + i * kRowStep < rows_valid;
