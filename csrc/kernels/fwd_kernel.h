@@ -69,9 +69,10 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   // strided copies' steps fit in a page (d64, d128, d256), a thread re-bases its one pointer at the
   // steps that start a page, from one uniform lookup; otherwise each row is looked up.
   auto opaque = [](int x) { asm volatile("" : "+r"(x)); return x; };
-  auto load_paged = [&](T* smem, const KvRows<T>& rows, int n) {
+  auto load_paged = [&](T* smem, const auto& rows_of, int n) {
+    const KvRows<T> rows = rows_of();
     if constexpr (KVTile::template kPagedRowSteps<Traits::kNThreads, kMinPageRows>) {
-      auto page_offset = [&](int r) { return rows.paged_offset(n * kBlockN + r); };
+      auto page_offset = [&](int r) { return rows_of().paged_offset(n * kBlockN + r); };
       KVTile::template load_pages_async<Traits::kNThreads>(smem, rows.base, page_offset, rows.row_stride,
                                                            1 << rows.page_shift, keys_in_block(n), params.d, tid);
     } else if (rows.strided_blocks(kBlockN)) {
@@ -84,12 +85,12 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
     }
   };
   auto load_k = [&](int n) {
-    if (Has_extras && params.block_table != nullptr) return load_paged(sK, seq.k_rows<T>(params, opaque(batch), head_k), n);
+    if (Has_extras && params.block_table != nullptr) return load_paged(sK, [&] { return seq.k_rows<T>(params, opaque(batch), head_k); }, n);
     KVTile::template load_async<Traits::kNThreads>(sK, k + n * kBlockN * params.k_row_stride, params.k_row_stride,
                                                    keys_in_block(n), params.d, tid);
   };
   auto load_v = [&](int n) {
-    if (Has_extras && params.block_table != nullptr) return load_paged(sV, seq.v_rows<T>(params, opaque(batch), head_k), n);
+    if (Has_extras && params.block_table != nullptr) return load_paged(sV, [&] { return seq.v_rows<T>(params, opaque(batch), head_k); }, n);
     KVTile::template load_async<Traits::kNThreads>(sV, v + n * kBlockN * params.v_row_stride, params.v_row_stride,
                                                    keys_in_block(n), params.d, tid);
   };

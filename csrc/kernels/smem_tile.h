@@ -93,16 +93,17 @@ struct SmemTile {
     constexpr int kRowStep = kNThreads / kChunks;
     static_assert(kPagedRowSteps<kNThreads, kRowStep>, "load_pages_async needs load_async's strided copies");
     const int row0 = tid / kChunks, chunk = tid % kChunks;
-    const bool chunk_valid = chunk * 8 < head_dim;
-    const int64_t thread_offset = row0 * row_stride + chunk * 8;
-    const T* src = base;
+    const T* thread_base = base + (row0 * row_stride + chunk * 8);
+    const T* src = thread_base;
     T* dst = smem + offset(row0, chunk);
+    int rows_left = chunk * 8 < head_dim ? rows_valid - row0 : 0;  // this thread's rows from dst on
 #pragma unroll 1
-    for (int i = 0; i < kRows * kChunks / kNThreads; ++i) {
-      if (i == 0 || ((i * kRowStep) & (page_rows - 1)) == 0) src = base + (page_offset(i * kRowStep) + thread_offset);
-      const bool valid = chunk_valid && row0 + i * kRowStep < rows_valid;
-      copy_async_16(dst + i * kRowStep * kHeadDim, valid ? src : base, valid);
+    for (int r = 0; r < kRows; r += kRowStep) {
+      if ((r & (page_rows - 1)) == 0) src = thread_base + page_offset(r);
+      copy_async_16(dst, rows_left > 0 ? src : thread_base, rows_left > 0);
       src += kRowStep * row_stride;
+      dst += kRowStep * kHeadDim;
+      rows_left -= kRowStep;
     }
   }
 
