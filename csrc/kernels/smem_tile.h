@@ -86,7 +86,8 @@ struct SmemTile {
   // kPagedRowSteps) rows each, row_stride apart inside a page: load_async's copies with its one
   // pointer a thread, re-based only at the steps that start a page. page_offset(r): the offset of
   // row r of the tile from `base`, called with r a multiple of kRowStep (the same for every thread,
-  // so the page lookup is uniform); for pages of >= kRows rows, once.
+  // so the page lookup is uniform); for pages of >= kRows rows, once. The tile's first row must be
+  // a multiple of kRows (a key block), so that r = 0 mod page_rows is where a page starts.
   template <int kNThreads, class T, class PageOffset>
   static FA_DEVICE void load_pages_async(T* smem, const T* base, const PageOffset& page_offset, int64_t row_stride,
                                          int page_rows, int rows_valid, int head_dim, int tid) {
