@@ -165,8 +165,8 @@ inline int64_t set_paged_kv_params(flash::FwdParams& params, const at::Tensor& t
   TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes(), "with block_table, ", pages, " must be paged [num_pages, "
               "page_size, nheads_k, head_dim], got ", k.sizes());
   const int64_t page = k.size(1);
-  TORCH_CHECK(page >= 16 && (page & (page - 1)) == 0, "the page size (", pages, ".size(1) with block_table) must be "
-              "a power of two >= 16, got ", page);
+  TORCH_CHECK(page >= flash::kMinPageRows && (page & (page - 1)) == 0, "the page size (", pages,
+              ".size(1) with block_table) must be a power of two >= ", flash::kMinPageRows, ", got ", page);
   TORCH_CHECK(k.size(0) >= 1, pages, " must hold at least one page");
   const int64_t capacity = table.size(1) * page;
   TORCH_CHECK(capacity < (1 << 30), "block_table's pages must hold below 2^30 rows per sequence");

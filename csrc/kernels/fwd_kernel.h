@@ -65,11 +65,19 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
   const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
   auto keys_in_block = [&](int n) { return min(kBlockN, seq.seqlen_k - n * kBlockN); };
   // Paged K/V, in the Has_extras instantiations only (the dispatch sends paged calls there): the
-  // plain ones sit at 255 registers at d128, and any paging code in their loop spills. A uniform
-  // branch: a key block is one strided copy from its first row when the pages hold >= kBlockN
-  // rows, else row by row through the block table, looked up again for every block from params.
-  auto load_paged = [&](T* smem, const KvRows<T>& rows, int n) {
-    if (rows.strided_blocks(kBlockN)) {
+  // plain ones sit at 255 registers at d128, and any paging code in their loop spills. Where one
+  // copy step of all threads fits in a page (d64, d128, d256), a thread's one pointer is re-based
+  // at the steps that start a page, from a uniform lookup (one a block for pages of >= kBlockN
+  // rows), in a rolled loop; other head dims copy a block from its first row, or look up each row.
+  // rows_of() makes the KvRows afresh (k_rows, v_rows below): nothing paged is held in the loop.
+  constexpr bool kPagedSteps = KVTile::template kPagedRowSteps<Traits::kNThreads, kMinPageRows>;
+  auto load_paged = [&](T* smem, const auto& rows_of, int n) {
+    const KvRows<T> rows = rows_of();
+    if constexpr (kPagedSteps) {
+      auto page_offset = [&](int r) { return rows_of().paged_offset(n * kBlockN + r); };
+      KVTile::template load_pages_async<Traits::kNThreads>(smem, rows.base, page_offset, rows.row_stride,
+                                                           1 << rows.page_shift, keys_in_block(n), params.d, tid);
+    } else if (rows.strided_blocks(kBlockN)) {
       KVTile::template load_async<Traits::kNThreads>(smem, rows(n * kBlockN), rows.row_stride, keys_in_block(n),
                                                      params.d, tid);
     } else {
@@ -78,13 +86,17 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kernel(const FwdP
                                                                                      params.d, tid);
     }
   };
+  // The batch index opaque: the block-table row is recomputed at each lookup, not held in the loop
+  // (with per-row lookups that spills more at d96 and d192).
+  auto k_rows = [&] { return seq.k_rows<T>(params, kPagedSteps ? opaque(batch) : batch, head_k); };
+  auto v_rows = [&] { return seq.v_rows<T>(params, kPagedSteps ? opaque(batch) : batch, head_k); };
   auto load_k = [&](int n) {
-    if (Has_extras && params.block_table != nullptr) return load_paged(sK, seq.k_rows<T>(params, batch, head_k), n);
+    if (Has_extras && params.block_table != nullptr) return load_paged(sK, k_rows, n);
     KVTile::template load_async<Traits::kNThreads>(sK, k + n * kBlockN * params.k_row_stride, params.k_row_stride,
                                                    keys_in_block(n), params.d, tid);
   };
   auto load_v = [&](int n) {
-    if (Has_extras && params.block_table != nullptr) return load_paged(sV, seq.v_rows<T>(params, batch, head_k), n);
+    if (Has_extras && params.block_table != nullptr) return load_paged(sV, v_rows, n);
     KVTile::template load_async<Traits::kNThreads>(sV, v + n * kBlockN * params.v_row_stride, params.v_row_stride,
                                                    keys_in_block(n), params.d, tid);
   };

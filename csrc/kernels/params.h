@@ -76,6 +76,10 @@ struct FwdParams {
   int block_table_width, num_pages, page_shift;
 };
 
+// The smallest page the ops accept (set_paged_kv_params): the kernels' copies may take a page's
+// first rows as one step of all threads.
+inline constexpr int kMinPageRows = 16;
+
 // Whether the kernels need the instantiation with the extras: softcap, ALiBi, dropout.
 inline bool has_extras(const FwdParams& params) {
   return params.softcap_prescale != 0.f || params.alibi_slopes != nullptr || params.has_dropout;

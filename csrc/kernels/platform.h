@@ -161,6 +161,16 @@ template <> FA_DEVICE uint32_t pack2<bf16_t>(float lo, float hi) {
 }
 #endif
 
+// `value`, which the compiler must treat as computed here: what is derived from it is recomputed
+// at the use site instead of hoisted out of a loop and held in registers across it (NVIDIA; the
+// AMD kernels have amd::opaque_uniform for their scalar registers).
+FA_DEVICE int opaque(int value) {
+#if defined(FA_PLATFORM_CUDA)
+  asm volatile("" : "+r"(value));
+#endif
+  return value;
+}
+
 // Programmatic dependent launch (sm_90): a kernel started by launch_overlapped() may begin while
 // the one before it on the stream still runs, and must call wait_for_previous_grid() before
 // touching memory that kernel writes; allow_dependents() lets the next kernel start early.

@@ -32,8 +32,8 @@ struct KvRows {
     else base += contiguous_offset;
   }
 
-  FA_DEVICE int64_t offset(int row) const {
-    if (page_of == nullptr) return row * row_stride;
+  FA_DEVICE int64_t offset(int row) const { return page_of == nullptr ? row * row_stride : paged_offset(row); }
+  FA_DEVICE int64_t paged_offset(int row) const {  // offset(row) where page_of is set
     const int page = min(max(page_of[min(row >> page_shift, pages_in_table - 1)], 0), num_pages - 1);
     return page * page_stride + (row & ((1 << page_shift) - 1)) * row_stride;
   }

@@ -75,6 +75,39 @@ struct SmemTile {
     }
   }
 
+  // Whether load_pages_async serves pages of kPageRows rows and up: every copy step of the strided
+  // load above moves all threads kRowStep rows on, so with pages of >= kRowStep rows a step's rows
+  // never straddle two pages.
+  template <int kNThreads, int kPageRows>
+  static constexpr bool kPagedRowSteps =
+      kNThreads % kChunks == 0 && (kNThreads / kChunks) % 8 == 0 && kNThreads / kChunks <= kPageRows;
+
+  // Global -> shared for rows that lie in pages of page_rows (a power of two >= kRowStep, see
+  // kPagedRowSteps) rows each, row_stride apart inside a page: load_async's copies with its one
+  // pointer a thread, re-based only at the steps that start a page. page_offset(r): the offset of
+  // row r of the tile from `base`, called with r a multiple of kRowStep (the same for every thread,
+  // so the page lookup is uniform); for pages of >= kRows rows, once. The tile's first row must be
+  // a multiple of kRows (a key block), so that r = 0 mod page_rows is where a page starts.
+  template <int kNThreads, class T, class PageOffset>
+  static FA_DEVICE void load_pages_async(T* smem, const T* base, const PageOffset& page_offset, int64_t row_stride,
+                                         int page_rows, int rows_valid, int head_dim, int tid) {
+    constexpr int kRowStep = kNThreads / kChunks;
+    static_assert(kPagedRowSteps<kNThreads, kRowStep>, "load_pages_async needs load_async's strided copies");
+    const int row0 = tid / kChunks, chunk = tid % kChunks;
+    const T* thread_base = base + (row0 * row_stride + chunk * 8);
+    const T* src = thread_base;
+    T* dst = smem + offset(row0, chunk);
+    int rows_left = chunk * 8 < head_dim ? rows_valid - row0 : 0;  // this thread's rows from dst on
+#pragma unroll 1
+    for (int r = 0; r < kRows; r += kRowStep) {
+      if ((r & (page_rows - 1)) == 0) src = thread_base + page_offset(r);
+      copy_async_16(dst, rows_left > 0 ? src : thread_base, rows_left > 0);
+      src += kRowStep * row_stride;
+      dst += kRowStep * kHeadDim;
+      rows_left -= kRowStep;
+    }
+  }
+
   // Global -> shared for rows that need not be evenly strided (a paged KV cache): row_ptr(row)
   // gives row `row`'s address, for row < rows_valid (>= 1); other rows and chunks read as zeros.
   // kUnroll 1 issues the copies from a loop: fewer registers where a kernel's peak is.
