@@ -11,9 +11,9 @@ under build/amd-isa/) and each kernel of the target's matrix-core family is held
            instructions (v_mfma / v_wmma).
 
 Today's MFMA/WMMA kernels pass the LDS and matrix gates everywhere but some still spill (CDNA,
-mostly extras variants): EXPECTED_FAILURES marks each failing (kernel, gate, targets) as a strict expected
-failure, so a kernel that starts passing fails the suite until its mark is removed. Issue 21's bar
-is an empty table. Compiling itself is a hard pass on every target.
+mostly extras variants): EXPECTED_FAILURES marks each failing (kernel, gate, targets) as a strict
+expected failure, so a kernel that starts passing fails the suite until its mark is removed. Issue
+21's bar is an empty table. Compiling itself is a hard pass on every target.
 
 `make amd-isa` compiles every head dim and dtype and rewrites docs/amd_isa_report.md. Targets
 whose toolchain is missing skip, except in CI (CI=true), where the Makefile installs them.

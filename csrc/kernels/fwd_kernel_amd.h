@@ -9,7 +9,8 @@
 //
 // With the head dim split (tile_config.h's kDSplit: RDNA above head dim 128), the waves of a query
 // tile each compute S^T over their part of the head dim and add the partners' partial sums through
-// LDS (one more barrier) before the mask; each keeps its part of O's channels.
+// LDS (one more barrier) before the mask; each keeps its part of O's channels. RDNA3's d128
+// extras instantiations load K(n) and V(n) at the block's start instead (kPrefetch, below).
 #pragma once
 
 #include "attention_amd.h"

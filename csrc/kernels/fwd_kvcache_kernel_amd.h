@@ -1,13 +1,13 @@
 // Attention over a KV cache on AMD (decode and chunked prefill): one thread block per (query tile,
 // head, batch, split) with one wave, whose query tile attends to its split's key blocks on the
-// device's matrix cores (AmdQueryTile, attention_amd.h). With the head dim split (tile_config.h's
-// kDSplit: RDNA above head dim 128) kDSplit waves share the query tile, each computing S^T over
-// its part of the head dim and holding its part of O's channels; they add their partial S through
-// LDS (one more barrier a key block), as the forward does (fwd_kernel_amd.h). The cache's rows come through KvRows
+// device's matrix cores (AmdQueryTile, attention_amd.h). The cache's rows come through KvRows
 // (seq_bounds.h; kvcache.h adds cache_batch_idx and cache_leftpad: contiguous or paged), the new
 // rows having been appended by kvcache_prepare_kernel; with split-KV each block writes fp32
 // partials with their lse and flash_kvcache_combine_kernel merges them (both kvcache.h /
-// fwd_kvcache_kernel.h's, which are vendor-neutral).
+// fwd_kvcache_kernel.h's, which are vendor-neutral). With the head dim split (tile_config.h's
+// kDSplit: RDNA above head dim 128) kDSplit waves share the query tile, each computing S^T over
+// its part of the head dim and holding its part of O's channels; they add their partial S through
+// LDS (one more barrier a key block), as the forward does (fwd_kernel_amd.h).
 #pragma once
 
 #include "attention_amd.h"
