@@ -206,7 +206,9 @@ struct AmdQueryTile {
   }
 
   // S^T = K Q^T for the key block in sK (sQ: the block's Q without Q in registers), over the
-  // wave's part of the head dim.
+  // wave's part of the head dim. kFenceSteps > 0: a scheduling fence after every kFenceSteps
+  // k-steps, so that at most that many steps' operands are loaded ahead (amd::schedule_fence).
+  template <int kFenceSteps = 0>
   FA_DEVICE STile scores(const T* sK, const T* sQ) const {
     auto operand_k = [&](int i) { return Core::operand_k(lane, i); };
     // RDNA: one LDS address a lane (its row, its first k), the rest constant offsets from it.
@@ -235,6 +237,9 @@ struct AmdQueryTile {
           }
           mma_tile<Core>(acc_s, mt, nt, a, b);
         }
+      }
+      if constexpr (kFenceSteps > 0) {
+        if ((kk + 1) % kFenceSteps == 0 && kk + 1 < kKSteps) amd::schedule_fence();
       }
     }
     return acc_s;

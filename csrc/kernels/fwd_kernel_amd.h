@@ -9,7 +9,8 @@
 //
 // With the head dim split (tile_config.h's kDSplit: RDNA above head dim 128), the waves of a query
 // tile each compute S^T over their part of the head dim and add the partners' partial sums through
-// LDS (one more barrier) before the mask; each keeps its part of O's channels.
+// LDS (one more barrier) before the mask; each keeps its part of O's channels. RDNA3's d128
+// extras instantiations load K(n) and V(n) at the block's start instead (kPrefetch, below).
 #pragma once
 
 #include "attention_amd.h"
@@ -95,7 +96,13 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
         v_next.load_rows(v_block, p.v_row_stride, keys_valid, p.d, tid);
       }
     };
-    if (n_block_end > n_block_begin) load_next(params, n_block_end - 1);
+    // RDNA3's d128 extras: K(n-1) and V(n-1) held in registers across block n's products (32 VGPRs)
+    // spilled 59 VGPRs, and so did the products' operands loaded all ahead. There each block's K and
+    // V go straight to LDS, and S^T = K Q^T loads at most two k-steps' operands ahead (0 spills;
+    // the cost, global loads no longer overlapped with the products, is unmeasured).
+    constexpr bool kPrefetch = !(Traits::kFamily == AmdFamily::kRdna3 && Has_extras && kDSplit == 1 && kHeadDim == 128);
+    constexpr int kFenceSteps = kPrefetch ? 0 : 2;
+    if (kPrefetch && n_block_end > n_block_begin) load_next(params, n_block_end - 1);
 
     for (int n = n_block_end - 1; n >= n_block_begin; --n) {
       // With the extras, the parameters read afresh each block: the strides, the head dim (and
@@ -103,13 +110,14 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
       // across the loop. (Without, nothing spills and the reloads would cost instructions.)
       const FwdParams& block_params = amd::reload_params_if<Has_extras>(params);
       __syncthreads();  // every wave is done with the last block's K and V^T
+      if constexpr (!kPrefetch) load_next(block_params, n);
       // With the head dim split, K(n) went to LDS behind the partial sums' barrier (below).
       if (kDSplit == 1 || n == n_block_end - 1) k_next.template store<kKStride, false>(sK, tid);
       v_next.template store<kVtStride, true>(sVt, tid);
       __syncthreads();  // K(n), V(n)^T (and Q) visible to all
-      if (n > n_block_begin) load_next(block_params, n - 1);
+      if (kPrefetch && n > n_block_begin) load_next(block_params, n - 1);
 
-      typename Wave::STile acc_s = tile.scores(sK, sQ);
+      typename Wave::STile acc_s = tile.template scores<kFenceSteps>(sK, sQ);
       if constexpr (kDSplit > 1) {
         // The waves of a query tile add each other's partial S (the buffer is written again after
         // the loop's first barrier). Past this barrier no wave reads K(n): K(n - 1) takes its place

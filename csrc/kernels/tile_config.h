@@ -99,6 +99,16 @@ template <AmdFamily kFamily, int kHeadDim> struct KvCacheTileAmd {
   static constexpr int kWaves = 1, kMT = 1, kBlockN = 32, kDSplit = 1;
   static constexpr bool kQInRegisters = is_cdna(kFamily);
 };
+#if defined(FA_PLATFORM_HIP)
+// RDNA above head dim 128: O alone would take 128 of a lane's 256 VGPRs, so two waves share the
+// query tile, each with half of the head dim (the forward's kDSplit). LDS at d256: 49 KB.
+template <int kHeadDim> struct KvCacheTileAmd<AmdFamily::kRdna3, kHeadDim> {
+  static constexpr int kDSplit = kHeadDim <= 128 ? 1 : 2, kWaves = kDSplit, kMT = 1, kBlockN = 32;
+  static constexpr bool kQInRegisters = false;
+};
+template <int kHeadDim>
+struct KvCacheTileAmd<AmdFamily::kRdna4, kHeadDim> : KvCacheTileAmd<AmdFamily::kRdna3, kHeadDim> {};
+#endif
 
 template <class T_, AmdFamily kFamily_, int kHeadDim_, class Tile_ = FwdTileAmd<kFamily_, kHeadDim_>>
 struct AmdTraits {

@@ -73,6 +73,17 @@ FA_DEVICE decltype(auto) reload_params_if(const Params& params) {
   else return (params);  // a reference
 }
 
+// A scheduling fence: the compiler moves no instruction across it. Between a product's k-steps it
+// bounds how many steps' operand loads are in flight (left alone, the scheduler may issue them
+// all first, each step's operands holding registers until its instruction).
+FA_DEVICE void schedule_fence() {
+#if !defined(FA_PLATFORM_EMU)
+#if __has_builtin(__builtin_amdgcn_sched_barrier)
+  __builtin_amdgcn_sched_barrier(0);
+#endif
+#endif
+}
+
 // Orders the wavefront's LDS accesses: its lanes' writes before this are visible to its lanes'
 // reads after it (wait for outstanding LDS operations, and keep the compiler from moving them).
 // Between wavefronts only __syncthreads orders.
