@@ -90,13 +90,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
     const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-    const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
     // Dropout redraws the forward's mask from the (seed, offset) it recorded.
     const bool has_dropout = Has_extras && params.has_dropout;
-    uint64_t seed = 0, offset = 0;
-    if constexpr (Has_extras) {
-      if (has_dropout) backward_dropout_seed(params, seed, offset);
-    }
     const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
 
     // K and V once: rows past the end are zeros.
@@ -199,8 +194,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {
         if (has_dropout) {
-          // The seed opaque: its 20 Philox round keys are computed here, not held across the loop.
-          const Dropout dropout(step_params, amd::opaque_uniform(seed), offset, batch, head);
+          // (seed, offset) read each step through the reloaded params instead of held across the
+          // loop (4 SGPRs). A load after the loop's stores is a vector load: broadcast to SGPRs.
+          uint64_t seed, offset;
+          backward_dropout_seed(step_params, seed, offset);
+          const Dropout dropout(step_params, amd::wave_uniform(seed), amd::wave_uniform(offset), batch, head);
           auto bit = [](const FragmentIndex& at) { return at.e < 0 ? 0u : 1u << (STile::kElems * at.nt + at.e); };
           for_each_dropout_word<true, STile>(
               dropout, [&](int) { return key; }, [&](int qt, int e) { return row0 + query_col(qt, e); },
@@ -210,17 +208,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
               });
         }
       }
+      // The softcap tested on its bits, per step: a scalar compare (a float compare of a uniform
+      // value is a VALU compare, whose 64-bit lane mask would be held in SGPRs); either zero is off.
+      [[maybe_unused]] const float softcap_prescale = step_params.softcap_prescale;
+      [[maybe_unused]] const bool has_softcap =
+          Has_extras && (__float_as_uint(softcap_prescale) & 0x7fffffffu) != 0u;
+      [[maybe_unused]] const ScoreMod score_mod(step_params, batch, head, seqlen_q, seqlen_k);
 #pragma unroll
       for (int qt = 0; qt < STile::kNT; ++qt) {
 #pragma unroll
         for (int e = 0; e < STile::kElems; ++e) {
           const int col = query_col(qt, e), query = row0 + col;
           float x = acc_s(0, qt, e);
-          [[maybe_unused]] float dtanh = 1.f;
+          [[maybe_unused]] float dtanh = 1.f;  // d tanh / d its argument (1: no softcap)
           if constexpr (Has_extras) {
-            const ScoreMod score_mod(step_params, batch, head, seqlen_q, seqlen_k);
-            x = score_mod.softcap(x);
-            dtanh = 1.f - x * x;
+            if (has_softcap) {
+              x = tanh_fast(x * softcap_prescale);
+              dtanh = 1.f - x * x;
+            }
             x += score_mod.bias(query, key);
           }
           const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
@@ -233,7 +238,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
               p_dv = keep ? p * step_params.rp_keep : 0.f;
               ds = keep ? p * (dp * step_params.rp_keep - d) : -p * d;
             }
-            if (has_softcap) ds *= dtanh;
+            ds *= dtanh;
           }
           acc_s(0, qt, e) = p_dv;
           acc_dp(0, qt, e) = ds;
