@@ -105,7 +105,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     auto operand_k = [&](int i) { return Core::operand_k(lane, i); };
     auto p_key = [&](int i) { return Core::p_key(lane, i); };
     const int wave_key = wave_key0 + lane % Core::kN;  // the block row of the lane's B operand column
-    const bool wave_key_valid = wave_key < keys_valid;
     if constexpr (!kVFromGlobal) {
       copy_rows_to_lds<kBlockN, kHeadDim, kRowStride, false, kNThreads>(
           sV, [&](int row) { return v + row * params.v_row_stride; }, keys_valid, params.d, tid);
@@ -136,6 +135,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       // Compared with each lane's channels in the copies and the dQ atomics: opaque, so that those
       // compares are made here instead of hoisted before the loop as exec masks held in SGPRs.
       const int head_dim = step_params.d;
+      // Likewise the thread index and the lane's key, compared with the step's rows and counts.
+      const int step_tid = amd::opaque_lane(tid);
+      [[maybe_unused]] const bool wave_key_valid = amd::opaque_lane(wave_key) < keys_valid;
 
       __syncthreads();  // every wave is done with the last step's Q, dO, dS (and, first, K and V landed)
       const T* q = q_seq + head * step_params.q_head_stride + row0 * step_params.q_row_stride;
@@ -144,12 +146,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
           sQ, [&](int row) { return q + row * step_params.q_row_stride; }, rows_valid, head_dim, tid);
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
           sdO, [&](int row) { return dout + row * step_params.do_row_stride; }, rows_valid, head_dim, tid);
-      if (tid < kBlockM) {
+      if (step_tid < kBlockM) {
         // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
-        const int64_t idx = lse_seq + head * step_params.lse_head_stride + row0 + tid;
-        const float lse = tid < rows_valid ? step_params.softmax_lse[idx] : INFINITY;
-        sLse[tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-        sD[tid] = tid < rows_valid ? step_params.softmax_d[idx] : 0.f;
+        const int64_t idx = lse_seq + head * step_params.lse_head_stride + row0 + step_tid;
+        const float lse = step_tid < rows_valid ? step_params.softmax_lse[idx] : INFINITY;
+        sLse[step_tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+        sD[step_tid] = step_tid < rows_valid ? step_params.softmax_d[idx] : 0.f;
       }
       __syncthreads();
 
@@ -266,7 +268,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       // deterministic mode in key-block order behind the query block's semaphore.
       int* semaphore = nullptr;
       if (step_params.deterministic) {
-        semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(step_params, window, batch, head, m_block, n_block, tid == 0,
+        semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(step_params, window, batch, head, m_block, n_block, step_tid == 0,
                                                            [] { __syncthreads(); });
       }
       float* dq = dq_seq + row0 * dq_row_stride + head * step_params.d;
@@ -280,7 +282,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
         }
         atomic_add_tile(dq, dq_row_stride, acc_dq, 0, dt * kTile, row0, seqlen_q, head_dim, lane);
       }
-      if (step_params.deterministic) dq_semaphore_release(semaphore, tid == 0, [] { __syncthreads(); });
+      if (step_params.deterministic) dq_semaphore_release(semaphore, step_tid == 0, [] { __syncthreads(); });
     }
 
     // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros. The
