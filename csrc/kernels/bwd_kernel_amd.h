@@ -135,9 +135,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       // Compared with each lane's channels in the copies and the dQ atomics: opaque, so that those
       // compares are made here instead of hoisted before the loop as exec masks held in SGPRs.
       const int head_dim = step_params.d;
-      // Likewise the thread index and the lane's key, compared with the step's rows and counts.
-      const int step_tid = amd::opaque_lane(tid);
-      [[maybe_unused]] const bool wave_key_valid = amd::opaque_lane(wave_key) < keys_valid;
+      // Likewise, in the extras instantiations (short of SGPRs), the thread index and the lane's
+      // key, compared with the step's rows and counts.
+      const int step_tid = Has_extras ? amd::opaque_lane(tid) : tid;
+      [[maybe_unused]] const bool wave_key_valid = (Has_extras ? amd::opaque_lane(wave_key) : wave_key) < keys_valid;
 
       __syncthreads();  // every wave is done with the last step's Q, dO, dS (and, first, K and V landed)
       const T* q = q_seq + head * step_params.q_head_stride + row0 * step_params.q_row_stride;
