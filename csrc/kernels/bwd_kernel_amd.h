@@ -90,13 +90,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
     const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-    const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
     // Dropout redraws the forward's mask from the (seed, offset) it recorded.
     const bool has_dropout = Has_extras && params.has_dropout;
-    uint64_t seed = 0, offset = 0;
-    if constexpr (Has_extras) {
-      if (has_dropout) backward_dropout_seed(params, seed, offset);
-    }
     const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
 
     // K and V once: rows past the end are zeros.
@@ -110,7 +105,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     auto operand_k = [&](int i) { return Core::operand_k(lane, i); };
     auto p_key = [&](int i) { return Core::p_key(lane, i); };
     const int wave_key = wave_key0 + lane % Core::kN;  // the block row of the lane's B operand column
-    const bool wave_key_valid = wave_key < keys_valid;
     if constexpr (!kVFromGlobal) {
       copy_rows_to_lds<kBlockN, kHeadDim, kRowStride, false, kNThreads>(
           sV, [&](int row) { return v + row * params.v_row_stride; }, keys_valid, params.d, tid);
@@ -141,6 +135,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       // Compared with each lane's channels in the copies and the dQ atomics: opaque, so that those
       // compares are made here instead of hoisted before the loop as exec masks held in SGPRs.
       const int head_dim = step_params.d;
+      // Likewise, in the extras instantiations (short of SGPRs), the thread index and the lane's
+      // key, compared with the step's rows and counts.
+      const int step_tid = Has_extras ? amd::opaque_lane(tid) : tid;
+      [[maybe_unused]] const bool wave_key_valid = (Has_extras ? amd::opaque_lane(wave_key) : wave_key) < keys_valid;
 
       __syncthreads();  // every wave is done with the last step's Q, dO, dS (and, first, K and V landed)
       const T* q = q_seq + head * step_params.q_head_stride + row0 * step_params.q_row_stride;
@@ -149,12 +147,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
           sQ, [&](int row) { return q + row * step_params.q_row_stride; }, rows_valid, head_dim, tid);
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
           sdO, [&](int row) { return dout + row * step_params.do_row_stride; }, rows_valid, head_dim, tid);
-      if (tid < kBlockM) {
+      if (step_tid < kBlockM) {
         // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
-        const int64_t idx = lse_seq + head * step_params.lse_head_stride + row0 + tid;
-        const float lse = tid < rows_valid ? step_params.softmax_lse[idx] : INFINITY;
-        sLse[tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
-        sD[tid] = tid < rows_valid ? step_params.softmax_d[idx] : 0.f;
+        const int64_t idx = lse_seq + head * step_params.lse_head_stride + row0 + step_tid;
+        const float lse = step_tid < rows_valid ? step_params.softmax_lse[idx] : INFINITY;
+        sLse[step_tid] = lse == -INFINITY ? INFINITY : lse * float(M_LOG2E);
+        sD[step_tid] = step_tid < rows_valid ? step_params.softmax_d[idx] : 0.f;
       }
       __syncthreads();
 
@@ -199,8 +197,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {
         if (has_dropout) {
-          // The seed opaque: its 20 Philox round keys are computed here, not held across the loop.
-          const Dropout dropout(step_params, amd::opaque_uniform(seed), offset, batch, head);
+          // (seed, offset) read each step through the reloaded params instead of held across the
+          // loop (4 SGPRs). A load after the loop's stores is a vector load: broadcast to SGPRs.
+          uint64_t seed, offset;
+          backward_dropout_seed(step_params, seed, offset);
+          const Dropout dropout(step_params, amd::wave_uniform(seed), amd::wave_uniform(offset), batch, head);
           auto bit = [](const FragmentIndex& at) { return at.e < 0 ? 0u : 1u << (STile::kElems * at.nt + at.e); };
           for_each_dropout_word<true, STile>(
               dropout, [&](int) { return key; }, [&](int qt, int e) { return row0 + query_col(qt, e); },
@@ -210,17 +211,24 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
               });
         }
       }
+      // The softcap tested on its bits, per step: a scalar compare (a float compare of a uniform
+      // value is a VALU compare, whose 64-bit lane mask would be held in SGPRs); either zero is off.
+      [[maybe_unused]] const float softcap_prescale = step_params.softcap_prescale;
+      [[maybe_unused]] const bool has_softcap =
+          Has_extras && (__float_as_uint(softcap_prescale) & 0x7fffffffu) != 0u;
+      [[maybe_unused]] const ScoreMod score_mod(step_params, batch, head, seqlen_q, seqlen_k);
 #pragma unroll
       for (int qt = 0; qt < STile::kNT; ++qt) {
 #pragma unroll
         for (int e = 0; e < STile::kElems; ++e) {
           const int col = query_col(qt, e), query = row0 + col;
           float x = acc_s(0, qt, e);
-          [[maybe_unused]] float dtanh = 1.f;
+          [[maybe_unused]] float dtanh = 1.f;  // d tanh / d its argument (1: no softcap)
           if constexpr (Has_extras) {
-            const ScoreMod score_mod(step_params, batch, head, seqlen_q, seqlen_k);
-            x = score_mod.softcap(x);
-            dtanh = 1.f - x * x;
+            if (has_softcap) {
+              x = tanh_fast(x * softcap_prescale);
+              dtanh = 1.f - x * x;
+            }
             x += score_mod.bias(query, key);
           }
           const bool visible = !needs_mask || (key < seqlen_k && window.visible(query, key));
@@ -233,7 +241,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
               p_dv = keep ? p * step_params.rp_keep : 0.f;
               ds = keep ? p * (dp * step_params.rp_keep - d) : -p * d;
             }
-            if (has_softcap) ds *= dtanh;
+            ds *= dtanh;
           }
           acc_s(0, qt, e) = p_dv;
           acc_dp(0, qt, e) = ds;
@@ -261,7 +269,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       // deterministic mode in key-block order behind the query block's semaphore.
       int* semaphore = nullptr;
       if (step_params.deterministic) {
-        semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(step_params, window, batch, head, m_block, n_block, tid == 0,
+        semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(step_params, window, batch, head, m_block, n_block, step_tid == 0,
                                                            [] { __syncthreads(); });
       }
       float* dq = dq_seq + row0 * dq_row_stride + head * step_params.d;
@@ -275,7 +283,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
         }
         atomic_add_tile(dq, dq_row_stride, acc_dq, 0, dt * kTile, row0, seqlen_q, head_dim, lane);
       }
-      if (step_params.deterministic) dq_semaphore_release(semaphore, tid == 0, [] { __syncthreads(); });
+      if (step_params.deterministic) dq_semaphore_release(semaphore, step_tid == 0, [] { __syncthreads(); });
     }
 
     // dK = scale * sum dS^T Q; dV = sum P^T dO. Keys no query sees write zeros. The

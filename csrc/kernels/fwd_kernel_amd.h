@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     const int rows_valid = min(kBlockM, seq.seqlen_q - row_begin);
 
     const KeyWindow<Has_right_edge> window{seq.seqlen_q, seq.seqlen_k, params.window_left, params.window_right};
-    const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
+    [[maybe_unused]] const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
     const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
     const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
 
@@ -128,7 +128,17 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
         add_partner_partials<kDSplit, Traits::kRowsPerWave * kBlockN>(acc_s, sSwap, wave, lane);
       }
       const int col0 = n * kBlockN + Layout::lane_col(lane);
-      if constexpr (Has_extras) apply_score_mod(acc_s, score_mod, thread_row0, col0);
+      if constexpr (Has_extras) {
+        if constexpr (is_cdna(Traits::kFamily)) {
+          // From the block's reloaded params: the softcap, slope and diagonal (and the softcap's
+          // compare, a 64-bit mask) are not held in SGPRs across the loop (gfx950: 5-13 -> 0-3
+          // spills). On RDNA3 the per-block values cost VGPRs it lacks (gfx1100 d128 59 -> 189).
+          const ScoreMod block_mod(block_params, batch, head, seq.seqlen_q, seq.seqlen_k);
+          apply_score_mod(acc_s, block_mod, thread_row0, col0);
+        } else {
+          apply_score_mod(acc_s, score_mod, thread_row0, col0);
+        }
+      }
       if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
         apply_key_window(acc_s, window, thread_row0, col0);
       }

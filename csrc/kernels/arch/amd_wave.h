@@ -38,6 +38,13 @@ FA_DEVICE uint32_t wave_broadcast_first(uint32_t value) {
 #endif
 }
 
+// A 64-bit value the caller knows to be the same in every lane, moved to SGPRs (two
+// v_readfirstlane_b32): for values loaded where the compiler cannot prove them uniform.
+FA_DEVICE uint64_t wave_uniform(uint64_t value) {
+  return static_cast<uint64_t>(wave_broadcast_first(static_cast<uint32_t>(value >> 32))) << 32 |
+         wave_broadcast_first(static_cast<uint32_t>(value));
+}
+
 // `value`, which the compiler must treat as computed here. Values derived from a loop-invariant
 // uniform value (Philox's round keys from the seed) are then recomputed in the loop where they
 // are used instead of hoisted before it and held in SGPRs for the whole loop (where they spill).
@@ -46,6 +53,16 @@ FA_DEVICE Uniform opaque_uniform(Uniform value) {
   static_assert(sizeof(Uniform) == 4 || sizeof(Uniform) == 8, "one SGPR or a pair");
 #if !defined(FA_PLATFORM_EMU)
   asm volatile("" : "+s"(value));
+#endif
+  return value;
+}
+
+// `value` (one per lane), which the compiler must treat as computed here: compares of a lane's
+// thread index or row made in a loop stay there instead of being hoisted before it as 64-bit
+// exec masks held in SGPR pairs for the whole loop.
+FA_DEVICE int opaque_lane(int value) {
+#if !defined(FA_PLATFORM_EMU)
+  asm volatile("" : "+v"(value));
 #endif
   return value;
 }
