@@ -24,6 +24,18 @@ from flash_attn_rocm import (_dropout, _inputs, compiled_head_dims, flash_attn_f
 from flash_attn_rocm._masks import window_visible
 from flash_attn_rocm.rotary import apply_rotary_emb
 
+
+def assert_grads_within_eager_error(out, ref, eager, inputs):
+    """dq, dk, dv of out against the fp32 reference's, within twice eager's error; returns them."""
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, dout)
+    refs = torch.autograd.grad(ref, inputs, dout.float())
+    eagers = torch.autograd.grad(eager, inputs, dout)
+    for name, g, r, e in zip(("dq", "dk", "dv"), grads, refs, eagers):
+        assert_within_eager_error(g, r, e, name, floor_magnitude=max(1.0, r.abs().max().item()))
+    return grads
+
+
 LARGEST = compiled_head_dims()[-1]
 B, S, H, H_K = 2, 8, 4, 2
 
@@ -163,13 +175,8 @@ def test_odd_head_dims_forward_and_backward(head_dim, causal):
     eager, _ = attention_ref(q, k, v, causal, upcast=False)
     assert out.shape == q.shape
     assert_within_eager_error(out, ref, eager)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    refs = torch.autograd.grad(ref, (q, k, v), dout.float())
-    eagers = torch.autograd.grad(eager, (q, k, v), dout)
-    for name, g, r, e in zip(("dq", "dk", "dv"), grads, refs, eagers):
-        assert g.shape[-1] == head_dim
-        assert_within_eager_error(g, r, e, name, floor_magnitude=max(1.0, r.abs().max().item()))
+    grads = assert_grads_within_eager_error(out, ref, eager, (q, k, v))
+    assert all(g.shape[-1] == head_dim for g in grads)
 
 
 @requires_gpu
@@ -305,12 +312,7 @@ def test_sdpa_top_left_causal_matches_pytorch_math(seqlen_q, seqlen_k, dtype):
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
         eager = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert_within_eager_error(out, ref, eager)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    refs = torch.autograd.grad(ref, (q, k, v), dout.float())
-    eagers = torch.autograd.grad(eager, (q, k, v), dout)
-    for name, g, r, e in zip(("dq", "dk", "dv"), grads, refs, eagers):
-        assert_within_eager_error(g, r, e, name, floor_magnitude=max(1.0, r.abs().max().item()))
+    assert_grads_within_eager_error(out, ref, eager, (q, k, v))
 
 
 # ---------------------------------------------------------------- 5. opt-in metadata checks
