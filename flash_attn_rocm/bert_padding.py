@@ -48,12 +48,19 @@ def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor, unuse
     used = attention_mask.bool()
     packed = used if unused_mask is None else used | unused_mask.bool()
 
-    seqlens = packed.sum(dim=-1, dtype=torch.int32)
-    indices = packed.flatten().nonzero().squeeze(1)
-    cu_seqlens = torch.cat([seqlens.new_zeros(1), seqlens.cumsum(0, dtype=torch.int32)])
-    max_seqlen_in_batch = int(seqlens.max()) if seqlens.numel() else 0
+    indices, cu_seqlens, max_seqlen_in_batch = unpad_indices(packed)
     seqused = used.sum(dim=-1, dtype=torch.int32)
     return index_first_axis(hidden_states.flatten(0, 1), indices), indices, cu_seqlens, max_seqlen_in_batch, seqused
+
+
+def unpad_indices(mask: torch.Tensor):
+    """(indices, cu_seqlens, max_seqlen) of the True entries of a bool mask [batch, seqlen]: where
+    they sit in the flattened batch (int64), the rows' start offsets from 0 (int32 [batch + 1]) and
+    the longest row (a host sync). unpad_input's bookkeeping without the packing."""
+    seqlens = mask.sum(dim=-1, dtype=torch.int32)
+    indices = mask.flatten().nonzero().squeeze(1)
+    cu_seqlens = torch.cat([seqlens.new_zeros(1), seqlens.cumsum(0, dtype=torch.int32)])
+    return indices, cu_seqlens, int(seqlens.max()) if seqlens.numel() else 0
 
 
 def pad_input(hidden_states: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:

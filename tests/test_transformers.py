@@ -260,7 +260,7 @@ def counting_routes(monkeypatch):
 
     monkeypatch.setattr(hf, "_PYTORCH", hf._Backend(*(counted(name, fn) for name, fn in
                                                       zip(hf._Backend._fields, hf._PYTORCH))))
-    monkeypatch.setattr(hf, "_indices", counted("unpad", hf._indices))
+    monkeypatch.setattr(hf, "unpad_indices", counted("unpad", hf.unpad_indices))
     AttentionMaskInterface.register(NAME, counted("mask", hf.padding_mask))
     try:
         yield counts

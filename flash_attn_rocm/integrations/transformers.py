@@ -70,8 +70,8 @@ except ImportError as e:  # transformers missing, or older than 4.53
 
 from .._inputs import DTYPES, check_servable, fallback_reason
 from .._masks import window_visible
-from ..bert_padding import index_first_axis, pad_input, unpad_input
-from ..interface import flash_attn_func, flash_attn_varlen_func
+from ..bert_padding import index_first_axis, pad_input, unpad_indices, unpad_input
+from ..interface import _needs_grad, flash_attn_func, flash_attn_varlen_func
 from ..kvcache import flash_attn_with_kvcache
 
 __all__ = ["NAME", "flash_attn_rocm_attention", "padding_mask", "register"]
@@ -275,10 +275,6 @@ def _route(q, k, v, attention_mask, opts: _Options, kwargs: dict, backend: _Back
     return out.reshape(batch, seqlen_q, *out.shape[1:])
 
 
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _seqlens(filled: int | torch.Tensor, batch: int, device) -> torch.Tensor:
     """int32 [batch], every row `filled`: computed on the device, never read back."""
     if isinstance(filled, torch.Tensor):
@@ -308,8 +304,8 @@ def _unpadding(key_mask, layout: _KeyLayout | None, seqlen_q: int):
     if memo is not None and memo[0] == version and seqlen_q in memo[1]:
         return memo[1][seqlen_q]
     query_mask = _query_mask(key_mask, layout, seqlen_q)
-    q_indices, cu_q, max_q = _indices(query_mask)
-    k_indices, cu_k, max_k = (q_indices, cu_q, max_q) if query_mask is key_mask else _indices(key_mask)
+    q_indices, cu_q, max_q = unpad_indices(query_mask)
+    k_indices, cu_k, max_k = (q_indices, cu_q, max_q) if query_mask is key_mask else unpad_indices(key_mask)
     result = q_indices, k_indices, (cu_q, cu_k), (max_q, max_k)
     if not torch.compiler.is_compiling():
         plans = memo[1] if memo is not None and memo[0] == version else {}
@@ -329,15 +325,6 @@ def _query_mask(key_mask, layout: _KeyLayout | None, seqlen_q: int) -> torch.Ten
         return key_mask[:, filled - seqlen_q: filled]
     columns = filled - seqlen_q + torch.arange(seqlen_q, device=key_mask.device)
     return key_mask.gather(1, columns.expand(key_mask.shape[0], seqlen_q))
-
-
-def _indices(mask: torch.Tensor):
-    """Where the True entries of mask [batch, seqlen] sit in the flattened batch, the cu_seqlens of
-    the rows and the longest row."""
-    seqlens = mask.sum(dim=-1, dtype=torch.int32)
-    indices = mask.flatten().nonzero().squeeze(1)
-    cu_seqlens = F.pad(seqlens.cumsum(0, dtype=torch.int32), (1, 0))
-    return indices, cu_seqlens, int(seqlens.max()) if seqlens.numel() else 0
 
 
 def _given_cu_seqlens(kwargs: dict):
