@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       const int head_dim = step_params.d;
       // Likewise, in the extras instantiations (short of SGPRs), the thread index and the lane's
       // key, compared with the step's rows and counts.
-      const int step_tid = Has_extras ? amd::opaque_lane(tid) : tid;
-      [[maybe_unused]] const bool wave_key_valid = (Has_extras ? amd::opaque_lane(wave_key) : wave_key) < keys_valid;
+      const int step_tid = Has_extras ? opaque(tid) : tid;
+      [[maybe_unused]] const bool wave_key_valid = (Has_extras ? opaque(wave_key) : wave_key) < keys_valid;
 
       __syncthreads();  // every wave is done with the last step's Q, dO, dS (and, first, K and V landed)
       const T* q = q_seq + head * step_params.q_head_stride + row0 * step_params.q_row_stride;

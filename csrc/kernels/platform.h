@@ -170,12 +170,15 @@ template <> FA_DEVICE uint32_t pack2<bf16_t>(float lo, float hi) {
 }
 #endif
 
-// `value`, which the compiler must treat as computed here: what is derived from it is recomputed
-// at the use site instead of hoisted out of a loop and held in registers across it (NVIDIA; the
-// AMD kernels have amd::opaque_uniform for their scalar registers).
+// `value` (one per thread), which the compiler must treat as computed here: what is derived from
+// it (a block-table row, a lane's compares) is recomputed at the use site instead of hoisted out
+// of a loop and held in registers across it (on AMD: a VGPR; wave-uniform values have
+// amd::opaque_uniform for SGPRs). A plain copy in the emulator.
 FA_DEVICE int opaque(int value) {
 #if defined(FA_PLATFORM_CUDA)
   asm volatile("" : "+r"(value));
+#elif !defined(FA_PLATFORM_EMU)
+  asm volatile("" : "+v"(value));
 #endif
   return value;
 }

@@ -57,16 +57,6 @@ FA_DEVICE Uniform opaque_uniform(Uniform value) {
   return value;
 }
 
-// `value` (one per lane), which the compiler must treat as computed here: compares of a lane's
-// thread index or row made in a loop stay there instead of being hoisted before it as 64-bit
-// exec masks held in SGPR pairs for the whole loop.
-FA_DEVICE int opaque_lane(int value) {
-#if !defined(FA_PLATFORM_EMU)
-  asm volatile("" : "+v"(value));
-#endif
-  return value;
-}
-
 // The kernel's parameters read afresh at the use site: the fields the caller reads from the
 // copy are loaded there (scalar loads from the kernel-argument segment, through a pointer the
 // compiler must treat as new) instead of held in SGPRs from the kernel's start, where values
