@@ -170,6 +170,8 @@ class Decoder:
     def __init__(self, model, ids, new_tokens: int):
         from transformers import StaticCache
 
+        from flash_attn_rocm.integrations.transformers import cache_keyword
+
         self.model, self.prompt_len, self.new_tokens = model, ids.shape[1], new_tokens
         # Full-attention layers for every architecture: a sliding-window layer keeps host-side
         # counters that a graph replay would not advance. The window itself is the model's, not the cache's.
@@ -178,7 +180,8 @@ class Decoder:
         if getattr(cache_config, "layer_types", None) is not None:
             cache_config.layer_types = ["full_attention"] * len(cache_config.layer_types)
         self.cache = StaticCache(config=cache_config, max_cache_len=self.prompt_len + new_tokens + 1)
-        self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache_kwargs = {cache_keyword(model): self.cache}  # its name changed in transformers 5.24
+        self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **self.cache_kwargs)
         self.token = ids[:, -1:].clone()
         self.position = torch.full_like(self.token, self.prompt_len)
         self.graph = None
@@ -190,7 +193,7 @@ class Decoder:
         self.position.fill_(self.prompt_len)
 
     def step(self):
-        logits = self.model(input_ids=self.token, position_ids=self.position, cache=self.cache, use_cache=True).logits
+        logits = self.model(input_ids=self.token, position_ids=self.position, use_cache=True, **self.cache_kwargs).logits
         self.token.copy_(logits[:, -1].argmax(dim=-1, keepdim=True))
         self.position.add_(1)
 

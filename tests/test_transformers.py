@@ -10,6 +10,7 @@ Gemma-2 sets _supports_sdpa = False) makes against a float32 model, plus one ulp
 
 import contextlib
 import copy
+import inspect
 import warnings
 
 import pytest
@@ -173,9 +174,24 @@ def test_fallback_warns_once_naming_the_reason():
 
 
 def test_continuous_batching_is_refused():
+    class PagedAttentionCache:  # transformers' continuous-batching cache, by name
+        pass
+
     q = torch.randn(1, 4, 8, 32)
     with pytest.raises(NotImplementedError, match="continuous batching"):
-        hf.flash_attn_rocm_attention(torch.nn.Module(), q, q, q, None, cache=object())
+        hf.flash_attn_rocm_attention(torch.nn.Module(), q, q, q, None, cache=PagedAttentionCache())
+
+
+def test_an_ordinary_cache_keyword_passes_through():
+    """Before transformers 5.24 a caller's cache= keyword reaches the attention function unused."""
+    q = torch.randn(1, 4, 8, 32, dtype=torch.float64)
+    out, _ = hf.flash_attn_rocm_attention(torch.nn.Module(), q, q, q, None, is_causal=True, cache=object())
+    assert out.shape == (1, 8, 4, 32)
+
+
+def test_cache_keyword_follows_the_forward_signature():
+    model = build(tiny_config("llama"), NAME)
+    assert hf.cache_keyword(model) in inspect.signature(model.forward).parameters
 
 
 # ---------------------------------------------------------------- semantics through the fallback (CPU, float32)
@@ -341,13 +357,13 @@ def test_static_cache_matches_eager_cpu(arch, padding):
     def run(model):
         cache = StaticCache(config=model.config, max_cache_len=64)
         with torch.no_grad():
-            logits = [model(ids, cache=cache, attention_mask=mask).logits[:, -1]]
+            logits = [model(ids, attention_mask=mask, **{hf.cache_keyword(model): cache}).logits[:, -1]]
             token, step_mask = ids[:, -1:], mask
             for position in range(40, 44):
                 if step_mask is not None:
                     step_mask = torch.cat([step_mask, step_mask.new_ones(2, 1)], dim=1)
                 positions = None if mask is None else step_mask.cumsum(-1)[:, -1:] - 1
-                logits.append(model(token, cache=cache, attention_mask=step_mask,
+                logits.append(model(token, attention_mask=step_mask, **{hf.cache_keyword(model): cache},
                                     position_ids=positions if positions is not None else
                                     torch.full((2, 1), position)).logits[:, -1])
         return torch.stack(logits)
@@ -375,9 +391,9 @@ def test_static_cache_decode_step_traces_without_breaks_cpu():
     ids = token_ids(1, 16)
     cache = StaticCache(config=ours.config, max_cache_len=24)
     with torch.no_grad():
-        ours(ids, cache=cache)
+        ours(ids, **{hf.cache_keyword(ours): cache})
         step = torch.compile(ours, backend="eager", fullgraph=True)
-        step(ids[:, -1:], cache=cache, position_ids=torch.tensor([[16]]))
+        step(ids[:, -1:], position_ids=torch.tensor([[16]]), **{hf.cache_keyword(ours): cache})
 
 
 # ---------------------------------------------------------------- the kernels (GPU)
@@ -510,23 +526,23 @@ def test_static_cache_decode_in_cuda_graph_gpu(arch, padding):
     mask = attention_mask("left", seqlen=64, pads=11).cuda() if padding == "left" else None
 
     def decode_logits(model, graph=False):
-        cache = StaticCache(config=model.config, max_cache_len=80)
+        cache = {hf.cache_keyword(model): StaticCache(config=model.config, max_cache_len=80)}
         token = ids[:, -1:].clone()
         step_mask = None if mask is None else torch.cat([mask, mask.new_ones(2, 1)], dim=1)
         position = torch.full((2, 1), 64, device="cuda") if mask is None else step_mask.sum(-1, keepdim=True) - 1
         with torch.no_grad():
-            model(ids, cache=cache, attention_mask=mask)
+            model(ids, attention_mask=mask, **cache)
             if not graph:
-                return model(token, cache=cache, attention_mask=step_mask, position_ids=position).logits[:, -1].float()
-            model(token, cache=cache, attention_mask=step_mask, position_ids=position)  # warm-up, then undone:
-            for layer in cache.layers:  # the replay writes the same slot again
+                return model(token, attention_mask=step_mask, position_ids=position, **cache).logits[:, -1].float()
+            model(token, attention_mask=step_mask, position_ids=position, **cache)  # warm-up, then undone:
+            for layer in next(iter(cache.values())).layers:  # the replay writes the same slot again
                 layer.cumulative_length.fill_(64)
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
             try:
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g):
-                    logits = model(token, cache=cache, attention_mask=step_mask, position_ids=position).logits
+                    logits = model(token, attention_mask=step_mask, position_ids=position, **cache).logits
             finally:
                 torch.cuda.set_sync_debug_mode("default")
             g.replay()

@@ -52,6 +52,7 @@ answers that lookup for "flash_attn_rocm" with this package's flash-attn-compati
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import weakref
 import warnings
@@ -179,13 +180,26 @@ def _legacy_padding_mask(kv_length: int, attention_mask: torch.Tensor | None) ->
     return mask  # narrower than kv_length only under a static cache: its unused slots get dropped
 
 
+def _is_paged_cache(cache) -> bool:
+    """Continuous batching hands the attention function its PagedAttentionCache as `cache`; before
+    5.24 (which renamed past_key_values to cache) a caller's `cache=` keyword also travels down
+    here, as an ordinary cache the layer never used."""
+    return cache is not None and any(c.__name__ == "PagedAttentionCache" for c in type(cache).__mro__)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its KV cache by: "cache" from transformers 5.24 on,
+    "past_key_values" before (for tests and benchmarks that run on either)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def flash_attn_rocm_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                               sliding_window: int | None = None, softcap: float | None = None,
                               is_causal: bool | None = None, s_aux: torch.Tensor | None = None, **kwargs):
     """AttentionInterface entry. query [b, h, sq, d], key/value [b, h_k, sk, d] with K/V heads not
     repeated; returns (attn_output [b, sq, h, d_v], None)."""
-    if kwargs.get("cache") is not None:
+    if _is_paged_cache(kwargs.get("cache")):
         raise NotImplementedError("flash_attn_rocm does not support continuous batching (a paged KV cache) yet")
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # views: [b, s, heads, d]
     dtype = _compute_dtype(q, module)
