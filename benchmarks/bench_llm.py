@@ -9,6 +9,9 @@ built once and switched between implementations with set_attn_implementation.
   prefill_ms  one forward over the prompt that fills the KV cache (logits of the last token
               only, as generate() runs it): median of --reps after a warm-up, the impls
               timed in alternating rounds (the GPU's clock drifts over a run)
+  prefill_host_ms  the host's time to issue that forward (returning before the GPU is done):
+              close to prefill_ms, the prefill is launch-bound and each impl's host cost
+              per layer decides it
   prefill_syncs  host syncs in one such forward (torch.cuda.set_sync_debug_mode), to see
               whether an attention path stalls the launch queue layer by layer
   decode_ms   time per output token where the host is out of the way: the prompt prefilled
@@ -20,7 +23,7 @@ built once and switched between implementations with set_attn_implementation.
               A timing from generate() measured Python and launch overhead instead (sdpa 80.85
               ms/token vs eager 39.13 at Llama-3-8B 4096 in one run): it is gone.
 
-Writes llm.csv (model, seqlen, impl, prefill_ms, prefill_syncs, decode_ms, speedup_vs_eager:
+Writes llm.csv (model, seqlen, impl, prefill_ms, prefill_host_ms, prefill_syncs, decode_ms, speedup_vs_eager:
 eager's prefill time over this one's, prefill_vs_sdpa and decode_vs_sdpa: sdpa's time over this
 one's, from the same run) and llm_prefill_speedup.png (bars per model x seqlen, one per impl)
 to --out-dir, and prints a table; the flash_attn_rocm decode path taken is logged once per model.
@@ -135,17 +138,24 @@ def available_impls(wanted) -> list[str]:
 # --------------------------------------------------------------------------- timing
 
 
-def time_prefill_ms(model, ids) -> float:
+def time_prefill_ms(model, ids) -> tuple[float, float]:
+    """(GPU time from the first launch to the last kernel's end, the host's time to return from
+    the forward): when the two are close the prefill is launch-bound and the host's cost per
+    layer decides it."""
     if ids.device.type != "cuda":
         start = time.perf_counter()
         model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        return 1e3 * (time.perf_counter() - start)
+        elapsed = 1e3 * (time.perf_counter() - start)
+        return elapsed, elapsed
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    host_start = time.perf_counter()
     start.record()
     model(input_ids=ids, use_cache=True, logits_to_keep=1)
     end.record()
+    host_ms = 1e3 * (time.perf_counter() - host_start)
     torch.cuda.synchronize()
-    return start.elapsed_time(end)
+    return start.elapsed_time(end), host_ms
 
 
 def prefill_syncs(model, ids) -> float:
@@ -279,12 +289,15 @@ def measure(model, impls: list[str], seqlen: int, args) -> dict[str, dict]:
                 torch.cuda.empty_cache()
             return math.nan
 
+    nan_pair = (math.nan, math.nan)
     for impl in impls:  # warm-up
         attempt(impl, lambda: time_prefill_ms(model, ids))
     for r in range(args.reps):
         for impl in (impls if r % 2 == 0 else impls[::-1]):
-            times[impl].append(attempt(impl, lambda: time_prefill_ms(model, ids)))
-    results = {impl: dict(prefill_ms=statistics.median(times[impl]),
+            timing = attempt(impl, lambda: time_prefill_ms(model, ids))
+            times[impl].append(nan_pair if isinstance(timing, float) else timing)
+    results = {impl: dict(prefill_ms=statistics.median(t[0] for t in times[impl]),
+                          prefill_host_ms=statistics.median(t[1] for t in times[impl]),
                           prefill_syncs=attempt(impl, lambda: prefill_syncs(model, ids)),
                           decode_ms=math.nan) for impl in impls}
     if not args.no_decode:
@@ -356,7 +369,7 @@ def plot_speedup_bars(path: Path, rows: list[dict], impls: list[str], title: str
     print(f"wrote {path}", flush=True)
 
 
-CSV_COLUMNS = ("model", "seqlen", "impl", "prefill_ms", "prefill_syncs", "decode_ms", "speedup_vs_eager",
+CSV_COLUMNS = ("model", "seqlen", "impl", "prefill_ms", "prefill_host_ms", "prefill_syncs", "decode_ms", "speedup_vs_eager",
                "prefill_vs_sdpa", "decode_vs_sdpa")
 
 
@@ -367,6 +380,7 @@ def print_table(rows: list[dict], impls: list[str]):
         entry.update({f"{r['impl']}_{key}": r[key] for key in CSV_COLUMNS[3:]})
     columns = [("model", "model", "s"), ("seqlen", "seqlen", "d")]
     columns += [(f"prefill {i}", f"{i}_prefill_ms", ".1f") for i in impls]
+    columns += [(f"host {i}", f"{i}_prefill_host_ms", ".1f") for i in impls]
     columns += [(f"syncs {i}", f"{i}_prefill_syncs", ".0f") for i in impls]
     columns += [(f"decode {i}", f"{i}_decode_ms", ".2f") for i in impls]
     columns += [(f"x eager {i}", f"{i}_speedup_vs_eager", ".2f") for i in impls if i != "eager"]
