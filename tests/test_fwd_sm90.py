@@ -1,6 +1,6 @@
 """The Hopper (sm_90a, wgmma) forward against the float32 reference and against the portable
 forward on the same inputs. The rest of the suite runs it too wherever it applies (head dims that
-round to 64, 128 or 256, no softcap, ALiBi or dropout); here the two paths meet."""
+round to 64, 128 or 256; softcap, ALiBi and dropout at 64 and 128); here the two paths meet."""
 
 import pytest
 import torch
@@ -9,6 +9,8 @@ from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, 
                       poison_allocator_cache, requires_gpu, requires_hopper, skip_unless_served)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
+from flash_attn_rocm._dropout import keep_mask
+from flash_attn_rocm._ops import kernel_family, ops
 
 pytestmark = [requires_gpu, requires_hopper]
 
@@ -31,6 +33,48 @@ def test_hopper_forward_matches_reference_and_portable(dtype, head_dim, causal, 
     seen = lse_ref.isfinite()
     assert torch.equal(lse.isneginf(), ~seen) and (out.transpose(1, 2)[~seen] == 0).all()
     torch.testing.assert_close(lse[seen], lse_ref[seen], atol=1e-3, rtol=0)
+    torch.testing.assert_close(out, out_portable, atol=4 * (out_pt.float() - out_ref).abs().max().item() + 1e-3,
+                               rtol=0)
+    torch.testing.assert_close(lse, lse_portable, atol=1e-3, rtol=0)
+
+
+EXTRAS = [pytest.param(dict(softcap=5.0), id="softcap"), pytest.param(dict(alibi=True), id="alibi"),
+          pytest.param(dict(dropout_p=0.17), id="dropout"),
+          pytest.param(dict(softcap=5.0, alibi=True, dropout_p=0.3), id="all")]
+
+
+@pytest.mark.parametrize("extras", EXTRAS)
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(113, 203), (1000, 1000), (300, 2100)])
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hopper_forward_extras_match_reference_and_portable(dtype, head_dim, causal, seqlen_q, seqlen_k, extras):
+    """Softcap, ALiBi and dropout on the Hopper forward: the same mask as the portable kernel (both
+    draw the same (seed, offset) here), out and lse against the reference with that mask."""
+    q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=4, nheads_k=2, head_dim=head_dim,
+                       dtype=dtype)
+    kwargs = dict(softcap=extras.get("softcap", 0.0), dropout_p=extras.get("dropout_p", 0.0))
+    if extras.get("alibi"):
+        kwargs["alibi_slopes"] = torch.rand(2, 4, device="cuda") * 0.3
+    assert kernel_family(head_dim, dtype, **kwargs) == f"sm90:hdim{head_dim}"
+    poison_allocator_cache((q.shape, q.dtype))
+
+    def run():
+        torch.manual_seed(11)
+        state = torch.cuda.get_rng_state()
+        out, lse, rng_state = ops.fwd(q, k, v, head_dim ** -0.5, causal, -1, -1, kwargs["softcap"],
+                                      kwargs.get("alibi_slopes"), kwargs["dropout_p"])
+        torch.cuda.set_rng_state(state)
+        return out, lse, rng_state
+
+    (out, lse, rng), (out_portable, lse_portable, rng_portable) = both_paths(run)
+    assert torch.equal(rng, rng_portable)
+    ref_kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    if kwargs["dropout_p"] > 0:
+        ref_kwargs["dropout_mask"] = keep_mask(rng, kwargs["dropout_p"], 2, 4, seqlen_q, seqlen_k)
+    out_ref, _ = attention_ref(q, k, v, causal, **ref_kwargs)
+    out_pt, _ = attention_ref(q, k, v, causal, upcast=False, **ref_kwargs)
+    assert_within_eager_error(out, out_ref, out_pt)
     torch.testing.assert_close(out, out_portable, atol=4 * (out_pt.float() - out_ref).abs().max().item() + 1e-3,
                                rtol=0)
     torch.testing.assert_close(lse, lse_portable, atol=1e-3, rtol=0)

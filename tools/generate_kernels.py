@@ -47,15 +47,17 @@ template error_t run_fwd_kvcache<{ctype}, {hdim}>(const KvCacheParams&, stream_t
 }}  // namespace flash
 """
 
-# The Hopper passes: the plain variants only (no extras), causal or not.
+# The Hopper passes, causal or not, and the head dims whose extras (softcap, ALiBi, dropout) run
+# on them too: the forward's at d64 and d128 (at d256 dropout's Philox rounds beside O's 128
+# registers spill: there, and in the backward, the extras run on the portable kernels).
 SM90_PASSES = {"fwd": ("run_fwd_sm90", "FwdParams", "fwd_launch_sm90.h"),
                "bwd": ("run_bwd_sm90", "BwdParams", "bwd_launch_sm90.h")}
+SM90_EXTRAS = {"fwd": (64, 128), "bwd": ()}
 
 SM90_INSTANCE = HEADER + """#include "../kernels/{launch_header}"
 
 namespace flash {{
-template error_t {fn}<{ctype}, {hdim}, false>(const {params}&, stream_t);
-template error_t {fn}<{ctype}, {hdim}, true>(const {params}&, stream_t);
+{instances}
 }}  // namespace flash
 """
 
@@ -74,7 +76,7 @@ template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd(const FwdParams& params, stream_t stream);
 template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_bwd(const BwdParams& params, stream_t stream);
-template <class T, int kHeadDim, bool Has_right_edge>
+template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd_sm90(const FwdParams& params, stream_t stream);
 template <class T, int kHeadDim, bool Has_right_edge>
 error_t run_bwd_sm90(const BwdParams& params, stream_t stream);
@@ -83,7 +85,7 @@ error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream);
 
 namespace {{
 
-// {{head dim, dtype, portable[has_right_edge][has_extras], hopper[has_right_edge]}}
+// {{head dim, dtype, portable[has_right_edge][has_extras], hopper[has_right_edge][has_extras]}}
 const PassFamily<FwdParams> kFwd[] = {{
 {fwd}
 }};
@@ -108,7 +110,27 @@ ROW = """    {{{hdim}, {dtype_enum},
       {{&{fn}<{ctype}, {hdim}, true, false>, &{fn}<{ctype}, {hdim}, true, true>}}}},
      {hopper}}},"""
 
-HOPPER_ROW = "{{&{fn}<{ctype}, {hdim}, false>, &{fn}<{ctype}, {hdim}, true>}}"
+NO_HOPPER = "{{nullptr, nullptr}, {nullptr, nullptr}}"
+
+
+def sm90_variants(name: str, hdim: int) -> list[tuple[bool, bool]]:
+    """(has_right_edge, has_extras) of the Hopper pass's instantiations at hdim."""
+    extras = (False, True) if hdim in SM90_EXTRAS[name] else (False,)
+    return [(edge, e) for edge in (False, True) for e in extras]
+
+
+def sm90_arguments(name: str, ctype: str, hdim: int, edge: bool, extras: bool) -> str:
+    """The template arguments: the forward's launcher takes has_extras, the backward's does not."""
+    flags = [edge, extras] if name == "fwd" else [edge]
+    return ", ".join([ctype, str(hdim)] + [str(f).lower() for f in flags])
+
+
+def hopper_row(name: str, ctype: str, hdim: int) -> str:
+    fn = SM90_PASSES[name][0]
+    cell = {v: f"&{fn}<{sm90_arguments(name, ctype, hdim, *v)}>" for v in sm90_variants(name, hdim)}
+    return "{" + ", ".join("{" + ", ".join(cell.get((edge, extras), "nullptr") for extras in (False, True)) + "}"
+                           for edge in (False, True)) + "}"
+
 
 KVCACHE_ROW = "    {{{hdim}, {dtype_enum}, &run_fwd_kvcache<{ctype}, {hdim}>}},"
 
@@ -147,8 +169,10 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
     for name, (fn, params, launch_header) in SM90_PASSES.items():
         for hdim, dtype in sm90_families[name]:
             path = out_dir / f"{name}_sm90_hdim{hdim}_{dtype}.cu"
-            _write_if_changed(path, SM90_INSTANCE.format(launch_header=launch_header, fn=fn, params=params,
-                                                         ctype=DTYPES[dtype][0], hdim=hdim))
+            ctype = DTYPES[dtype][0]
+            instances = "\n".join(f"template error_t {fn}<{sm90_arguments(name, ctype, hdim, *v)}>(const {params}&, "
+                                  f"stream_t);" for v in sm90_variants(name, hdim))
+            _write_if_changed(path, SM90_INSTANCE.format(launch_header=launch_header, instances=instances))
             files.append(path)
     rows = {}
     for name, (fn, params, launch_header) in PASSES.items():
@@ -159,9 +183,7 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
             _write_if_changed(path, INSTANCE.format(launch_header=launch_header, fn=fn, params=params, ctype=ctype,
                                                     hdim=hdim))
             files.append(path)
-            hopper = "{nullptr, nullptr}"
-            if (hdim, dtype) in sm90_families[name]:
-                hopper = HOPPER_ROW.format(fn=SM90_PASSES[name][0], ctype=ctype, hdim=hdim)
+            hopper = hopper_row(name, ctype, hdim) if (hdim, dtype) in sm90_families[name] else NO_HOPPER
             rows[name].append(ROW.format(hdim=hdim, dtype_enum=dtype_enum, fn=fn, ctype=ctype, hopper=hopper))
     kvcache_rows = []
     for hdim, dtype in families:

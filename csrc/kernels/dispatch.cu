@@ -37,7 +37,7 @@ const Family* find_family(const Family* rows, int count, int head_dim, DType dty
 
 bool build_has_hopper() {
   for (int i = 0; i < kKernelTable.num_fwd; ++i) {
-    if (kKernelTable.fwd[i].hopper[0] != nullptr) return true;
+    if (kKernelTable.fwd[i].hopper[0][0] != nullptr) return true;
   }
   return false;
 }
@@ -68,10 +68,12 @@ constexpr const char* kPagedNotHopper =
 template <class Params>
 const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool paged, const FwdParams* operands,
                            const BwdParams* backward) {
-  if (family.hopper[0] == nullptr) return "this build has no Hopper kernels for the head dim";
+  if (family.hopper[0][0] == nullptr) return "this build has no Hopper kernels for the head dim";
   if (!hopper_kernels_enabled) return "the Hopper kernels are switched off (set_hopper_kernels)";
   if (!device_is_hopper()) return "the device is not compute capability 9.0";
-  if (extras) return "softcap, ALiBi and dropout run on the portable kernels";
+  if (extras && family.hopper[0][1] == nullptr) {
+    return "softcap, ALiBi and dropout run on the portable kernels at this head dim";
+  }
   if (paged) return kPagedNotHopper;
 #if defined(FA_PLATFORM_CUDA)
   if (operands != nullptr && !hopper_operands_describable(*operands, backward)) {
@@ -132,7 +134,7 @@ error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, s
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params), paged = params.block_table != nullptr;
   if (why_not_hopper(*family, extras, paged, &params, nullptr) == nullptr) {
-    return family->hopper[has_right_edge](params, stream);
+    return family->hopper[has_right_edge][extras](params, stream);
   }
   // Paged K/V runs the Has_extras variants, which alone compile the page lookups (fwd_kernel.h).
   return family->portable[has_right_edge][extras || paged](params, stream);
@@ -144,7 +146,7 @@ error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, s
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params);
   if (why_not_hopper(*family, extras, false, &params, &params) == nullptr) {  // the backward is never paged
-    return family->hopper[has_right_edge](params, stream);
+    return family->hopper[has_right_edge][extras](params, stream);
   }
   return family->portable[has_right_edge][extras](params, stream);
 }

@@ -15,20 +15,23 @@
 // and P(i) V(i) are in flight while it runs the softmax of S(i + 1): kOverlapSoftmax), and the
 // two consumers take turns issuing products (kPingPong). The blocks stay resident and walk a
 // static schedule of tiles (FwdTileSchedule); the stage ring runs on from tile to tile, so the
-// next tile's K and V load while this one finishes. Only the plain variants (no softcap, ALiBi
-// or dropout) run here; the dispatch sends the rest to the sm80 kernels.
+// next tile's K and V load while this one finishes. The Has_extras variants add softcap, ALiBi
+// and dropout to the scores the way the portable kernel does (score_mod.h, dropout.h: the same
+// functions of position, so both kernels drop the same probabilities).
 #pragma once
 
 #include "arch/smem_tile_sm90.h"
 #include "arch/tma_sm90.h"
 #include "arch/warp_gemm_mma.h"
 #include "arch/wgmma_sm90.h"
+#include "dropout.h"
 #include "epilogue.h"
 #include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
+#include "score_mod.h"
 #include "seq_bounds.h"
 #include "softmax.h"
 
@@ -121,7 +124,7 @@ struct FwdTileSchedule {
   }
 };
 
-template <class Traits, bool Has_right_edge>
+template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flash_fwd_sm90_kernel(const FwdParams params, const __grid_constant__ FwdTensorMaps maps,
                           const FwdTileSchedule schedule) {
@@ -145,6 +148,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index();
+  // Dropout's (seed, offset); thread 0 of block 0 records them for the backward.
+  uint64_t seed = 0, offset = 0;
+  if constexpr (Has_extras) forward_dropout_seed(params, 0, 0, tid, seed, offset);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
@@ -233,6 +239,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       MmaTile<1, kDTiles> acc_o = {};
       OnlineSoftmax<Layout, 1> softmax;
       const int thread_row0 = row_begin + 16 * consumer_warp + Layout::lane_row(lane);
+      const ScoreMod score_mod(params, t.batch, t.head, t.seq.seqlen_q, t.seq.seqlen_k);
+      const Dropout dropout(params, seed, offset, t.batch, t.head);
       uint32_t q_frag[kQInRegisters ? kHeadDim / 16 : 1][4];
       if (n_blocks > 0) {
         mbarrier_wait(q_full, q_tiles & 1);
@@ -276,15 +284,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         wgmma_commit();
       };
       auto release = [&](int i) { mbarrier_arrive(&empty[stage_of(i)]); };
+      int p_col0 = 0;  // the first key column of the scores in acc_s (for dropout)
       auto softmax_of = [&](int i, float (&o_factor)[2]) {  // S(i) is back
         wgmma_fence_operands(acc_s.v[0]);
         const int n = t.n_block_end - 1 - i;
+        if constexpr (Has_extras) {
+          p_col0 = n * kBlockN + Layout::lane_col(lane);
+          apply_score_mod(acc_s, score_mod, thread_row0, p_col0);
+        }
         if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
           apply_key_window(acc_s, window, thread_row0, n * kBlockN + Layout::lane_col(lane));
         }
         softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
       };
       auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
+        // The row sums count the dropped probabilities too, so dropout comes after them; here,
+        // once the last P V product is back, its registers are free for the Philox rounds.
+        if constexpr (Has_extras) {
+          if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, p_col0);
+        }
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
       };
@@ -347,7 +365,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       q_tiles += n_blocks > 0;
 
       float lse[2];
-      softmax.finalize(acc_o, params.logit_scale, lse);
+      softmax.finalize(acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
       store_output<T>(params, t.seq, t.batch, t.head, thread_row0, lane, acc_o, lse);
     });
   }

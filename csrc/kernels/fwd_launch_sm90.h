@@ -12,7 +12,7 @@
 
 namespace flash {
 
-template <class Traits, bool Has_right_edge>
+template <class Traits, bool Has_right_edge, bool Has_extras>
 error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
   using T = typename Traits::T;
   FwdTensorMaps maps;
@@ -26,21 +26,21 @@ error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
   }
   const FwdTileSchedule schedule = FwdTileSchedule::make(params, Traits::kBlockM, Has_right_edge, sms);
   const int blocks = std::max(1, std::min(schedule.units, sms));
-  return launch(&flash_fwd_sm90_kernel<Traits, Has_right_edge>, dim3(blocks), dim3(Traits::kNThreads),
+  return launch(&flash_fwd_sm90_kernel<Traits, Has_right_edge, Has_extras>, dim3(blocks), dim3(Traits::kNThreads),
                 Traits::kSmemBytes, stream, params, maps, schedule);
 }
 
 // The block width comes from the tile table (FwdTileSm90): the wide one only without a right
-// edge and from enough keys.
-template <class T, int kHeadDim, bool Has_right_edge>
+// edge or extras and from enough keys (one wide variant is compiled, not two).
+template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd_sm90(const FwdParams& params, stream_t stream) {
   using Tile = FwdTileSm90<kHeadDim>;
-  if constexpr (Tile::kWideBlockN != 0 && !Has_right_edge) {
+  if constexpr (Tile::kWideBlockN != 0 && !Has_right_edge && !Has_extras) {
     if (params.seqlen_k >= Tile::kWideMinSeqlenK) {
-      return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kWideBlockN>, false>(params, stream);
+      return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kWideBlockN>, false, false>(params, stream);
     }
   }
-  return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kBlockN>, Has_right_edge>(params, stream);
+  return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kBlockN>, Has_right_edge, Has_extras>(params, stream);
 }
 
 }  // namespace flash

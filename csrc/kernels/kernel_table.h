@@ -14,14 +14,14 @@ template <class Params>
 using Launcher = error_t (*)(const Params&, stream_t);
 
 // A forward or backward family: the portable kernels by [has_right_edge][has_extras] and, where
-// the build has them, the Hopper ones by [has_right_edge] (plain variants only; nullptr when
-// not built).
+// the build has them, the Hopper ones likewise (nullptr where not built: the backward has no
+// Hopper extras variants).
 template <class Params>
 struct PassFamily {
   int head_dim;
   DType dtype;
   Launcher<Params> portable[2][2];
-  Launcher<Params> hopper[2];
+  Launcher<Params> hopper[2][2];
 };
 
 struct KvCacheFamily {
