@@ -1,6 +1,6 @@
 """The Hopper (sm_90a, wgmma) backward against the float32 reference and against the portable
 backward on the same inputs. The rest of the suite runs it too wherever it applies (head dims up
-to 128 that round to 64 or 128, no softcap, ALiBi or dropout); here the two paths meet."""
+to 128 that round to 64 or 128, softcap, ALiBi and dropout included); here the two paths meet."""
 
 import os
 import subprocess
@@ -13,6 +13,8 @@ from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, 
                       make_qkv, poison_allocator_cache, requires_gpu, requires_hopper)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
+from flash_attn_rocm._dropout import keep_mask
+from flash_attn_rocm._ops import kernel_family, ops
 
 pytestmark = [requires_gpu, requires_hopper]
 
@@ -54,6 +56,41 @@ def check_both_paths(q, k, v, attention, **ref_kwargs):
     for name, g, g_portable, ref, eager in zip(("dq", "dk", "dv"), fast, portable, refs, eagers):
         assert_within_eager_error(g, g_portable.float(), eager, name + " vs portable",
                                   floor_magnitude=max(1.0, ref.abs().max().item()))
+
+
+EXTRAS = [pytest.param(dict(softcap=5.0), id="softcap"), pytest.param(dict(alibi=True), id="alibi"),
+          pytest.param(dict(dropout_p=0.17), id="dropout"),
+          pytest.param(dict(softcap=5.0, alibi=True, dropout_p=0.3), id="all")]
+
+
+@pytest.mark.parametrize("extras", EXTRAS)
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(113, 203), (1000, 1000), (300, 2100)])
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hopper_backward_extras_match_reference_and_portable(dtype, head_dim, causal, seqlen_q, seqlen_k, extras):
+    """Softcap, ALiBi and dropout in the Hopper backward: gradients against the reference with the
+    forward's mask (rebuilt from its rng_state) and against the portable backward."""
+    q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=4, nheads_k=2, head_dim=head_dim,
+                       dtype=dtype)
+    kwargs = dict(softcap=extras.get("softcap", 0.0), dropout_p=extras.get("dropout_p", 0.0))
+    if extras.get("alibi"):
+        kwargs["alibi_slopes"] = torch.rand(2, 4, device="cuda") * 0.3
+    assert kernel_family(head_dim, dtype, backward=True, **kwargs) == f"sm90:hdim{head_dim}"
+    torch.manual_seed(5)
+    state = torch.cuda.get_rng_state()
+    _, _, rng_state = ops.fwd(q, k, v, head_dim ** -0.5, causal, -1, -1, kwargs["softcap"], kwargs.get("alibi_slopes"),
+                              kwargs["dropout_p"])
+    ref_kwargs = dict(causal=causal, softcap=kwargs["softcap"], alibi_slopes=kwargs.get("alibi_slopes"))
+    if kwargs["dropout_p"] > 0:
+        ref_kwargs.update(dropout_p=kwargs["dropout_p"],
+                          dropout_mask=keep_mask(rng_state, kwargs["dropout_p"], 2, 4, seqlen_q, seqlen_k))
+
+    def attention(q, k, v):  # every call draws the (seed, offset) the mask above was built from
+        torch.cuda.set_rng_state(state)
+        return flash_attn_func(q, k, v, causal=causal, **kwargs)
+
+    check_both_paths(q, k, v, attention, **ref_kwargs)
 
 
 @pytest.mark.parametrize("seqlen_q, seqlen_k", SEQLENS)

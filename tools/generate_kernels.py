@@ -48,11 +48,11 @@ template error_t run_fwd_kvcache<{ctype}, {hdim}>(const KvCacheParams&, stream_t
 """
 
 # The Hopper passes, causal or not, and the head dims whose extras (softcap, ALiBi, dropout) run
-# on them too: the forward's at d64 and d128 (at d256 dropout's Philox rounds beside O's 128
-# registers spill: there, and in the backward, the extras run on the portable kernels).
+# on them too: d64 and d128 (at d256 the forward's dropout, beside O's 128 registers, spills:
+# there the extras run on the portable kernel).
 SM90_PASSES = {"fwd": ("run_fwd_sm90", "FwdParams", "fwd_launch_sm90.h"),
                "bwd": ("run_bwd_sm90", "BwdParams", "bwd_launch_sm90.h")}
-SM90_EXTRAS = {"fwd": (64, 128), "bwd": ()}
+SM90_EXTRAS = {"fwd": (64, 128), "bwd": (64, 128)}
 
 SM90_INSTANCE = HEADER + """#include "../kernels/{launch_header}"
 
@@ -78,7 +78,7 @@ template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_bwd(const BwdParams& params, stream_t stream);
 template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd_sm90(const FwdParams& params, stream_t stream);
-template <class T, int kHeadDim, bool Has_right_edge>
+template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_bwd_sm90(const BwdParams& params, stream_t stream);
 template <class T, int kHeadDim>
 error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream);
@@ -119,15 +119,13 @@ def sm90_variants(name: str, hdim: int) -> list[tuple[bool, bool]]:
     return [(edge, e) for edge in (False, True) for e in extras]
 
 
-def sm90_arguments(name: str, ctype: str, hdim: int, edge: bool, extras: bool) -> str:
-    """The template arguments: the forward's launcher takes has_extras, the backward's does not."""
-    flags = [edge, extras] if name == "fwd" else [edge]
-    return ", ".join([ctype, str(hdim)] + [str(f).lower() for f in flags])
+def sm90_arguments(ctype: str, hdim: int, edge: bool, extras: bool) -> str:
+    return ", ".join([ctype, str(hdim), str(edge).lower(), str(extras).lower()])
 
 
 def hopper_row(name: str, ctype: str, hdim: int) -> str:
     fn = SM90_PASSES[name][0]
-    cell = {v: f"&{fn}<{sm90_arguments(name, ctype, hdim, *v)}>" for v in sm90_variants(name, hdim)}
+    cell = {v: f"&{fn}<{sm90_arguments(ctype, hdim, *v)}>" for v in sm90_variants(name, hdim)}
     return "{" + ", ".join("{" + ", ".join(cell.get((edge, extras), "nullptr") for extras in (False, True)) + "}"
                            for edge in (False, True)) + "}"
 
@@ -170,7 +168,7 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
         for hdim, dtype in sm90_families[name]:
             path = out_dir / f"{name}_sm90_hdim{hdim}_{dtype}.cu"
             ctype = DTYPES[dtype][0]
-            instances = "\n".join(f"template error_t {fn}<{sm90_arguments(name, ctype, hdim, *v)}>(const {params}&, "
+            instances = "\n".join(f"template error_t {fn}<{sm90_arguments(ctype, hdim, *v)}>(const {params}&, "
                                   f"stream_t);" for v in sm90_variants(name, hdim))
             _write_if_changed(path, SM90_INSTANCE.format(launch_header=launch_header, instances=instances))
             files.append(path)

@@ -24,8 +24,9 @@
 // runs on while it does. When deterministic the consumers add dQ with atomics in key-block
 // order behind a semaphore instead.
 //
-// Only the plain variants (no softcap, ALiBi or dropout) run here; the dispatch sends the rest
-// to the sm80 kernels.
+// The Has_extras variants add softcap, ALiBi and dropout as the portable backward does
+// (bwd_kernel.h): tanh's derivative scales dS; a dropped score keeps its P for dS (as -P, the
+// sign marking it) and gives 0 to dV's operand, the kept ones P / (1 - p).
 #pragma once
 
 #include "arch/dq_stage_sm90.h"
@@ -34,12 +35,14 @@
 #include "arch/warp_gemm_mma.h"
 #include "arch/wgmma_sm90.h"
 #include "bwd_walk.h"
+#include "dropout.h"
 #include "epilogue.h"
 #include "fragment.h"
 #include "mask.h"
 #include "mma.h"
 #include "params.h"
 #include "platform.h"
+#include "score_mod.h"
 #include "seq_bounds.h"
 
 #include <type_traits>
@@ -79,7 +82,7 @@ struct BwdTensorMaps {
   CUtensorMap q, k, v, dout, dq;
 };
 
-template <class Traits, bool Has_right_edge>
+template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flash_bwd_sm90_kernel(const BwdParams params, const __grid_constant__ BwdTensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -230,6 +233,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   MmaTile<1, kHeadDim / 8> acc_dk = {}, acc_dv = {};
   if (steps > 0) mbarrier_wait(kv_full, 0);
+  const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
+  const bool has_dropout = Has_extras && params.has_dropout;
+  uint64_t seed = 0, offset = 0;
+  if (has_dropout) backward_dropout_seed(params, seed, offset);
 
   BwdStepCursor at = first_step;
   for (int step = 0; step < steps; ++step, at.next(walk, head_begin, group)) {
@@ -240,6 +247,23 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const float* sDb = sD + stage * kBlockM;
     T* sdS = sdSt + (step & 1) * DsTile::kElems;
 
+    // Dropout's keep bits before the products start: while S^T and dP^T run, their accumulators
+    // and dK's and dV's leave no registers for the Philox rounds. Bit 4 nt + e: element (0, nt, e).
+    static_assert(STile::kElems == 4, "four accumulators per n8 tile");
+    [[maybe_unused]] uint64_t keep_bits = 0;
+    if constexpr (Has_extras) {
+      if (has_dropout) {
+        const Dropout dropout(params, seed, offset, batch, head);
+        auto bit = [](const FragmentIndex& at) { return STile::kElems * at.nt + at.e; };
+        for_each_dropout_word<true, STile>(
+            dropout, [&](int) { return key0 + key_row(0); },
+            [&](int nt, int e) { return row0 + col(nt) + Layout::col_offset(e); },
+            [&](uint32_t keep, FragmentIndex at0, FragmentIndex at1, FragmentIndex at2, FragmentIndex at3) {
+              keep_bits |= uint64_t(keep & 1) << bit(at0) | uint64_t(keep >> 1 & 1) << bit(at1) |
+                           uint64_t(keep >> 2 & 1) << bit(at2) | uint64_t(keep >> 3 & 1) << bit(at3);
+            });
+      }
+    }
     // S^T and dP^T for this warpgroup's 64 keys x the block's queries.
     STile acc_s, acc_dp;
     mbarrier_wait(&q_full[stage], parity);
@@ -256,10 +280,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
     wgmma_commit();
 
+
     // P^T while dP^T is still running. Keys past the end must give P = 0 too: K there is zero or another
     // sequence's, and exp(S - lse) could overflow (inf * 0 would poison dQ).
     wgmma_wait<1>();
     wgmma_fence_operands(acc_s.v[0]);
+    const ScoreMod score_mod(params, batch, head, seqlen_q, seqlen_k);
     const bool needs_mask = key0 + wg_key0 + 64 > seqlen_k ||
                             window.block_needs_mask(row0, row0 + kBlockM, key0 + wg_key0, key0 + wg_key0 + 64);
     auto exponentiate = [&](auto masked) {
@@ -271,6 +297,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
             float& s = acc_s(0, nt, Layout::element(half, j));
+            if constexpr (Has_extras) s = score_mod(s, row0 + col(nt) + j, key0 + key_row(half));  // before the mask
             s = exp2_fast(s * params.scale_softmax_log2 - (j ? lse.y : lse.x));
             if constexpr (decltype(masked)::value) {
               const int key = key0 + key_row(half), query = row0 + col(nt) + j;
@@ -289,6 +316,31 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     // Two adjacent n8 tiles (queries) are one k16 A fragment of P^T or dS^T. dV's product
     // starts as soon as P^T is packed, and runs while dS^T is computed.
     uint32_t p[kBlockM / 16][4], ds[kBlockM / 16][4];
+    // With dropout dS needs every P (dropped ones too, signed -P) and dV's operand the kept ones
+    // scaled by 1 / (1 - p): two packings.
+    [[maybe_unused]] uint32_t p_signed[Has_extras ? kBlockM / 16 : 1][4];
+    if constexpr (Has_extras) {
+      if (has_dropout) {
+#pragma unroll
+        for (int nt = 0; nt < kMTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float& s = acc_s(0, nt, e);
+            if (!(keep_bits >> (4 * nt + e) & 1)) s = -s;
+          }
+        }
+#pragma unroll
+        for (int kk = 0; kk < kBlockM / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p_signed[kk]);
+#pragma unroll
+        for (int nt = 0; nt < kMTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float& s = acc_s(0, nt, e);
+            s = signbit(s) ? 0.f : s * params.rp_keep;
+          }
+        }
+      }
+    }
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
     wgmma_fence_operands(acc_dv.v[0]);
@@ -297,22 +349,61 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv.v[0], p[kk], QTile::n_major(do_addr, kk), 1);
     wgmma_commit();
     // This thread's D now: its loads run under the products instead of stalling the first dS^T.
-    float2 d[kMTiles];
+    // (The extras variants, short of registers for it, load it where it is used.)
+    float2 d_early[Has_extras ? 1 : kMTiles];
+    if constexpr (!Has_extras) {
 #pragma unroll
-    for (int nt = 0; nt < kMTiles; ++nt) d[nt] = *reinterpret_cast<const float2*>(sDb + col(nt));
+      for (int nt = 0; nt < kMTiles; ++nt) d_early[nt] = *reinterpret_cast<const float2*>(sDb + col(nt));
+    }
+    auto d_of = [&](int nt) {
+      if constexpr (Has_extras) {
+        return *reinterpret_cast<const float2*>(sDb + col(nt));
+      } else {
+        return d_early[nt];
+      }
+    };
 
     wgmma_wait<1>();  // dP^T
     wgmma_fence_operands(acc_dp.v[0]);
-    // dS^T = P^T (dP^T - D), P^T as packed (acc_s is free by now).
+    // dS^T = P^T (dP^T - D), P^T as packed (acc_s is free by now): with dropout the signed one.
+    [[maybe_unused]] auto p_for_ds = [&](int nt, int half) -> uint32_t {
+      if constexpr (Has_extras) {
+        return has_dropout ? p_signed[nt / 2][2 * (nt % 2) + half] : p[nt / 2][2 * (nt % 2) + half];
+      } else {
+        return p[nt / 2][2 * (nt % 2) + half];
+      }
+    };
+    [[maybe_unused]] const float inv_scale_log2 = 1.f / params.scale_softmax_log2;
 #pragma unroll
     for (int nt = 0; nt < kMTiles; ++nt) {
+      const float2 d = d_of(nt);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const float2 pv = unpack2<T>(p[nt / 2][2 * (nt % 2) + half]);
         float& ds0 = acc_dp(0, nt, Layout::element(half, 0));
         float& ds1 = acc_dp(0, nt, Layout::element(half, 1));
-        ds0 = pv.x * (ds0 - d[nt].x);
-        ds1 = pv.y * (ds1 - d[nt].y);
+        if (Has_extras && has_dropout) {  // dropped: dS = -P D, which is the stored -P times D
+          const float2 pv = unpack2<T>(p_for_ds(nt, half));
+          ds0 = signbit(pv.x) ? pv.x * d.x : pv.x * (ds0 * params.rp_keep - d.x);
+          ds1 = signbit(pv.y) ? pv.y * d.y : pv.y * (ds1 * params.rp_keep - d.y);
+        } else {
+          const float2 pv = unpack2<T>(p[nt / 2][2 * (nt % 2) + half]);
+          ds0 = pv.x * (ds0 - d.x);
+          ds1 = pv.y * (ds1 - d.y);
+        }
+        if constexpr (Has_extras) {
+          if (has_softcap) {
+            // tanh's derivative 1 - t^2, t recovered from P = 2^(scale (t + bias) - lse): holding
+            // t from the exponentiation instead spilled (240 B at d128). P's rounding to T moves t
+            // by |log2 P| ulps / (scale log2 e), far below its own rounding; P = 0 gives dS = 0.
+            const float2 pv = unpack2<T>(p_for_ds(nt, half));
+            const float2 lse = *reinterpret_cast<const float2*>(sLseb + col(nt));
+            const int query = row0 + col(nt), key = key0 + key_row(half);
+            const float t0 = (log2_fast(fabsf(pv.x)) + lse.x) * inv_scale_log2 - score_mod.bias(query, key);
+            const float t1 = (log2_fast(fabsf(pv.y)) + lse.y) * inv_scale_log2 - score_mod.bias(query + 1, key);
+            ds0 *= pv.x == 0.f ? 0.f : 1.f - t0 * t0;
+            ds1 *= pv.y == 0.f ? 0.f : 1.f - t1 * t1;
+          }
+        }
       }
     }
     // dS^T also goes to shared memory for dQ, a k16 A fragment (four 8 x 8 matrices) per stmatrix.

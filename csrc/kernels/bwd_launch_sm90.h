@@ -10,7 +10,7 @@
 
 namespace flash {
 
-template <class T, int kHeadDim, bool Has_right_edge>
+template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   using Traits = BwdTraitsSm90<T, kHeadDim>;
   BwdTensorMaps maps;
@@ -26,7 +26,7 @@ error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
   if (err != kSuccess) return err;
 
   const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
-  return launch(&flash_bwd_sm90_kernel<Traits, Has_right_edge>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes, stream,
+  return launch(&flash_bwd_sm90_kernel<Traits, Has_right_edge, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes, stream,
                 params, maps);
 }
 

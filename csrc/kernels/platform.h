@@ -107,6 +107,15 @@ FA_DEVICE float exp2_fast(float x) {
 #endif
 }
 
+#if !defined(FA_PLATFORM_HIP)
+// log2(x) for x > 0 (the Hopper backward's softcap derivative): one hardware approximation.
+FA_DEVICE float log2_fast(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+#endif
+
 // tanh(x) for softcapping: one hardware approximation (about 2^-11 relative error, below the
 // fp16/bf16 rounding the scores go through anyway).
 FA_DEVICE float tanh_fast(float x) {
