@@ -400,8 +400,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
             const int query = row0 + col(nt), key = key0 + key_row(half);
             const float t0 = (log2_fast(fabsf(pv.x)) + lse.x) * inv_scale_log2 - score_mod.bias(query, key);
             const float t1 = (log2_fast(fabsf(pv.y)) + lse.y) * inv_scale_log2 - score_mod.bias(query + 1, key);
-            ds0 *= pv.x == 0.f ? 0.f : 1.f - t0 * t0;
-            ds1 *= pv.y == 0.f ? 0.f : 1.f - t1 * t1;
+            ds0 *= pv.x == 0.f ? 0.f : fmaxf(1.f - t0 * t0, 0.f);  // |t| <= 1, rounding aside
+            ds1 *= pv.y == 0.f ? 0.f : fmaxf(1.f - t1 * t1, 0.f);
           }
         }
       }
