@@ -2,7 +2,7 @@
 # Build + GPU tests + compute-sanitizer + benchmark in one go, for one lease of the GPU machine.
 # Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
 # GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also portable (the suite with
-# the Hopper kernels off), memory, llm, decode, varlen
+# the Hopper kernels off), memory, llm, decode, varlen, upstream (flash-attn's own tests), diag
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -47,6 +47,11 @@ for step in $STEPS; do
     llm) TAIL_LINES=20 run llm python3 benchmarks/bench_llm.py ${LLM_ARGS:-} ;;
     decode) TAIL_LINES=40 run decode python3 benchmarks/bench_decode.py ${DECODE_ARGS:-} ;;
     varlen) TAIL_LINES=20 run varlen python3 benchmarks/bench_varlen_window.py ;;
+    # flash-attn 2.8.3's own tests/test_flash_attn.py, copied by hand to .upstream/ (never
+    # committed; carry it to the device): a deterministic sample, failures grouped.
+    upstream) TAIL_LINES=30 run upstream python3 tools/run_flash_attn_tests.py .upstream/test_flash_attn.py \
+                ${UPSTREAM_ARGS:---every 53 --budget-s 220} ;;
+    diag) TAIL_LINES=20 run diag python3 tools/diag_fwd_repeat.py ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done
