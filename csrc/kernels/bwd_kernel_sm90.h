@@ -280,7 +280,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
     wgmma_commit();
 
-
     // P^T while dP^T is still running. Keys past the end must give P = 0 too: K there is zero or another
     // sequence's, and exp(S - lse) could overflow (inf * 0 would poison dQ).
     wgmma_wait<1>();
@@ -393,8 +392,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if constexpr (Has_extras) {
           if (has_softcap) {
             // tanh's derivative 1 - t^2, t recovered from P = 2^(scale (t + bias) - lse): holding
-            // t from the exponentiation instead spilled (240 B at d128). P's rounding to T moves t
-            // by |log2 P| ulps / (scale log2 e), far below its own rounding; P = 0 gives dS = 0.
+            // t from the exponentiation instead spilled (240 B at d128). P's rounding to T moves
+            // log2 P by at most 2^-8 (bf16), t by that over scale log2 e; P = 0 gives dS = 0.
             const float2 pv = unpack2<T>(p_for_ds(nt, half));
             const float2 lse = *reinterpret_cast<const float2*>(sLseb + col(nt));
             const int query = row0 + col(nt), key = key0 + key_row(half);
