@@ -2,7 +2,8 @@
 # Build + GPU tests + compute-sanitizer + benchmark in one go, for one lease of the GPU machine.
 # Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
 # GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also portable (the suite with
-# the Hopper kernels off), memory, llm, decode, varlen, upstream (flash-attn's own tests), diag
+# the Hopper kernels off), memory, llm, decode, varlen, upstream (flash-attn's own tests), diag,
+# extras (softcap/ALiBi/dropout against plain)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -52,6 +53,7 @@ for step in $STEPS; do
     upstream) TAIL_LINES=30 run upstream python3 tools/run_flash_attn_tests.py .upstream/test_flash_attn.py \
                 ${UPSTREAM_ARGS:---every 53 --budget-s 220} ;;
     diag) TAIL_LINES=20 run diag python3 tools/diag_fwd_repeat.py ;;
+    extras) TAIL_LINES=20 run extras python3 benchmarks/bench_extras.py ${EXTRAS_ARGS:-} ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done

@@ -22,3 +22,10 @@ def test_decode_default_run_has_no_probes():
     assert names[0] == "rocm" and "copy" in names
     assert not {"read", "rocm_bhsd"} & set(names)
     assert not any(n.startswith("rocm_splits") for n in names)
+
+
+def test_bench_extras_defaults_are_issue_22s_bar():
+    bench_extras = pytest.importorskip("bench_extras")
+    args = bench_extras.parse_args([])
+    assert (args.headdims, args.seqlens, args.modes) == ([128], [16384], ["fwd", "fwdbwd"])
+    assert set(bench_extras.VARIANTS) == {"plain", "softcap", "alibi", "dropout", "all"}
