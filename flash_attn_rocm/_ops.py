@@ -98,7 +98,7 @@ def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward
         operands = [None] * 4
     extras = softcap != 0.0 or alibi_slopes is not None or dropout_p > 0.0
     family, reason = ops.kernel_family(backward, head_dim, dtype == torch.bfloat16, extras, *operands[:3],
-                                       operands[3] if backward else None, block_table is not None)
+                                       operands[3] if backward else None, block_table is not None, dropout_p > 0.0)
     if family == "none":
         raise ValueError(f"head_dim {head_dim} is larger than any compiled head dim {compiled_head_dims()}")
     return (family, reason) if explain else family

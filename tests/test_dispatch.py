@@ -47,11 +47,11 @@ def test_hopper_families():
                             (256, "sm90:hdim256", "sm80:hdim256"), (96, "sm80:hdim96", "sm80:hdim96")):
             assert kernel_family(d, dtype) == fwd, (d, dtype)
             assert kernel_family(d, dtype, backward=True) == bwd, (d, dtype)
-        # The extras run on the Hopper kernels at d64 and d128; d256's forward takes them to the
-        # portable kernel.
+        # The extras run on the Hopper kernels (the backward's up to d128), but d256's dropout.
         assert kernel_family(128, dtype, softcap=30.0) == "sm90:hdim128"
         assert kernel_family(64, dtype, dropout_p=0.1) == "sm90:hdim64"
-        assert kernel_family(256, dtype, softcap=30.0) == "sm80:hdim256"
+        assert kernel_family(256, dtype, softcap=30.0) == "sm90:hdim256"
+        assert kernel_family(256, dtype, dropout_p=0.1) == "sm80:hdim256"  # it spills there
         assert kernel_family(128, dtype, alibi_slopes=torch.ones(4), backward=True) == "sm90:hdim128"
         assert kernel_family(64, dtype, dropout_p=0.1, backward=True) == "sm90:hdim64"
     with hopper(False):
@@ -60,7 +60,7 @@ def test_hopper_families():
 
 
 def test_explain_gives_the_reason_for_the_portable_kernels():
-    family, reason = kernel_family(256, explain=True, softcap=30.0)
+    family, reason = kernel_family(256, explain=True, dropout_p=0.1)
     assert family.startswith("sm80:") and reason  # the extras, or a build/device without Hopper kernels
     with pytest.raises(ValueError, match="q, k, v"):
         kernel_family(128, q=torch.empty(1, 8, 2, 128, dtype=torch.float16))

@@ -47,12 +47,13 @@ template error_t run_fwd_kvcache<{ctype}, {hdim}>(const KvCacheParams&, stream_t
 }}  // namespace flash
 """
 
-# The Hopper passes, causal or not, and the head dims whose extras (softcap, ALiBi, dropout) run
-# on them too: d64 and d128 (at d256 the forward's dropout, beside O's 128 registers, spills:
-# there the extras run on the portable kernel).
+# The Hopper passes, causal or not; the head dims whose extras (softcap, ALiBi, dropout) run on
+# them too, and those where dropout does (the causal d256 forward with dropout spilled 104 B:
+# there dropout alone goes to the portable kernel; FwdTraitsSm90::kExtrasDropout must agree).
 SM90_PASSES = {"fwd": ("run_fwd_sm90", "FwdParams", "fwd_launch_sm90.h"),
                "bwd": ("run_bwd_sm90", "BwdParams", "bwd_launch_sm90.h")}
-SM90_EXTRAS = {"fwd": (64, 128), "bwd": (64, 128)}
+SM90_EXTRAS = {"fwd": (64, 128, 256), "bwd": (64, 128)}
+SM90_DROPOUT = {"fwd": (64, 128), "bwd": (64, 128)}
 
 SM90_INSTANCE = HEADER + """#include "../kernels/{launch_header}"
 
@@ -85,7 +86,8 @@ error_t run_fwd_kvcache(const KvCacheParams& params, stream_t stream);
 
 namespace {{
 
-// {{head dim, dtype, portable[has_right_edge][has_extras], hopper[has_right_edge][has_extras]}}
+// {{head dim, dtype, portable[has_right_edge][has_extras], hopper[has_right_edge][has_extras],
+//   hopper_dropout}}
 const PassFamily<FwdParams> kFwd[] = {{
 {fwd}
 }};
@@ -108,7 +110,7 @@ const KernelTable kKernelTable = {{kFwd, {n}, kBwd, {n}, kKvCache, {n}}};
 ROW = """    {{{hdim}, {dtype_enum},
      {{{{&{fn}<{ctype}, {hdim}, false, false>, &{fn}<{ctype}, {hdim}, false, true>}},
       {{&{fn}<{ctype}, {hdim}, true, false>, &{fn}<{ctype}, {hdim}, true, true>}}}},
-     {hopper}}},"""
+     {hopper}, {hopper_dropout}}},"""
 
 NO_HOPPER = "{{nullptr, nullptr}, {nullptr, nullptr}}"
 
@@ -182,7 +184,9 @@ def generate(out_dir: Path = GENERATED_DIR, sm90: bool = False) -> list[Path]:
                                                     hdim=hdim))
             files.append(path)
             hopper = hopper_row(name, ctype, hdim) if (hdim, dtype) in sm90_families[name] else NO_HOPPER
-            rows[name].append(ROW.format(hdim=hdim, dtype_enum=dtype_enum, fn=fn, ctype=ctype, hopper=hopper))
+            hopper_dropout = "true" if (hdim, dtype) in sm90_families[name] and hdim in SM90_DROPOUT[name] else "false"
+            rows[name].append(ROW.format(hdim=hdim, dtype_enum=dtype_enum, fn=fn, ctype=ctype, hopper=hopper,
+                                         hopper_dropout=hopper_dropout))
     kvcache_rows = []
     for hdim, dtype in families:
         path = out_dir / f"fwd_kvcache_hdim{hdim}_{dtype}.cu"

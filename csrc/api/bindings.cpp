@@ -52,7 +52,7 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
   // Tests and benchmarks switch the Hopper kernels off to compare them with the portable ones.
   m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
   m.def("kernel_family(bool backward, int head_dim, bool bf16, bool extras, Tensor? q=None, Tensor? k=None, "
-        "Tensor? v=None, Tensor? dout=None, bool paged=False) -> str[]",
+        "Tensor? v=None, Tensor? dout=None, bool paged=False, bool dropout=False) -> str[]",
         &flash_api::kernel_family);
 }
 

@@ -10,11 +10,12 @@ namespace flash_api {
 
 // q, k, v (and dout for a backward) are optional [b, s, h, d] views of the call's operands: with
 // them the answer covers their strides (TMA must describe them); without them it leaves them out.
-// paged: K/V through a block table (k, v then [num_pages, page_size, h_k, d]).
+// paged: K/V through a block table (k, v then [num_pages, page_size, h_k, d]). extras: softcap,
+// ALiBi or dropout; dropout: dropout among them.
 std::vector<std::string> kernel_family(bool backward, int64_t head_dim, bool bf16, bool extras,
                                        const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
                                        const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& dout,
-                                       bool paged) {
+                                       bool paged, bool dropout) {
   TORCH_CHECK(!(backward && paged), "kernel_family: paged K/V has no backward");
   flash::BwdParams params{};
   const bool with_operands = q.has_value() && k.has_value() && v.has_value() && (!backward || dout.has_value());
@@ -31,7 +32,7 @@ std::vector<std::string> kernel_family(bool backward, int64_t head_dim, bool bf1
   }
   const flash::KernelChoice choice =
       flash::kernel_family(backward, static_cast<int>(head_dim), bf16 ? flash::DType::kBFloat16 : flash::DType::kFloat16,
-                           extras, paged, with_operands ? &params : nullptr);
+                           extras, dropout, paged, with_operands ? &params : nullptr);
   const std::string family = choice.head_dim == 0 ? std::string(choice.family)
                                                   : std::string(choice.family) + ":hdim" + std::to_string(choice.head_dim);
   return {family, choice.not_hopper == nullptr ? "" : choice.not_hopper};

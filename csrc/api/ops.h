@@ -52,6 +52,6 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache(
 std::vector<std::string> kernel_family(bool backward, int64_t head_dim, bool bf16, bool extras,
                                        const std::optional<at::Tensor>& q, const std::optional<at::Tensor>& k,
                                        const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& dout,
-                                       bool paged);
+                                       bool paged, bool dropout);
 
 }  // namespace flash_api

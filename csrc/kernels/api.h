@@ -34,7 +34,7 @@ struct KernelChoice {
 // `extras`: softcap, ALiBi or dropout. `paged`: K/V through a block table (forward only).
 // `operands`: the call's params, whose pointers and strides decide whether TMA can take them (a
 // backward's must be a BwdParams), or nullptr to leave them out.
-KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, bool paged,
+KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, bool dropout, bool paged,
                            const FwdParams* operands);
 
 // Forward for params.d rounded up to kernel_head_dim(params.d); paged K/V when params.block_table is set.

@@ -66,7 +66,8 @@ constexpr const char* kPagedNotHopper =
 // a block table. `operands`: the call's params, whose pointers and strides TMA must describe (a
 // backward's dout too), or nullptr to leave them out.
 template <class Params>
-const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool paged, const FwdParams* operands,
+const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool dropout, bool paged,
+                           const FwdParams* operands,
                            const BwdParams* backward) {
   if (family.hopper[0][0] == nullptr) return "this build has no Hopper kernels for the head dim";
   if (!hopper_kernels_enabled) return "the Hopper kernels are switched off (set_hopper_kernels)";
@@ -74,6 +75,7 @@ const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool p
   if (extras && family.hopper[0][1] == nullptr) {
     return "softcap, ALiBi and dropout run on the portable kernels at this head dim";
   }
+  if (dropout && !family.hopper_dropout) return "dropout runs on the portable kernels at this head dim";
   if (paged) return kPagedNotHopper;
 #if defined(FA_PLATFORM_CUDA)
   if (operands != nullptr && !hopper_operands_describable(*operands, backward)) {
@@ -106,12 +108,12 @@ bool set_hopper_kernels(bool enabled) {
   return previous;
 }
 
-KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, bool paged,
+KernelChoice kernel_family(bool backward, int head_dim, DType dtype, bool extras, bool dropout, bool paged,
                            const FwdParams* operands) {
   const int d = kernel_head_dim(head_dim);
   auto choose = [&](const auto* family, const BwdParams* backward_operands) -> KernelChoice {
     if (family == nullptr) return {"none", 0, nullptr};
-    const char* why = why_not_hopper(*family, extras, paged, operands, backward_operands);
+    const char* why = why_not_hopper(*family, extras, dropout, paged, operands, backward_operands);
     return {why == nullptr ? "sm90" : "sm80", d, why};
   };
   if (backward) {
@@ -133,7 +135,7 @@ error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, s
       find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params), paged = params.block_table != nullptr;
-  if (why_not_hopper(*family, extras, paged, &params, nullptr) == nullptr) {
+  if (why_not_hopper(*family, extras, params.has_dropout, paged, &params, nullptr) == nullptr) {
     return family->hopper[has_right_edge][extras](params, stream);
   }
   // Paged K/V runs the Has_extras variants, which alone compile the page lookups (fwd_kernel.h).
@@ -145,7 +147,7 @@ error_t run_mha_bwd(const BwdParams& params, DType dtype, bool has_right_edge, s
       find_family(kKernelTable.bwd, kKernelTable.num_bwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params);
-  if (why_not_hopper(*family, extras, false, &params, &params) == nullptr) {  // the backward is never paged
+  if (why_not_hopper(*family, extras, params.has_dropout, false, &params, &params) == nullptr) {  // never paged
     return family->hopper[has_right_edge][extras](params, stream);
   }
   return family->portable[has_right_edge][extras](params, stream);

@@ -159,6 +159,25 @@ FA_DEVICE void apply_dropout(Tile& p, const Dropout& dropout, int row0, int col0
       });
 }
 
+// apply_dropout on P already packed as k16 A fragments (a_fragment_of: element (0, nt, e) of the
+// accumulator tile is half e % 2 of register 2 (nt % 2) + e / 2 of fragment nt / 2): the fp32
+// tile is dead by then, which leaves the Philox rounds its registers (the Hopper forward).
+template <class Tile, int kKSteps>
+FA_DEVICE void apply_dropout_packed(uint32_t (&p)[kKSteps][4], const Dropout& dropout, int row0, int col0) {
+  static_assert(Tile::kMT == 1 && Tile::kNT == 2 * kKSteps && Tile::kElems == 4, "one strip of k16 fragments");
+  auto drop = [&](bool kept, const FragmentIndex& at) {
+    if (at.e >= 0 && !kept) p[at.nt / 2][2 * (at.nt % 2) + at.e / 2] &= at.e % 2 ? 0x0000ffffu : 0xffff0000u;
+  };
+  for_each_dropout_word<false, Tile>(
+      dropout, [&](int mt) { return Tile::row(row0, mt, 0); }, [&](int nt, int e) { return Tile::col(col0, nt, e); },
+      [&](uint32_t keep, FragmentIndex at0, FragmentIndex at1, FragmentIndex at2, FragmentIndex at3) {
+        drop(keep & 1, at0);
+        drop(keep & 2, at1);
+        drop(keep & 4, at2);
+        drop(keep & 8, at3);
+      });
+}
+
 #endif  // __CUDACC__ || __HIPCC__
 
 }  // namespace flash

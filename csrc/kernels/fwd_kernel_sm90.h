@@ -56,6 +56,9 @@ struct FwdTraitsSm90 {
   // Q's fragments in registers (32 a thread at d128): S = Q K^T reads only K from shared memory,
   // and Q's buffer is free for the next tile as soon as the consumers have loaded it.
   static constexpr bool kQInRegisters = kHeadDim <= 128;
+  // The extras variants take dropout up to d128: beside d256's O the Philox rounds spill (the
+  // dispatch sends dropout there to the portable kernel: tools/generate_kernels.py SM90_DROPOUT).
+  static constexpr bool kExtrasDropout = kHeadDim <= 128;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
   using QTile = GmmaTile<kBlockM, kHeadDim>;
   using KVTile = GmmaTile<kBlockN, kHeadDim>;
@@ -149,8 +152,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index();
   // Dropout's (seed, offset); thread 0 of block 0 records them for the backward.
+  constexpr bool kDropout = Has_extras && Traits::kExtrasDropout;
   uint64_t seed = 0, offset = 0;
-  if constexpr (Has_extras) forward_dropout_seed(params, 0, 0, tid, seed, offset);
+  if constexpr (kDropout) forward_dropout_seed(params, 0, 0, tid, seed, offset);
 
   if (tid == 0) {
     mbarrier_init(q_full, 1);
@@ -240,7 +244,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       OnlineSoftmax<Layout, 1> softmax;
       const int thread_row0 = row_begin + 16 * consumer_warp + Layout::lane_row(lane);
       const ScoreMod score_mod(params, t.batch, t.head, t.seq.seqlen_q, t.seq.seqlen_k);
-      const Dropout dropout(params, seed, offset, t.batch, t.head);
       uint32_t q_frag[kQInRegisters ? kHeadDim / 16 : 1][4];
       if (n_blocks > 0) {
         mbarrier_wait(q_full, q_tiles & 1);
@@ -298,13 +301,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
       };
       auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
-        // The row sums count the dropped probabilities too, so dropout comes after them; here,
-        // once the last P V product is back, its registers are free for the Philox rounds.
-        if constexpr (Has_extras) {
-          if (params.has_dropout) apply_dropout(acc_s, dropout, thread_row0, p_col0);
-        }
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
+        // The row sums count the dropped probabilities too, so dropout comes after them; on the
+        // packed P, once the last P V product and S's fp32 tile have left the Philox rounds
+        // their registers (on the fp32 tile, before packing, d256 spilled 116 B).
+        if constexpr (kDropout) {
+          if (params.has_dropout) {
+            const Dropout dropout(params, seed, offset, t.batch, t.head);
+            apply_dropout_packed<MmaTile<1, kNTiles>>(p, dropout, thread_row0, p_col0);
+          }
+        }
       };
       // Ping-pong: a consumer waits for its turn (its barrier), issues its products and hands
       // the turn over (arrives on the other's). Consumer 0 starts; the two barriers must end each
@@ -365,7 +372,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       q_tiles += n_blocks > 0;
 
       float lse[2];
-      softmax.finalize(acc_o, params.logit_scale, lse, Has_extras && params.has_dropout ? params.rp_keep : 1.f);
+      softmax.finalize(acc_o, params.logit_scale, lse, kDropout && params.has_dropout ? params.rp_keep : 1.f);
       store_output<T>(params, t.seq, t.batch, t.head, thread_row0, lane, acc_o, lse);
     });
   }

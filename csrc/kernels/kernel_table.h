@@ -14,14 +14,15 @@ template <class Params>
 using Launcher = error_t (*)(const Params&, stream_t);
 
 // A forward or backward family: the portable kernels by [has_right_edge][has_extras] and, where
-// the build has them, the Hopper ones likewise (nullptr where not built: the backward has no
-// Hopper extras variants).
+// the build has them, the Hopper ones likewise (nullptr where not built), and whether the Hopper
+// extras variants take dropout too (not at d256, where it spills).
 template <class Params>
 struct PassFamily {
   int head_dim;
   DType dtype;
   Launcher<Params> portable[2][2];
   Launcher<Params> hopper[2][2];
+  bool hopper_dropout;
 };
 
 struct KvCacheFamily {
