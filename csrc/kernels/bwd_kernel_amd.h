@@ -81,6 +81,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     float* sSwap = sD + kBlockM;  // [kWaves][kTile * kTile]: partial S, then dP, with the head dim split
 
     const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+    // Never negative: their 64-bit products then need no sign words (held across the loop, spilled).
+    __builtin_assume(n_block >= 0 && head_k >= 0 && batch >= 0);
     const int tid = threadIdx.x, wave = tid / Traits::kWaveSize, lane = tid % Traits::kWaveSize;
     // Waves wave / kDSplit share their keys; wave % kDSplit names the part of the head dim.
     const int key0 = n_block * kBlockN, wave_key0 = wave / kDSplit * kTile, part = wave % kDSplit;
