@@ -92,8 +92,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
     const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-    // Dropout redraws the forward's mask from the (seed, offset) it recorded.
-    const bool has_dropout = Has_extras && params.has_dropout;
     const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
 
     // K and V once: rows past the end are zeros.
@@ -199,6 +197,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       const bool needs_mask =
           key0 + kBlockN > seqlen_k || window.block_needs_mask(row0, row0 + kBlockM, key0, key0 + kBlockN);
       static_assert(STile::kNT * STile::kElems <= 32, "one word of keep bits");
+      // Dropout redraws the forward's mask from the (seed, offset) it recorded. The flag from the
+      // step's params: held across the loop, it took an SGPR pair (a bool as a 64-bit mask).
+      const bool has_dropout = Has_extras && step_params.has_dropout;
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {
         if (has_dropout) {
