@@ -145,11 +145,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       const T* dout = dout_seq + head * step_params.do_head_stride + row0 * step_params.do_row_stride;
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
           sQ, [&](int row) { return q + row * step_params.q_row_stride; }, rows_valid, head_dim, tid);
-      // dO's row count opaque: its chunks' compares are then its own, made where its loads are,
-      // instead of Q's (the same rows and channels) kept from Q's copy, one lane mask (2 SGPRs) a chunk.
+      // dO's row count and head dim opaque: its chunks' compares are then its own, made where its
+      // loads are, instead of Q's (the same rows and channels) kept from Q's copy, one lane mask
+      // (2 SGPRs) a chunk.
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
           sdO, [&](int row) { return dout + row * step_params.do_row_stride; }, amd::opaque_uniform(rows_valid),
-          head_dim, tid);
+          amd::opaque_uniform(head_dim), tid);
       if (step_tid < kBlockM) {
         // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
         const int64_t idx = lse_seq + head * step_params.lse_head_stride + row0 + step_tid;
