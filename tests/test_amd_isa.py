@@ -10,10 +10,10 @@ under build/amd-isa/) and each kernel of the target's matrix-core family is held
 - matrix:  a matrix-product kernel (forward, backward main, KV-cache attention) holds matrix
            instructions (v_mfma / v_wmma).
 
-Today's MFMA/WMMA kernels pass the LDS and matrix gates everywhere but some still spill (CDNA,
-mostly extras variants): EXPECTED_FAILURES marks each failing (kernel, gate, targets) as a strict
-expected failure, so a kernel that starts passing fails the suite until its mark is removed. Issue
-21's bar is an empty table. Compiling itself is a hard pass on every target.
+Every kernel of the subset passes all four gates on every target (issue 21's bar, met on
+2026-12-08). EXPECTED_FAILURES lists the subset's kernels, each with the gates it may fail where
+(strict expected failures): all empty, and a kernel that starts failing is a regression to fix,
+not to mark. Compiling itself is a hard pass on every target.
 
 `make amd-isa` compiles every head dim and dtype and rewrites docs/amd_isa_report.md. Targets
 whose toolchain is missing skip, except in CI (CI=true), where the Makefile installs them.
@@ -42,12 +42,8 @@ CI_HEAD_DIMS, CI_DTYPES = [64, 128, 256], ["fp16", "bf16"]
 GATES = ("spills", "scratch", "lds", "matrix")
 
 
-def on(targets):
-    return tuple(targets.split())
-
-
-# Every kernel of the CI subset, with the gates it fails today and where (issue 21's done-when:
-# none). A kernel that starts passing a gate fails the suite until its entry here goes.
+# Every kernel of the CI subset, with the gates it fails and where ({gate: (target, ...)}; none
+# since 2026-12-08). A kernel that starts passing a marked gate fails the suite until its mark goes.
 EXPECTED_FAILURES = {
     "fwd d64 fp16": {},
     "fwd d64 fp16 right_edge": {},
@@ -55,16 +51,16 @@ EXPECTED_FAILURES = {
     "fwd d64 fp16 right_edge extras": {},
     "fwd d64 bf16": {},
     "fwd d64 bf16 right_edge": {},
-    "fwd d64 bf16 extras": {"spills": on("gfx950")},
-    "fwd d64 bf16 right_edge extras": {"spills": on("gfx950")},
+    "fwd d64 bf16 extras": {},
+    "fwd d64 bf16 right_edge extras": {},
     "fwd d128 fp16": {},
     "fwd d128 fp16 right_edge": {},
     "fwd d128 fp16 extras": {},
     "fwd d128 fp16 right_edge extras": {},
     "fwd d128 bf16": {},
     "fwd d128 bf16 right_edge": {},
-    "fwd d128 bf16 extras": {"spills": on("gfx950")},
-    "fwd d128 bf16 right_edge extras": {"spills": on("gfx950")},
+    "fwd d128 bf16 extras": {},
+    "fwd d128 bf16 right_edge extras": {},
     "fwd d256 fp16": {},
     "fwd d256 fp16 right_edge": {},
     "fwd d256 fp16 extras": {},
@@ -96,13 +92,13 @@ EXPECTED_FAILURES = {
     "bwd_preprocess d256 fp16": {},
     "bwd d256 fp16": {},
     "bwd d256 fp16 right_edge": {},
-    "bwd d256 fp16 extras": {"spills": on("gfx942 gfx950")},
-    "bwd d256 fp16 right_edge extras": {"spills": on("gfx942 gfx950")},
+    "bwd d256 fp16 extras": {},
+    "bwd d256 fp16 right_edge extras": {},
     "bwd_preprocess d256 bf16": {},
     "bwd d256 bf16": {},
-    "bwd d256 bf16 right_edge": {"spills": on("gfx950")},
-    "bwd d256 bf16 extras": {"spills": on("gfx942 gfx950")},
-    "bwd d256 bf16 right_edge extras": {"spills": on("gfx942 gfx950")},
+    "bwd d256 bf16 right_edge": {},
+    "bwd d256 bf16 extras": {},
+    "bwd d256 bf16 right_edge extras": {},
     "kvcache_prepare fp16": {},
     "fwd_kvcache d64 fp16": {},
     "kvcache_combine d64 fp16": {},

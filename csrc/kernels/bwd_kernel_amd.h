@@ -81,6 +81,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     float* sSwap = sD + kBlockM;  // [kWaves][kTile * kTile]: partial S, then dP, with the head dim split
 
     const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+    // Never negative: their 64-bit products then need no sign words (held across the loop, spilled).
+    __builtin_assume(n_block >= 0 && head_k >= 0 && batch >= 0);
     const int tid = threadIdx.x, wave = tid / Traits::kWaveSize, lane = tid % Traits::kWaveSize;
     // Waves wave / kDSplit share their keys; wave % kDSplit names the part of the head dim.
     const int key0 = n_block * kBlockN, wave_key0 = wave / kDSplit * kTile, part = wave % kDSplit;
@@ -90,8 +92,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     if (key0 >= seqlen_k) return;  // varlen: this sequence has fewer keys than the longest
 
     const KeyWindow<Has_right_edge> window{seqlen_q, seqlen_k, params.window_left, params.window_right};
-    // Dropout redraws the forward's mask from the (seed, offset) it recorded.
-    const bool has_dropout = Has_extras && params.has_dropout;
     const BwdQueryWalk<kBlockM, kBlockN, Has_right_edge> walk(window, key0, group);
 
     // K and V once: rows past the end are zeros.
@@ -145,8 +145,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       const T* dout = dout_seq + head * step_params.do_head_stride + row0 * step_params.do_row_stride;
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
           sQ, [&](int row) { return q + row * step_params.q_row_stride; }, rows_valid, head_dim, tid);
+      // dO's row count and head dim opaque: its chunks' compares are then its own, made where its
+      // loads are, instead of Q's (the same rows and channels) kept from Q's copy, one lane mask
+      // (2 SGPRs) a chunk.
       copy_rows_to_lds<kBlockM, kHeadDim, kRowStride, false, kNThreads>(
-          sdO, [&](int row) { return dout + row * step_params.do_row_stride; }, rows_valid, head_dim, tid);
+          sdO, [&](int row) { return dout + row * step_params.do_row_stride; }, amd::opaque_uniform(rows_valid),
+          amd::opaque_uniform(head_dim), tid);
       if (step_tid < kBlockM) {
         // Rows past the end, and rows that saw no key (lse = -inf), get lse = +inf: P = 0 there.
         const int64_t idx = lse_seq + head * step_params.lse_head_stride + row0 + step_tid;
@@ -194,6 +198,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
       const bool needs_mask =
           key0 + kBlockN > seqlen_k || window.block_needs_mask(row0, row0 + kBlockM, key0, key0 + kBlockN);
       static_assert(STile::kNT * STile::kElems <= 32, "one word of keep bits");
+      // Dropout redraws the forward's mask from the (seed, offset) it recorded. The flag from the
+      // step's params: held across the loop, it took an SGPR pair (a bool as a 64-bit mask).
+      const bool has_dropout = Has_extras && step_params.has_dropout;
       [[maybe_unused]] uint32_t keep_bits = 0;
       if constexpr (Has_extras) {
         if (has_dropout) {

@@ -62,6 +62,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_amd_kerne
     }
     const int tile_row0 = row_begin + tile.wave_row0, thread_row0 = tile_row0 + Layout::lane_row(lane);
 
+    constexpr bool kChunksSpanChannels = kNThreads % (kHeadDim / 8) != 0;  // 16-byte chunks
     // One wave copies the whole block: the copies go straight to LDS (a block held in registers
     // through the products would take a wave's registers).
     for (int n = kv.n_begin; n < kv.n_end; ++n) {
@@ -69,8 +70,12 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_kvcache_amd_kerne
       __syncthreads();  // done with the last block's K and V^T
       copy_rows_to_lds<kBlockN, kHeadDim, kKStride, false, kNThreads>(
           sK, [&](int r) { return kv.k_rows(first + r); }, keys, params.d, tid);
+      // Where a thread's chunks fall in different channels (d96, d192), each has a row and a channel
+      // compare, and K's masks, kept for V's copy (the same rows and channels), spilled SGPRs at
+      // d192: there V's key count is opaque, so V's copy makes its own where its loads are.
       copy_rows_to_lds<kBlockN, kHeadDim, kVtStride, true, kNThreads>(
-          sVt, [&](int r) { return kv.v_rows(first + r); }, keys, params.d, tid);
+          sVt, [&](int r) { return kv.v_rows(first + r); }, kChunksSpanChannels ? amd::opaque_uniform(keys) : keys,
+          params.d, tid);
       __syncthreads();
 
       typename Wave::STile acc_s = tile.scores(sK, sQ);

@@ -99,7 +99,14 @@ FA_DEVICE void atomic_add2(float* p, float a, float b) {
 // 2^x. The softmax folds log2(e) into its scale so this is the only transcendental per score.
 FA_DEVICE float exp2_fast(float x) {
 #if defined(FA_PLATFORM_HIP)
+#if !defined(FA_PLATFORM_EMU) && __has_builtin(__builtin_amdgcn_exp2f)
+  // v_exp_f32 alone. exp2f wraps it in a fix for results below 2^-126 (a compare, two selects and
+  // a multiply a score, the compares' lane masks held in SGPRs): nothing next to a row sum of at
+  // least 1, and NVIDIA's ex2.approx.ftz flushes them too. (hipcc 5.2 has no such builtin.)
+  return __builtin_amdgcn_exp2f(x);
+#else
   return exp2f(x);
+#endif
 #else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
