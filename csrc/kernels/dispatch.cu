@@ -62,13 +62,13 @@ constexpr const char* kPagedNotHopper =
     "paged K/V (block_table) runs on the portable kernels: the Hopper kernels' TMA loads take a whole key "
     "block from one contiguous map";
 
-// Why a call of `family` does not run its Hopper kernels; nullptr when it does. `paged`: K/V through
-// a block table. `operands`: the call's params, whose pointers and strides TMA must describe (a
-// backward's dout too), or nullptr to leave them out.
+// Why a call of `family` does not run its Hopper kernels; nullptr when it does. `extras`: softcap,
+// ALiBi or dropout; `dropout`: dropout among them. `paged`: K/V through a block table.
+// `operands`: the call's params, whose pointers and strides TMA must describe (a backward's dout
+// too), or nullptr to leave them out.
 template <class Params>
 const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool dropout, bool paged,
-                           const FwdParams* operands,
-                           const BwdParams* backward) {
+                           const FwdParams* operands, const BwdParams* backward) {
   if (family.hopper[0][0] == nullptr) return "this build has no Hopper kernels for the head dim";
   if (!hopper_kernels_enabled) return "the Hopper kernels are switched off (set_hopper_kernels)";
   if (!device_is_hopper()) return "the device is not compute capability 9.0";
