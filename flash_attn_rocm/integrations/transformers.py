@@ -5,7 +5,8 @@
     model.set_attn_implementation("flash_attn_rocm")     # or switch a model that is already built
 
 Supported transformers: >= 4.53, the first release with both AttentionInterface and
-AttentionMaskInterface (the only two entry points used); tested with 5.17 and 5.23.
+AttentionMaskInterface (the only two entry points used); tested with 5.17 and 5.23 (GPU) and 5.25
+(CPU: 5.24 renamed the cache keyword, see cache_keyword).
 
 A call is served under the contract of transformers' own "flash_attention_2":
 - The mask function (registered beside the attention function: without one, transformers passes
