@@ -86,6 +86,16 @@ def flash_attn_func(
     check_alibi_slopes(alibi_slopes, q.shape[0], q.shape[2])
     dropout_p = resolve_dropout_p(dropout_p)
     check_devices(("q", q), ("k", k), ("v", v), *optional("alibi_slopes", alibi_slopes))
+    return _checked_attention(q, k, v, dropout_p, scale, causal, window, softcap, alibi_slopes, deterministic,
+                              return_attn_probs)
+
+
+def _checked_attention(q, k, v, dropout_p, scale, causal, window, softcap, alibi_slopes, deterministic,
+                       return_attn_probs=False):
+    """flash_attn_func past its checks: q, k, v as check_qkv and check_devices want them and every
+    other argument resolved (scale a float, window an int pair, ...). For callers that have
+    checked already (the transformers integration, whose per-layer host time counts)."""
+    head_dim = q.shape[-1]
     q, k, v = pad_head_dim(q, k, v)
     if _needs_grad(q, k, v):
         out, softmax_lse, rng_state = FlashAttnFunc.apply(q, k, v, dropout_p, scale, bool(causal), window, softcap,

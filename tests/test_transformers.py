@@ -173,6 +173,20 @@ def test_fallback_warns_once_naming_the_reason():
         hf.flash_attn_rocm_attention(torch.nn.Module(), q, k, v, None)
 
 
+def test_kernel_dense_path_traces_on_meta_tensors():
+    """The dense kernel path skips flash_attn_func's checks (check_servable ran them): it must still
+    pad an odd head dim and return the call's shape (meta tensors: the ops' fake kernels)."""
+    opts = hf._Options(scale=0.1, causal=True, window=(-1, -1), softcap=0.0, dropout=0.0, deterministic=False,
+                       sinks=None)
+    for head_dim in (128, 59):
+        q = torch.empty(2, 64, 8, head_dim, device="meta", dtype=torch.bfloat16)
+        k = torch.empty(2, 64, 2, head_dim, device="meta", dtype=torch.bfloat16)
+        out = hf._kernel_dense(q, k, k, opts)
+        assert out.shape == q.shape and out.dtype == q.dtype
+    with pytest.raises(ValueError, match="dropout"):
+        hf._kernel_dense(q, k, k, hf.replace(opts, dropout=1.5))
+
+
 def test_continuous_batching_is_refused():
     class PagedAttentionCache:  # transformers' continuous-batching cache, by name
         pass

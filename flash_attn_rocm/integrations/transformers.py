@@ -70,10 +70,10 @@ except ImportError as e:  # transformers missing, or older than 4.53
     raise ImportError("flash_attn_rocm.integrations.transformers needs transformers >= 4.53 "
                       "(pip install 'flash_attn_rocm[transformers]')") from e
 
-from .._inputs import DTYPES, check_servable, fallback_reason
+from .._inputs import DTYPES, check_servable, fallback_reason, resolve_dropout_p, resolve_softcap
 from .._masks import window_visible
 from ..bert_padding import index_first_axis, pad_input, unpad_indices, unpad_input
-from ..interface import _needs_grad, flash_attn_func, flash_attn_varlen_func
+from ..interface import _checked_attention, _needs_grad, flash_attn_func, flash_attn_varlen_func
 from ..kvcache import flash_attn_with_kvcache
 
 __all__ = ["NAME", "flash_attn_rocm_attention", "padding_mask", "register"]
@@ -395,7 +395,10 @@ def _find_packed(position_ids, seqlen: int):
 
 
 def _kernel_dense(q, k, v, opts: _Options):
-    return flash_attn_func(q, k, v, **opts.kernel_kwargs())
+    # check_servable has checked q, k, v and the scale (_fallback_reason): skip flash_attn_func's
+    # second pass over them, a tenth of a layer's host time at short prompts.
+    return _checked_attention(q, k, v, resolve_dropout_p(opts.dropout), opts.scale, opts.causal, opts.window,
+                              resolve_softcap(opts.softcap), None, opts.deterministic)
 
 
 def _kernel_varlen(q, k, v, cu_q, cu_k, max_q, max_k, opts: _Options):
