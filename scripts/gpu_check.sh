@@ -52,7 +52,7 @@ for step in $STEPS; do
     # committed; carry it to the device): a deterministic sample, failures grouped.
     upstream) TAIL_LINES=30 run upstream python3 tools/run_flash_attn_tests.py .upstream/test_flash_attn.py \
                 ${UPSTREAM_ARGS:---every 53 --budget-s 220} ;;
-    diag) TAIL_LINES=20 run diag python3 tools/diag_fwd_repeat.py ;;
+    diag) TAIL_LINES=20 run diag python3 tools/diag_fwd_repeat.py --backward ;;
     extras) TAIL_LINES=20 run extras python3 benchmarks/bench_extras.py ${EXTRAS_ARGS:-} ;;
     *) echo "unknown step $step"; status=1 ;;
   esac

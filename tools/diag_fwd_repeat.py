@@ -34,6 +34,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--cases", default="", help="comma-separated indices into CASES (default all)")
+    ap.add_argument("--backward", action="store_true", help="run a backward between the first forward and the repeats")
     args = ap.parse_args()
     torch.manual_seed(0)
     picked = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
@@ -43,6 +44,14 @@ def main():
         v = torch.randn(b, sk, h, d, device="cuda", dtype=torch.float16)
         ref = reference(q, k, v, causal)
         first = flash_attn_func(q, k, v, causal=causal)
+        changed = ""
+        if args.backward:  # a backward in between, as flash-attn's tests run one
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = flash_attn_func(*leaves, causal=causal)
+            kept = out.detach().clone()
+            torch.autograd.grad(out, leaves, torch.randn_like(out))
+            torch.cuda.synchronize()
+            changed = f", the backward changed {(out.detach() != kept).sum().item()} of its output's elements"
         err = (first.float() - ref).abs()
         bad_rows = (err.amax(dim=(2, 3)) > 0.05).nonzero()
         differ = 0
@@ -50,7 +59,7 @@ def main():
             differ += not torch.equal(flash_attn_func(q, k, v, causal=causal), first)
         rows = bad_rows[:, 1].unique().tolist()
         print(f"b{b} h{h} sq{sq} sk{sk} d{d} causal={causal}: max err {err.max().item():.4f}, "
-              f"{len(rows)} bad rows {rows[:12]}, {differ}/{args.reps} repeats differ", flush=True)
+              f"{len(rows)} bad rows {rows[:12]}, {differ}/{args.reps} repeats differ{changed}", flush=True)
     return 0
 
 
