@@ -55,6 +55,20 @@ torch.set_float32_matmul_precision("highest")
 
 DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 
+# Softcap, ALiBi and dropout, alone and together (the Hopper kernels' extras variants).
+EXTRAS = [pytest.param(dict(softcap=5.0), id="softcap"), pytest.param(dict(alibi=True), id="alibi"),
+          pytest.param(dict(dropout_p=0.17), id="dropout"),
+          pytest.param(dict(softcap=5.0, alibi=True, dropout_p=0.3), id="all")]
+
+
+def extras_kwargs(extras: dict, batch: int, nheads: int) -> dict:
+    """flash_attn_func's softcap, dropout_p and alibi_slopes ([batch, nheads] on the GPU) for an
+    EXTRAS entry."""
+    kwargs = dict(softcap=extras.get("softcap", 0.0), dropout_p=extras.get("dropout_p", 0.0))
+    if extras.get("alibi"):
+        kwargs["alibi_slopes"] = torch.rand(batch, nheads, device="cuda") * 0.3
+    return kwargs
+
 
 def _compiled_head_dims():
     """This build's head dims, or None when flash_attn_rocm does not import (the tests that use

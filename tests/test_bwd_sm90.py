@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, both_paths, cu_seqlens, hopper,
-                      make_qkv, poison_allocator_cache, requires_gpu, requires_hopper)
+from conftest import (CAUSAL, DTYPES, EXTRAS, assert_within_eager_error, attention_ref, both_paths, cu_seqlens,
+                      extras_kwargs, hopper, make_qkv, poison_allocator_cache, requires_gpu, requires_hopper)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
 from flash_attn_rocm._dropout import keep_mask
@@ -58,11 +58,6 @@ def check_both_paths(q, k, v, attention, **ref_kwargs):
                                   floor_magnitude=max(1.0, ref.abs().max().item()))
 
 
-EXTRAS = [pytest.param(dict(softcap=5.0), id="softcap"), pytest.param(dict(alibi=True), id="alibi"),
-          pytest.param(dict(dropout_p=0.17), id="dropout"),
-          pytest.param(dict(softcap=5.0, alibi=True, dropout_p=0.3), id="all")]
-
-
 @pytest.mark.parametrize("extras", EXTRAS)
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(113, 203), (1000, 1000), (300, 2100)])
 @pytest.mark.parametrize("causal", CAUSAL)
@@ -73,9 +68,7 @@ def test_hopper_backward_extras_match_reference_and_portable(dtype, head_dim, ca
     forward's mask (rebuilt from its rng_state) and against the portable backward."""
     q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=4, nheads_k=2, head_dim=head_dim,
                        dtype=dtype)
-    kwargs = dict(softcap=extras.get("softcap", 0.0), dropout_p=extras.get("dropout_p", 0.0))
-    if extras.get("alibi"):
-        kwargs["alibi_slopes"] = torch.rand(2, 4, device="cuda") * 0.3
+    kwargs = extras_kwargs(extras, batch=2, nheads=4)
     assert kernel_family(head_dim, dtype, backward=True, **kwargs) == f"sm90:hdim{head_dim}"
     torch.manual_seed(5)
     state = torch.cuda.get_rng_state()

@@ -5,8 +5,9 @@ round to 64, 128 or 256; softcap, ALiBi and dropout at 64 and 128); here the two
 import pytest
 import torch
 
-from conftest import (CAUSAL, DTYPES, assert_within_eager_error, attention_ref, both_paths, cu_seqlens, make_qkv,
-                      poison_allocator_cache, requires_gpu, requires_hopper, skip_unless_served)
+from conftest import (CAUSAL, DTYPES, EXTRAS, assert_within_eager_error, attention_ref, both_paths, cu_seqlens,
+                      extras_kwargs, make_qkv, poison_allocator_cache, requires_gpu, requires_hopper,
+                      skip_unless_served)
 
 from flash_attn_rocm import flash_attn_func, flash_attn_varlen_func
 from flash_attn_rocm._dropout import keep_mask
@@ -38,11 +39,6 @@ def test_hopper_forward_matches_reference_and_portable(dtype, head_dim, causal, 
     torch.testing.assert_close(lse, lse_portable, atol=1e-3, rtol=0)
 
 
-EXTRAS = [pytest.param(dict(softcap=5.0), id="softcap"), pytest.param(dict(alibi=True), id="alibi"),
-          pytest.param(dict(dropout_p=0.17), id="dropout"),
-          pytest.param(dict(softcap=5.0, alibi=True, dropout_p=0.3), id="all")]
-
-
 @pytest.mark.parametrize("extras", EXTRAS)
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(113, 203), (1000, 1000), (300, 2100)])
 @pytest.mark.parametrize("causal", CAUSAL)
@@ -54,9 +50,7 @@ def test_hopper_forward_extras_match_reference_and_portable(dtype, head_dim, cau
     with that mask."""
     q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=4, nheads_k=2, head_dim=head_dim,
                        dtype=dtype)
-    kwargs = dict(softcap=extras.get("softcap", 0.0), dropout_p=extras.get("dropout_p", 0.0))
-    if extras.get("alibi"):
-        kwargs["alibi_slopes"] = torch.rand(2, 4, device="cuda") * 0.3
+    kwargs = extras_kwargs(extras, batch=2, nheads=4)
     hopper_serves = head_dim <= 128 or kwargs["dropout_p"] == 0
     assert kernel_family(head_dim, dtype, **kwargs) == f"{'sm90' if hopper_serves else 'sm80'}:hdim{head_dim}"
     poison_allocator_cache((q.shape, q.dtype))

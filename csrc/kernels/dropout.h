@@ -142,21 +142,27 @@ FA_DEVICE void backward_dropout_seed(const FwdParams& params, uint64_t& seed, ui
   offset = static_cast<uint64_t>(params.rng_state[1]);
 }
 
-// The forward's orientation (rows are queries): zeroes the dropped probabilities of a tile whose
-// lane origin is (row0, col0).
-template <class Tile>
-FA_DEVICE void apply_dropout(Tile& p, const Dropout& dropout, int row0, int col0) {
-  auto drop = [&](bool kept, const FragmentIndex& at) {
-    if (at.e >= 0 && !kept) p(at.mt, at.nt, at.e) = 0.f;
+// The forward's orientation (rows are queries): calls drop(at) for each dropped element `at` of a
+// tile whose lane origin is (row0, col0).
+template <class Tile, class Drop>
+FA_DEVICE void for_each_dropped(const Dropout& dropout, int row0, int col0, Drop&& drop) {
+  auto visit = [&](bool kept, const FragmentIndex& at) {
+    if (at.e >= 0 && !kept) drop(at);
   };
   for_each_dropout_word<false, Tile>(
       dropout, [&](int mt) { return Tile::row(row0, mt, 0); }, [&](int nt, int e) { return Tile::col(col0, nt, e); },
       [&](uint32_t keep, FragmentIndex at0, FragmentIndex at1, FragmentIndex at2, FragmentIndex at3) {
-        drop(keep & 1, at0);
-        drop(keep & 2, at1);
-        drop(keep & 4, at2);
-        drop(keep & 8, at3);
+        visit(keep & 1, at0);
+        visit(keep & 2, at1);
+        visit(keep & 4, at2);
+        visit(keep & 8, at3);
       });
+}
+
+// Zeroes the dropped probabilities of a tile whose lane origin is (row0, col0).
+template <class Tile>
+FA_DEVICE void apply_dropout(Tile& p, const Dropout& dropout, int row0, int col0) {
+  for_each_dropped<Tile>(dropout, row0, col0, [&](const FragmentIndex& at) { p(at.mt, at.nt, at.e) = 0.f; });
 }
 
 // apply_dropout on P already packed as k16 A fragments (a_fragment_of: element (0, nt, e) of the
@@ -165,17 +171,9 @@ FA_DEVICE void apply_dropout(Tile& p, const Dropout& dropout, int row0, int col0
 template <class Tile, int kKSteps>
 FA_DEVICE void apply_dropout_packed(uint32_t (&p)[kKSteps][4], const Dropout& dropout, int row0, int col0) {
   static_assert(Tile::kMT == 1 && Tile::kNT == 2 * kKSteps && Tile::kElems == 4, "one strip of k16 fragments");
-  auto drop = [&](bool kept, const FragmentIndex& at) {
-    if (at.e >= 0 && !kept) p[at.nt / 2][2 * (at.nt % 2) + at.e / 2] &= at.e % 2 ? 0x0000ffffu : 0xffff0000u;
-  };
-  for_each_dropout_word<false, Tile>(
-      dropout, [&](int mt) { return Tile::row(row0, mt, 0); }, [&](int nt, int e) { return Tile::col(col0, nt, e); },
-      [&](uint32_t keep, FragmentIndex at0, FragmentIndex at1, FragmentIndex at2, FragmentIndex at3) {
-        drop(keep & 1, at0);
-        drop(keep & 2, at1);
-        drop(keep & 4, at2);
-        drop(keep & 8, at3);
-      });
+  for_each_dropped<Tile>(dropout, row0, col0, [&](const FragmentIndex& at) {
+    p[at.nt / 2][2 * (at.nt % 2) + at.e / 2] &= at.e % 2 ? 0x0000ffffu : 0xffff0000u;
+  });
 }
 
 #endif  // __CUDACC__ || __HIPCC__
