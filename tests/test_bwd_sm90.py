@@ -1,6 +1,8 @@
 """The Hopper (sm_90a, wgmma) backward against the float32 reference and against the portable
-backward on the same inputs. The rest of the suite runs it too wherever it applies (head dims up
-to 128 that round to 64 or 128, softcap, ALiBi and dropout included); here the two paths meet."""
+backward on the same inputs. The rest of the suite runs it too wherever it applies (head dims that
+round to 64, 128 or 256; softcap, ALiBi and dropout up to 128); here the two paths meet. Head dim
+256 (and 200, which rounds to it) runs the column-halves variant: two blocks a key block, dQ
+computed transposed."""
 
 import os
 import subprocess
@@ -88,7 +90,7 @@ def test_hopper_backward_extras_match_reference_and_portable(dtype, head_dim, ca
 
 @pytest.mark.parametrize("seqlen_q, seqlen_k", SEQLENS)
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("head_dim", [40, 64, 96, 128])
+@pytest.mark.parametrize("head_dim", [40, 64, 96, 128, 200, 256])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hopper_backward_matches_reference_and_portable(dtype, head_dim, causal, seqlen_q, seqlen_k):
     q, k, v = make_qkv(batch=2, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads=6, nheads_k=3, head_dim=head_dim,
@@ -97,7 +99,7 @@ def test_hopper_backward_matches_reference_and_portable(dtype, head_dim, causal,
 
 
 @pytest.mark.parametrize("window_size", [(64, 0), (100, 30), (0, 0), (-1, 5)])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_hopper_backward_windows(head_dim, window_size):
     q, k, v = make_qkv(batch=1, seqlen_q=700, seqlen_k=900, nheads=4, nheads_k=2, head_dim=head_dim,
                        dtype=torch.bfloat16)
@@ -107,7 +109,7 @@ def test_hopper_backward_windows(head_dim, window_size):
 
 
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_hopper_backward_varlen(head_dim, causal):
     lengths = [1, 17, 300, 0, 129, 1000]
     cu = cu_seqlens(lengths)
@@ -130,7 +132,7 @@ def test_hopper_backward_varlen(head_dim, causal):
 
 
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_hopper_backward_deterministic(head_dim, causal):
     q, k, v = make_qkv(batch=2, seqlen_q=1000, nheads=8, nheads_k=2, head_dim=head_dim, dtype=torch.bfloat16)
     dout = torch.randn_like(q)
@@ -162,7 +164,7 @@ def test_hopper_backward_broadcast_strides_fall_back(broadcast):
 
 @pytest.mark.sanitizer
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_hopper_backward_sanitizer_subset(head_dim, causal):
     q, k, v = make_qkv(batch=1, seqlen_q=131, seqlen_k=277, nheads=4, nheads_k=2, head_dim=head_dim)
     dout = torch.randn_like(q)

@@ -24,6 +24,13 @@
 // runs on while it does. When deterministic the consumers add dQ with atomics in key-block
 // order behind a semaphore instead.
 //
+// Head dim 256: dK and dV over a warpgroup's 64 keys would hold 256 accumulators a thread, so
+// two blocks share each key block, block part c owning head-dim columns 128 c .. 128 c + 127 of
+// dK, dV and dQ; each computes S^T and dP^T over all 256 (7 units of b h sq sk d of work against
+// 5: 1.4x). Shared memory then allows 32-query blocks, below wgmma's M of 64 for dQ = dS K: the
+// consumers store dS (queries as rows, stmatrix.trans) and compute dQ^T = K^T dS^T, consumer g
+// the 64 columns 128 c + 64 g .., staged transposed (DqStageTransposed).
+//
 // The Has_extras variants add softcap, ALiBi and dropout as the portable backward does
 // (bwd_kernel.h): tanh's derivative scales dS; a dropped score keeps its P for dS (as -P, the
 // sign marking it) and gives 0 to dV's operand, the kept ones P / (1 - p).
@@ -53,23 +60,31 @@ template <class T_, int kHeadDim_>
 struct BwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "dQ's split between the warpgroups assumes these");
-  // Each consumer's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows.
-  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64, kBlockN = 128;
-  // Stages of Q, dO, lse and D: three fit in head dim 128's shared memory, two in 64's.
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "dQ's split between the warpgroups assumes these");
+  // Blocks per key block, each owning kDimCols columns of dK, dV and dQ (head dim 256: two).
+  static constexpr int kDimParts = kHeadDim == 256 ? 2 : 1, kDimCols = kHeadDim / kDimParts;
+  // Each consumer's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows; at 256
+  // it is 64 columns x 32 queries.
+  static constexpr int kBlockM = kHeadDim == 64 ? 128 : kHeadDim == 128 ? 64 : 32, kBlockN = 128;
+  // Stages of Q, dO, lse and D: three fit in head dim 128's shared memory, two in 64's and 256's.
   static constexpr int kStages = kHeadDim == 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64K
   static constexpr bool kDqSplitsRows = kBlockM == 128;
+  // Below 64 queries dQ is computed transposed (dQ^T = K^T dS^T), from dS with queries as rows.
+  static constexpr bool kDqTransposed = kBlockM < 64;
   using QTile = GmmaTile<kBlockM, kHeadDim>;   // Q, dO
   using KVTile = GmmaTile<kBlockN, kHeadDim>;  // K, V
-  using DsTile = GmmaTile<kBlockN, kBlockM>;   // dS^T: rows are keys
+  // dS^T (rows are keys), or with kDqTransposed dS (rows are queries).
+  using DsTile = std::conditional_t<kDqTransposed, GmmaTile<kBlockM, kBlockN>, GmmaTile<kBlockN, kBlockM>>;
   static constexpr uint32_t kQBytes = QTile::kElems * sizeof(T), kKVBytes = KVTile::kElems * sizeof(T);
   static constexpr uint32_t kDsBytes = DsTile::kElems * sizeof(T);
   static constexpr int kTileBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDsBytes;
   // Each consumer's 64 x 64 fp32 dQ piece is staged for the reducer as two 64-row x 32-column
-  // boxes in the 128-byte swizzle (DqStage).
-  static constexpr int kDqFloats = 2 * 64 * 64;
+  // boxes in the 128-byte swizzle (DqStage); a 64 x 32 dQ^T piece as two 32-query boxes.
+  static constexpr int kDqPieceFloats = 64 * (kDqTransposed ? kBlockM : 64);
+  static constexpr int kDqFloats = 2 * kDqPieceFloats;
+  static constexpr int kDqBoxRows = kDqTransposed ? kBlockM : 64;  // dq_accum's TMA box
   static constexpr int kFloats = kDqFloats + 2 * kStages * kBlockM;  // + lse (log2 units), D per stage
   static constexpr int kBarriers = 3 + 3 * kStages;  // K/V full, dQ full, dQ empty; per stage Q, dO full, empty
   static constexpr int kSmemBytes = kTileBytes + kFloats * int(sizeof(float)) + kBarriers * 8;
@@ -77,7 +92,7 @@ struct BwdTraitsSm90 {
 };
 
 // The TMA descriptions of q, k, v, dout and dq_accum (bwd_launch_sm90.h encodes them; boxes of
-// kBlockM rows for q and dout, kBlockN for k and v, 64 for dq_accum).
+// kBlockM rows for q and dout, kBlockN for k and v, kDqBoxRows for dq_accum).
 struct BwdTensorMaps {
   CUtensorMap q, k, v, dout, dq;
 };
@@ -99,7 +114,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   T* sV = sK + KVTile::kElems;
   T* sQ = sV + KVTile::kElems;              // [kStages][QTile::kElems]
   T* sdO = sQ + kStages * QTile::kElems;    // [kStages][QTile::kElems]
-  T* sdSt = sdO + kStages * QTile::kElems;  // [2][DsTile::kElems]
+  T* sdSt = sdO + kStages * QTile::kElems;  // [2][DsTile::kElems]: dS^T, or dS (kDqTransposed)
   float* sdQ = reinterpret_cast<float*>(smem + Traits::kTileBytes);  // [2 consumers][DqStage]
   float* sLse = sdQ + Traits::kDqFloats;                              // [kStages][kBlockM], log2 units
   float* sD = sLse + kStages * kBlockM;                               // [kStages][kBlockM]
@@ -110,7 +125,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   uint64_t* do_full = q_full + kStages;  // [kStages]: dO landed
   uint64_t* empty = do_full + kStages;   // [kStages]: both consumers are done with the stage
 
-  const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+  constexpr bool kDqTransposed = Traits::kDqTransposed;
+  // Block x owns key block x / kDimParts and head-dim columns dim0 .. dim0 + kDimCols - 1.
+  const int n_block = blockIdx.x / Traits::kDimParts, dim0 = blockIdx.x % Traits::kDimParts * Traits::kDimCols;
+  const int head_k = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / kGroupSize, lane = tid % kGroupSize;
   const int warpgroup = warpgroup_index(), group_warp = warp % 4;
   const int key0 = n_block * kBlockN;
@@ -200,8 +218,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         for (int piece = 0; piece < 2; ++piece) {
 #pragma unroll
           for (int box = 0; box < 2; ++box) {
-            tma_reduce_add(&maps.dq, sdQ + piece * 64 * 64 + box * DqStage::kBoxFloats,
-                           (Traits::kDqSplitsRows ? 0 : 64 * piece) + 32 * box,
+            const int box_floats = kDqTransposed ? DqStageTransposed::kBoxFloats : DqStage::kBoxFloats;
+            const int column = kDqTransposed ? dim0 + 64 * piece : Traits::kDqSplitsRows ? 0 : 64 * piece;
+            tma_reduce_add(&maps.dq, sdQ + piece * Traits::kDqPieceFloats + box * box_floats, column + 32 * box,
                            row + (Traits::kDqSplitsRows ? 64 * piece : 0), at.head, batch_index);
           }
         }
@@ -229,9 +248,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
   // This consumer's dQ piece: rows dq_row0 .., columns dq_col0 .. of the query block.
   const int dq_row0 = Traits::kDqSplitsRows ? 64 * consumer : 0;
-  const int dq_col0 = Traits::kDqSplitsRows ? 0 : 64 * consumer;
+  const int dq_col0 = kDqTransposed ? dim0 + 64 * consumer : Traits::kDqSplitsRows ? 0 : 64 * consumer;
+  const int dim_block0 = dim0 / 64;  // the first 64-column block of this block's dK, dV columns
 
-  MmaTile<1, kHeadDim / 8> acc_dk = {}, acc_dv = {};
+  MmaTile<1, Traits::kDimCols / 8> acc_dk = {}, acc_dv = {};
   if (steps > 0) mbarrier_wait(kv_full, 0);
   const bool has_softcap = Has_extras && params.softcap_prescale != 0.f;
   const bool has_dropout = Has_extras && params.has_dropout;
@@ -345,7 +365,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     wgmma_fence_operands(acc_dv.v[0]);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dv.v[0], p[kk], QTile::n_major(do_addr, kk), 1);
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      wgmma_rs<Traits::kDimCols, T>(acc_dv.v[0], p[kk], QTile::n_major(do_addr, kk, dim_block0), 1);
+    }
     wgmma_commit();
     // This thread's D now: its loads run under the products instead of stalling the first dS^T.
     // (The extras variants, short of registers for it, load it where it is used.)
@@ -405,28 +427,41 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         }
       }
     }
-    // dS^T also goes to shared memory for dQ, a k16 A fragment (four 8 x 8 matrices) per stmatrix.
+    // dS^T also goes to shared memory for dQ, a k16 A fragment (four 8 x 8 matrices) per stmatrix
+    // (transposed into dS with kDqTransposed).
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
       a_fragment_of<T>(acc_dp, 0, kk, ds[kk]);
-      DsTile::store_a_fragment(sdS, wg_key0 + 16 * group_warp, kk, lane, ds[kk]);
+      if constexpr (kDqTransposed) {
+        DsTile::store_a_fragment_transposed(sdS, wg_key0 + 16 * group_warp, kk, lane, ds[kk]);
+      } else {
+        DsTile::store_a_fragment(sdS, wg_key0 + 16 * group_warp, kk, lane, ds[kk]);
+      }
     }
     fence_proxy_async_shared();
     named_barrier_sync(1, 256);  // dS^T complete: both consumers' keys
 
-    // dQ (this consumer's 64 x 64 piece) = dS K over the block's keys, then dK += dS^T Q.
-    MmaTile<1, 8> acc_dq;
+    // dQ (this consumer's 64 x 64 piece) = dS K over the block's keys, or its 64 columns x 32
+    // queries as dQ^T = K^T dS^T; then dK += dS^T Q.
+    MmaTile<1, kDqTransposed ? kBlockM / 8 : 8> acc_dq;
     const uint32_t ds_addr = smem_u32(sdS);
     wgmma_fence_operands(acc_dk.v[0]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      wgmma_ss_mn_major<64, T>(acc_dq.v[0], DsTile::n_major(ds_addr, kk, dq_row0 / 64),
-                               KVTile::n_major(k_addr, kk, dq_col0 / 64), kk > 0);
+      if constexpr (kDqTransposed) {
+        wgmma_ss_a_mn_major<kBlockM, T>(acc_dq.v[0], KVTile::n_major(k_addr, kk, dq_col0 / 64),
+                                        DsTile::k_major(ds_addr, 0, kk), kk > 0);
+      } else {
+        wgmma_ss_mn_major<64, T>(acc_dq.v[0], DsTile::n_major(ds_addr, kk, dq_row0 / 64),
+                                 KVTile::n_major(k_addr, kk, dq_col0 / 64), kk > 0);
+      }
     }
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < kBlockM / 16; ++kk) wgmma_rs<kHeadDim, T>(acc_dk.v[0], ds[kk], QTile::n_major(q_addr, kk), 1);
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      wgmma_rs<Traits::kDimCols, T>(acc_dk.v[0], ds[kk], QTile::n_major(q_addr, kk, dim_block0), 1);
+    }
     wgmma_commit();
     wgmma_wait<1>();  // dV and dQ; dK runs on while dQ is handed over
     wgmma_fence_operands(acc_dq.v[0]);
@@ -436,19 +471,38 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (!params.deterministic) {
       // Staged for the reducer (producer thread 64), once it has read the last step's.
       if (step > 0) mbarrier_wait(dq_empty, (step - 1) & 1);
-      DqStage::store(sdQ + consumer * 64 * 64, acc_dq.v[0], group_warp, lane);
+      if constexpr (kDqTransposed) {
+        DqStageTransposed::store(sdQ + consumer * Traits::kDqPieceFloats, acc_dq.v[0], group_warp, lane);
+      } else {
+        DqStage::store(sdQ + consumer * Traits::kDqPieceFloats, acc_dq.v[0], group_warp, lane);
+      }
       fence_proxy_async_shared();
       __syncwarp();
       if (lane == 0) mbarrier_arrive(dq_full);
     } else {
       // Deterministic: atomics in key-block order behind a semaphore.
       auto consumers_sync = [] { named_barrier_sync(2, 256); };
-      int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN>(params, window, batch, head, m_block, n_block,
-                                                              tid == 128, consumers_sync);
+      int* semaphore = dq_semaphore_acquire<kBlockM, kBlockN, Traits::kDimParts>(
+          params, window, batch, head, m_block, n_block, tid == 128, consumers_sync);
       float* dq = params.dq_accum + batch * params.dq_accum_batch_stride +
                   (static_cast<int64_t>(seq.q_start + row0) * params.h + head) * params.d;
       const int64_t dq_row_stride = static_cast<int64_t>(params.h) * params.d;
-      atomic_add_tile(dq, dq_row_stride, acc_dq, dq_row0 + 16 * group_warp, dq_col0, row0, seqlen_q, params.d, lane);
+      if constexpr (kDqTransposed) {
+        // dQ^T's element (column, query): one query a row of dq_accum, so one float an atomic.
+#pragma unroll
+        for (int nt = 0; nt < kBlockM / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int column = dq_col0 + 16 * group_warp + Layout::lane_row(lane) + Layout::kRowSlotStride * (e / 2);
+            const int query = col(nt) + e % 2;
+            if (row0 + query < seqlen_q && column < params.d) {
+              atomicAdd(dq + query * dq_row_stride + column, acc_dq(0, nt, e));
+            }
+          }
+        }
+      } else {
+        atomic_add_tile(dq, dq_row_stride, acc_dq, dq_row0 + 16 * group_warp, dq_col0, row0, seqlen_q, params.d, lane);
+      }
       dq_semaphore_release(semaphore, tid == 128, consumers_sync);
     }
     // dK's product ends inside the step: one in flight across the loop's back edge makes ptxas
@@ -466,11 +520,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int key_base = key0 + wg_key0 + 16 * group_warp;
   store_tile<T>(static_cast<T*>(params.dk) + batch * params.dk_batch_stride + head_k * params.dk_head_stride +
                     seq.k_start * params.dk_row_stride,
-                params.dk_row_stride, acc_dk, key_base, 0,
+                params.dk_row_stride, acc_dk, key_base, dim0,
                 seqlen_k, params.d, params.scale_softmax, lane);
   store_tile<T>(static_cast<T*>(params.dv) + batch * params.dv_batch_stride + head_k * params.dv_head_stride +
                     seq.k_start * params.dv_row_stride,
-                params.dv_row_stride, acc_dv, key_base, 0,
+                params.dv_row_stride, acc_dv, key_base, dim0,
                 seqlen_k, params.d, 1.f, lane);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }

@@ -19,13 +19,14 @@ error_t run_bwd_sm90(const BwdParams& params, stream_t stream) {
       !encode_operand_map<T>(&maps.dout, params, params.dout, true, params.do_batch_stride, params.do_row_stride,
                              params.do_head_stride, Traits::kBlockM) ||
       !encode_operand_map<float>(&maps.dq, params, params.dq_accum, true, params.dq_accum_batch_stride,
-                                 int64_t(params.h) * params.d, params.d, 64)) {
+                                 int64_t(params.h) * params.d, params.d, Traits::kDqBoxRows)) {
     return kInvalidConfig;
   }
   error_t err = run_bwd_preprocess<T, kHeadDim>(params, stream);
   if (err != kSuccess) return err;
 
-  const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, params.h_k, params.b);
+  // kDimParts blocks a key block, adjacent: they read the same K, V, Q and dO at the same time.
+  const dim3 grid((params.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN * Traits::kDimParts, params.h_k, params.b);
   return launch(&flash_bwd_sm90_kernel<Traits, Has_right_edge, Has_extras>, grid, dim3(Traits::kNThreads), Traits::kSmemBytes, stream,
                 params, maps);
 }

@@ -49,15 +49,18 @@ struct BwdStepCursor {
 
 // Deterministic dQ: the key blocks that touch a query block are a contiguous run from the one
 // holding its first row's first key; each adds after those before it. All the threads that add
-// call these; `leader` is one of them, `sync` a barrier among them.
-template <int kBlockM, int kBlockN, bool Has_right_edge, class Sync>
+// call these; `leader` is one of them, `sync` a barrier among them. With kParts blocks a key
+// block (each adding its own columns: the Hopper d256 backward) a key block waits for all the
+// parts of those before it; its own parts add in either order.
+template <int kBlockM, int kBlockN, int kParts = 1, bool Has_right_edge, class Sync>
 FA_DEVICE int* dq_semaphore_acquire(const BwdParams& params, const KeyWindow<Has_right_edge>& window, int batch,
                                     int head, int m_block, int n_block, bool leader, Sync&& sync) {
   const int m_blocks_max = (params.seqlen_q + kBlockM - 1) / kBlockM;  // dq_semaphore's row length
   int* semaphore = params.dq_semaphore + (static_cast<int64_t>(batch) * params.h + head) * m_blocks_max + m_block;
   const int n_block_first = window.begin(m_block * kBlockM) / kBlockN;
   if (leader) {
-    while (atomicAdd(semaphore, 0) != n_block - n_block_first) {}
+    // The count never passes this block's turn before it adds: "<" waits as "!=" would.
+    while (atomicAdd(semaphore, 0) < kParts * (n_block - n_block_first)) {}
   }
   sync();
   __threadfence();

@@ -39,4 +39,26 @@ struct DqStage {
   }
 };
 
+// The d256 backward's hand-over (bwd_kernel_sm90.h): each consumer computes dQ^T, a 64 x 32
+// piece whose rows are 64 head-dim columns and whose columns are the step's 32 queries. It is
+// staged as dq_accum holds it, queries as rows: two boxes of 32 columns, each [32 queries][8
+// chunks of 4 floats] with chunk c of row q at c ^ (q % 8).
+struct DqStageTransposed {
+  static constexpr int kBoxFloats = 32 * 32;
+  // Scalar stores (a lane's adjacent accumulators are adjacent queries, i.e. rows here). Per
+  // store the warp's lanes hit 8 columns (lane / 4: two chunks, four words each) of 4 queries
+  // (lane % 4, all even or all odd): the swizzle sends the 8 chunk pairs to 8 chunks, 32 banks.
+  static FA_DEVICE void store(float* stage, const float (&acc)[4][4], int warp, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int column = 16 * warp + lane / 4 + 8 * (e / 2), query = 8 * nt + 2 * (lane % 4) + e % 2;
+        const int chunk = (column % 32) / 4 ^ query % 8;
+        stage[(column / 32) * kBoxFloats + query * 32 + chunk * 4 + column % 4] = acc[nt][e];
+      }
+    }
+  }
+};
+
 }  // namespace flash

@@ -4,7 +4,7 @@
 // 1024-byte swizzle atom. The hardware applies the XOR to address bits, so tiles start 1024-byte
 // aligned. The same bytes serve as a K-major operand (rows are M or N, the head dim is k: Q, K)
 // and as an N-major one (rows are k, the head dim is N: V, read transposed). The columns need
-// not be a head dim: the backward keeps dS^T (keys x queries) in one too.
+// not be a head dim: the backward keeps dS^T (keys x queries) in one too, the d256 backward dS.
 #pragma once
 
 #include "../mma.h"
@@ -49,6 +49,16 @@ struct GmmaTile {
   static FA_DEVICE void store_a_fragment(T* tile, int row0, int kk, int lane, const uint32_t (&fragment)[4]) {
     const int matrix = lane / 8;
     stmatrix_x4(smem_u32(tile + offset(row0 + 8 * (matrix % 2) + lane % 8, 2 * kk + matrix / 2)), fragment);
+  }
+
+  // Stores the transpose of an A fragment: its rows row0 .. row0 + 15 (a multiple of 8) become
+  // columns, its columns 16 kk .. 16 kk + 15 rows (stmatrix.trans: matrix m = lane / 8 holds
+  // fragment rows 8 (m % 2) .., columns 8 (m / 2) ..; lane l addresses a row of matrix l / 8).
+  template <class T>
+  static FA_DEVICE void store_a_fragment_transposed(T* tile, int row0, int kk, int lane,
+                                                    const uint32_t (&fragment)[4]) {
+    const int matrix = lane / 8;
+    stmatrix_x4_trans(smem_u32(tile + offset(16 * kk + 8 * (matrix / 2) + lane % 8, row0 / 8 + matrix % 2)), fragment);
   }
 
   // A descriptor for the tile plus a byte offset (a multiple of 16): the start address sits in the

@@ -35,6 +35,9 @@ FA_DEVICE void wgmma_rs_k_major(float (&d)[N / 8][4], const uint32_t (&a)[4], ui
 // with its k rows apart (the backward's dQ = dS K reads dS^T and K as stored).
 template <int N, class T>
 FA_DEVICE void wgmma_ss_mn_major(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate);
+// Same with A MN-major and B K-major (the d256 backward's dQ^T = K^T dS^T reads K and dS as stored).
+template <int N, class T>
+FA_DEVICE void wgmma_ss_a_mn_major(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate);
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -130,6 +133,14 @@ FA_DEVICE void stmatrix_x4(uint32_t smem_addr, const uint32_t (&r)[4]) {
                : "memory");
 }
 
+// The same with each 8 x 8 matrix transposed: register i's row lane / 4 becomes column lane / 4
+// of matrix i in memory, whose rows lane l addresses as above.
+FA_DEVICE void stmatrix_x4_trans(uint32_t smem_addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
 // Makes this thread's generic-proxy shared-memory writes (cp.async included) visible to the
 // async proxy that wgmma reads through; a barrier after it publishes them to the warpgroup.
 FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -140,6 +151,7 @@ FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shar
 // predicate are numbered after them. SS: A and B from shared memory, K-major ("0, 0") or
 // MN-major ("1, 1"); RS: A from registers, B N-major ("1") or K-major ("0").
 #define FA_WGMMA_ACC4(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define FA_WGMMA_ACC_32 FA_WGMMA_ACC4(0), FA_WGMMA_ACC4(1), FA_WGMMA_ACC4(2), FA_WGMMA_ACC4(3)
 #define FA_WGMMA_ACC_64 \
   FA_WGMMA_ACC4(0), FA_WGMMA_ACC4(1), FA_WGMMA_ACC4(2), FA_WGMMA_ACC4(3), FA_WGMMA_ACC4(4), \
   FA_WGMMA_ACC4(5), FA_WGMMA_ACC4(6), FA_WGMMA_ACC4(7)
@@ -155,6 +167,7 @@ FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shar
   FA_WGMMA_ACC4(20), FA_WGMMA_ACC4(21), FA_WGMMA_ACC4(22), FA_WGMMA_ACC4(23), FA_WGMMA_ACC4(24), \
   FA_WGMMA_ACC4(25), FA_WGMMA_ACC4(26), FA_WGMMA_ACC4(27), FA_WGMMA_ACC4(28), FA_WGMMA_ACC4(29), \
   FA_WGMMA_ACC4(30), FA_WGMMA_ACC4(31)
+#define FA_WGMMA_REGS_32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define FA_WGMMA_REGS_64 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
   "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
@@ -192,6 +205,11 @@ FA_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shar
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));       \
   }
 
+// m64n32: the d256 backward's S^T and dP^T over 32 queries, and its dQ^T (A MN-major).
+FA_WGMMA_SS(wgmma_ss, 32, half_t, "f16", "0, 0", 16, 17, 18)
+FA_WGMMA_SS(wgmma_ss, 32, bf16_t, "bf16", "0, 0", 16, 17, 18)
+FA_WGMMA_SS(wgmma_ss_a_mn_major, 32, half_t, "f16", "1, 0", 16, 17, 18)
+FA_WGMMA_SS(wgmma_ss_a_mn_major, 32, bf16_t, "bf16", "1, 0", 16, 17, 18)
 // m64n64: the backward's S^T, dP^T (head dim 128) and dQ (MN-major); P V, dV, dK at head dim 64.
 FA_WGMMA_SS(wgmma_ss, 64, half_t, "f16", "0, 0", 32, 33, 34)
 FA_WGMMA_SS(wgmma_ss, 64, bf16_t, "bf16", "0, 0", 32, 33, 34)
@@ -203,7 +221,7 @@ FA_WGMMA_RS(wgmma_rs, 64, bf16_t, "bf16", "1", 32, 33, 34, 35, 36, 37)
 FA_WGMMA_SS(wgmma_ss, 80, half_t, "f16", "0, 0", 40, 41, 42)
 FA_WGMMA_SS(wgmma_ss, 80, bf16_t, "bf16", "0, 0", 40, 41, 42)
 // m64n128: S over 128 keys (Q from shared memory or registers), S^T and dP^T over 128 queries
-// (head dim 64); P V, dV, dK at 128.
+// (head dim 64); P V, dV, dK at 128 (and the d256 backward's column halves).
 FA_WGMMA_SS(wgmma_ss, 128, half_t, "f16", "0, 0", 64, 65, 66)
 FA_WGMMA_SS(wgmma_ss, 128, bf16_t, "bf16", "0, 0", 64, 65, 66)
 FA_WGMMA_RS(wgmma_rs, 128, half_t, "f16", "1", 64, 65, 66, 67, 68, 69)
@@ -219,6 +237,8 @@ FA_WGMMA_RS(wgmma_rs, 256, bf16_t, "bf16", "1", 128, 129, 130, 131, 132, 133)
 
 #undef FA_WGMMA_RS
 #undef FA_WGMMA_SS
+#undef FA_WGMMA_REGS_32
+#undef FA_WGMMA_ACC_32
 #undef FA_WGMMA_REGS_64
 #undef FA_WGMMA_ACC_64
 #undef FA_WGMMA_REGS_80
