@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _dropout
+from . import _dropout, _fp8
 from ._inputs import (
     check_alibi_slopes,
     check_devices,
@@ -62,6 +62,10 @@ def flash_attn_func(
     alibi_slopes=None,
     deterministic=False,
     return_attn_probs=False,
+    *,
+    q_descale=None,
+    k_descale=None,
+    v_descale=None,
 ):
     """Attention over q [b, sq, h, d] and k, v [b, sk, h_k, d] (h % h_k == 0), fp16/bf16 on a GPU.
 
@@ -77,7 +81,12 @@ def flash_attn_func(
     (recomputed in PyTorch: for tests, O(b h sq sk) memory). Differentiable in q, k, v; with
     deterministic=True the backward is bitwise reproducible (a little slower). A head dim that
     is not a multiple of 8 is zero-padded to one (a copy) and out sliced back.
+    float8 q, k, v (e4m3fn or e4m3fnuz, all three) with FlashAttention-3's q_descale, k_descale,
+    v_descale (float32 [b, h_k] or one element; keyword-only): forward only, out in bfloat16,
+    dequantized to bfloat16 first for now (_fp8.py).
     """
+    if _fp8.requested(q, k, v, (q_descale, k_descale, v_descale)):
+        q, k, v = _fp8.dequantize(q, k, v, (q_descale, k_descale, v_descale), batch=_leading_size(q))
     check_qkv(q, k, v)
     head_dim = q.shape[-1]
     scale = resolve_softmax_scale(softmax_scale, head_dim)
@@ -164,6 +173,10 @@ def flash_attn_varlen_func(
     deterministic=False,
     return_attn_probs=False,
     block_table=None,
+    *,
+    q_descale=None,
+    k_descale=None,
+    v_descale=None,
 ):
     """Attention over a batch of sequences of different lengths, packed without padding:
     q [total_q, h, d], k, v [total_k, h_k, d]; sequence b is rows cu_seqlens[b] .. cu_seqlens[b + 1]
@@ -179,7 +192,16 @@ def flash_attn_varlen_func(
     sequence i's cu_seqlens_k[i + 1] - cu_seqlens_k[i] keys are its rows 0, 1, ... : row r in page
     block_table[i, r // page_size]. Forward only, as in flash-attn 2.8: the backward raises. NVIDIA
     only for now (on AMD: NotImplementedError).
+
+    float8 q, k, v with q_descale, k_descale, v_descale: as flash_attn_func (not with block_table).
     """
+    if _fp8.requested(q, k, v, (q_descale, k_descale, v_descale)):
+        if block_table is not None:
+            raise NotImplementedError("float8 q, k, v with block_table (paged K/V) are not supported yet")
+        check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        rows = _fp8.varlen_batch_of_row(cu_seqlens_q, cu_seqlens_k, _leading_size(q), _leading_size(k))
+        q, k, v = _fp8.dequantize(q, k, v, (q_descale, k_descale, v_descale), batch=cu_seqlens_q.shape[0] - 1,
+                                  batch_of_row=rows)
     if block_table is None:
         check_qkv(q, k, v, varlen=True)
         check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
@@ -226,6 +248,11 @@ def flash_attn_varlen_func(
         dmask = _varlen_s_dmask(q, k, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                                 scale, bool(causal), window, softcap, alibi_slopes, head_dim)
     return out, softmax_lse, dmask
+
+
+def _leading_size(t) -> int:
+    """t.shape[0], or 0 for what is not a tensor with dimensions (the checks then name it)."""
+    return t.shape[0] if isinstance(t, torch.Tensor) and t.dim() > 0 else 0
 
 
 def _paged_keys(pages, block_table, cu_seqlens_k):

@@ -1,0 +1,132 @@
+"""float8 q, k, v with FlashAttention-3's descale arguments (flash_attn_rocm/_fp8.py): the
+dequantization against float64 arithmetic and the argument errors on the CPU; the whole call
+against the reference on a GPU. The fp8 matrix-instruction kernels are not written yet: the
+calls dequantize to bfloat16 and run the bfloat16 kernels."""
+
+import pytest
+import torch
+
+from conftest import assert_within_eager_error, attention_ref, requires_gpu
+
+from flash_attn_rocm import _fp8, flash_attn_func, flash_attn_varlen_func
+
+FP8 = [torch.float8_e4m3fn, torch.float8_e4m3fnuz]
+
+
+def fp8_qkv(batch=2, seqlen=37, nheads=6, nheads_k=2, head_dim=64, dtype=torch.float8_e4m3fn, device="cpu",
+            scale=4.0):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(batch, seqlen, nheads, head_dim)] + [(batch, seqlen, nheads_k, head_dim)] * 2
+    return [(torch.randn(s, generator=g) * scale).to(dtype).to(device) for s in shapes]
+
+
+def descales(batch=2, nheads_k=2, device="cpu"):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(batch, nheads_k, generator=g) + 0.05).to(device) for _ in range(3)]
+
+
+def expected(t, descale, nheads_k):
+    """t * descale in float64, a query head taking its kv head's descale; then bfloat16."""
+    x = t.double()
+    if descale is not None:
+        d = descale.double()
+        if d.numel() > 1:
+            d = d.repeat_interleave(t.shape[-2] // nheads_k, dim=1)[:, None, :, None]
+        x = x * d.reshape(()) if d.numel() == 1 else x * d
+    return x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", FP8, ids=["e4m3fn", "e4m3fnuz"])
+@pytest.mark.parametrize("kind", ["per_batch_head", "one_value", "none"])
+def test_dequantize_matches_float64(dtype, kind):
+    q, k, v = fp8_qkv(dtype=dtype)
+    if kind == "per_batch_head":
+        scales = descales()
+    elif kind == "one_value":
+        scales = [torch.tensor([0.37]), torch.tensor(1.5), torch.tensor([[0.01]])]
+    else:
+        scales = [None, None, None]
+    got = _fp8.dequantize(q, k, v, scales, batch=2)
+    for t, d, g in zip((q, k, v), scales, got):
+        assert g.dtype == torch.bfloat16
+        assert torch.equal(g, expected(t, d, nheads_k=2))
+
+
+def test_varlen_dequantize_takes_each_rows_sequence():
+    lengths = [5, 0, 17, 3]
+    cu = torch.tensor([0, 5, 5, 22, 25], dtype=torch.int32)
+    total = sum(lengths)
+    g = torch.Generator().manual_seed(2)
+    q = (torch.randn(total, 4, 32, generator=g) * 3).to(torch.float8_e4m3fn)
+    k = (torch.randn(total, 2, 32, generator=g) * 3).to(torch.float8_e4m3fn)
+    v = (torch.randn(total, 2, 32, generator=g) * 3).to(torch.float8_e4m3fn)
+    scales = descales(batch=4, nheads_k=2)
+    rows = _fp8.varlen_batch_of_row(cu, cu, total, total)
+    got = _fp8.dequantize(q, k, v, scales, batch=4, batch_of_row=rows)
+    for t, d, g in zip((q, k, v), scales, got):
+        for b in range(4):
+            part = slice(cu[b].item(), cu[b + 1].item())
+            assert torch.equal(g[part], expected(t[part][None], d[b:b + 1], nheads_k=2)[0])
+
+
+def call(**overrides):
+    q, k, v = fp8_qkv()
+    kwargs = dict(q=q, k=k, v=v) | overrides
+    return flash_attn_func(**kwargs)
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    (dict(q=torch.zeros(2, 37, 6, 64, dtype=torch.bfloat16)), TypeError, r"\bq\b.*dtype"),
+    (dict(v=torch.zeros(2, 37, 2, 64, dtype=torch.float8_e4m3fnuz)), TypeError, r"\bq\b|\bv\b"),
+    (dict(q_descale=torch.ones(2, 2, dtype=torch.float64)), TypeError, "q_descale.*float32"),
+    (dict(k_descale=torch.ones(2, 6)), ValueError, r"k_descale.*\[2, 2\]"),
+    (dict(v_descale=0.5), TypeError, "v_descale"),
+    (dict(k=torch.zeros(2, 37, 4, 64).to(torch.float8_e4m3fn), v=torch.zeros(2, 37, 4, 64).to(torch.float8_e4m3fn)),
+     ValueError, "divisible"),
+    (dict(q=torch.zeros(37, 6, 64).to(torch.float8_e4m3fn)), ValueError, r"\bq\b"),
+], ids=["bf16-q-among-fp8", "two-fp8-formats", "descale-float64", "descale-shape", "descale-float", "gqa",
+        "q-3d"])
+def test_bad_fp8_arguments_name_themselves(overrides, error, match):
+    with pytest.raises(error, match=match):
+        call(**overrides)
+
+
+def test_descale_without_fp8_is_refused():
+    q = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="k_descale"):
+        flash_attn_func(q, q, q, k_descale=torch.ones(1, 2))
+
+
+def test_fp8_requiring_grad_is_refused():
+    q, k, v = fp8_qkv()
+    with pytest.raises(NotImplementedError, match="fp8 backward"):
+        flash_attn_func(q.requires_grad_(), k, v)
+
+
+def test_fp8_call_reaches_the_device_check():
+    # Past the fp8 layer the usual checks run on the dequantized tensors: on the CPU, the device one.
+    with pytest.raises(ValueError, match="CUDA"):
+        call(q_descale=torch.ones(2, 2))
+
+
+def test_varlen_with_block_table_is_refused():
+    q = torch.zeros(10, 2, 64).to(torch.float8_e4m3fn)
+    cu = torch.tensor([0, 10], dtype=torch.int32)
+    with pytest.raises(NotImplementedError, match="block_table"):
+        flash_attn_varlen_func(q, q, q, cu, cu, 10, 10, block_table=torch.zeros(1, 1, dtype=torch.int32))
+
+
+@requires_gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", FP8, ids=["e4m3fn", "e4m3fnuz"])
+def test_fp8_attention_matches_reference_on_dequantized_values(dtype, causal):
+    """Error against the float32 reference over the dequantized values: the bfloat16 kernels' own
+    (the fp8 rounding of the inputs is the caller's quantization, not counted)."""
+    q, k, v = fp8_qkv(batch=2, seqlen=300, dtype=dtype, device="cuda")
+    scales = descales(device="cuda")
+    out = flash_attn_func(q, k, v, causal=causal, q_descale=scales[0], k_descale=scales[1], v_descale=scales[2])
+    assert out.dtype == torch.bfloat16
+    qd, kd, vd = (expected(t, d, nheads_k=2) for t, d in zip((q, k, v), scales))
+    ref, _ = attention_ref(qd, kd, vd, causal=causal)
+    eager, _ = attention_ref(qd, kd, vd, causal=causal, upcast=False)
+    assert_within_eager_error(out, ref, eager)
