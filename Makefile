@@ -65,7 +65,7 @@ bench: build
 # run here. -O1 keeps the check quick.
 hip-check: amd-toolchains
 	@mkdir -p $(HIP_BUILD)
-	@$(PYTHON) tools/generate_kernels.py --out-dir $(HIP_BUILD)/generated | \
+	@$(PYTHON) tools/generate_kernels.py --amd-fp8 --out-dir $(HIP_BUILD)/generated | \
 		xargs -P $$(nproc) -I{} sh -c 'echo "hipcc $(HIP_ARCHS:%=--offload-arch=%) $$(basename {})" && \
 			$(HIPCC) -x hip -std=c++17 -O1 -Werror $(HIP_ARCHS:%=--offload-arch=%) -I csrc/kernels -c {} \
 			-o $(HIP_BUILD)/$$(basename {} .cu).o' || (echo "hip-check: FAILED"; exit 1)

@@ -55,7 +55,7 @@ def extension():
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "api").glob("*.cpp"))
     arch_flags = rocm_arch_flags() if is_rocm else nvidia_arch_flags()
     sm90 = any("sm_90a" in flag for flag in arch_flags)
-    sources += [str(p.relative_to(ROOT)) for p in generate_kernels.generate(sm90=sm90)]
+    sources += [str(p.relative_to(ROOT)) for p in generate_kernels.generate(sm90=sm90, amd_fp8=is_rocm)]
     device_flags = ["-O3", "-std=c++17"] + arch_flags
     if not is_rocm:
         device_flags += ["-lineinfo", "--expt-relaxed-constexpr"]

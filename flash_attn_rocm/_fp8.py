@@ -1,13 +1,19 @@
 """FP8 inputs (float8_e4m3fn, and float8_e4m3fnuz as MI300 stores it) with FlashAttention-3's
 descale arguments: q_descale, k_descale, v_descale, float32 [batch, nheads_k] (or one value for
-the whole tensor), each multiplying its tensor's values (query head h takes its kv head's).
+the whole tensor), each multiplying its tensor's values (query head h takes its kv head's). The
+result is attention over q * q_descale, k * k_descale, v * v_descale, in bfloat16 as
+FlashAttention-3 returns it. Forward only: fp8 inputs that require gradients are refused, as
+FlashAttention-3 has no fp8 backward either.
 
-For now they are dequantized here into bfloat16 and run the bfloat16 kernels: the result is that
-of attention over q * q_descale, k * k_descale, v * v_descale (every e4m3 value is exact in
-bfloat16; the products are rounded to it once), returned in bfloat16 as FlashAttention-3 does. It
-reads the fp8 tensors once and costs a bfloat16 copy of each: correct, not faster than bfloat16
-inputs. Kernels on the fp8 matrix instructions are issue 24's work. Forward only: fp8 inputs that
-require gradients are refused, as FlashAttention-3 has no fp8 backward either."""
+Two ways to run it:
+- the fp8 kernel (torch.ops.flash_attn_rocm.fwd_fp8, fwd_kernel_amd.h) on AMD gfx942 with
+  float8_e4m3fnuz or gfx950 with float8_e4m3fn -- the formats their fp8 MFMA reads -- for dense
+  calls at head dims that are multiples of 16 up to 128, without softcap, ALiBi or dropout: both
+  products on fp8, P rounded to e4m3 (the error that adds is tested in the emulator: compiled and
+  emulated, not run on AMD hardware);
+- everywhere else, dequantized here into bfloat16 for the bfloat16 kernels (every e4m3 value is
+  exact in bfloat16; the descale products are rounded to it once): correct, not faster than
+  bfloat16 inputs. Kernels on NVIDIA's fp8 instructions are issue 24's work."""
 
 from __future__ import annotations
 
@@ -28,12 +34,10 @@ def requested(q, k, v, descales) -> bool:
     return any(is_fp8(t) for t in (q, k, v)) or any(d is not None for d in descales)
 
 
-def dequantize(q, k, v, descales, *, batch: int, batch_of_row=None, names=("q", "k", "v")):
-    """q, k, v in bfloat16, each times its descale. q, k, v [b, s, heads, d] (dense) or [total, heads,
-    d] with batch_of_row (varlen: a callable giving q's or k's rows' batch indices, int64 on the
-    device, for per-batch descales). Raises TypeError/ValueError naming the argument."""
+def check(q, k, v, descales, *, batch: int, varlen: bool = False, names=("q", "k", "v")) -> None:
+    """Raises TypeError/ValueError/NotImplementedError naming the argument, for fp8 q, k, v [b, s,
+    heads, d] (varlen: [total, heads, d]) and their descales."""
     tensors = (q, k, v)
-    varlen = batch_of_row is not None
     for name, t in zip(names, tensors):
         check_tensor(name, t, 3 if varlen else 4, VARLEN_LAYOUT if varlen else DENSE_LAYOUT)
     check_gqa(q.shape[-2], k.shape[-2], names[0], f"{names[1]} and {names[2]}")
@@ -49,12 +53,23 @@ def dequantize(q, k, v, descales, *, batch: int, batch_of_row=None, names=("q", 
         if t.requires_grad:
             raise NotImplementedError(f"{name} is float8 and requires grad: there is no fp8 backward yet (nor in "
                                       "FlashAttention-3); pass detached tensors, or bfloat16 ones to train")
+    for descale_name, descale in zip(DESCALE_NAMES, descales):
+        if descale is not None:
+            _check_descale(descale_name, descale, batch, k.shape[-2], q.device)
+
+
+def dequantize(q, k, v, descales, *, batch: int, batch_of_row=None, names=("q", "k", "v")):
+    """q, k, v in bfloat16, each times its descale (checked first). q, k, v [b, s, heads, d] (dense)
+    or [total, heads, d] with batch_of_row (varlen: a callable giving q's or k's rows' batch
+    indices, int64 on the device, for per-batch descales)."""
+    varlen = batch_of_row is not None
+    check(q, k, v, descales, batch=batch, varlen=varlen, names=names)
     nheads_k = k.shape[-2]
     out = []
-    for name, t, descale_name, descale in zip(names, tensors, DESCALE_NAMES, descales):
+    for name, t, descale in zip(names, (q, k, v), descales):
         x = t.to(torch.float32)
         if descale is not None:
-            d = _check_descale(descale_name, descale, batch, nheads_k, t.device)
+            d = descale
             heads = t.shape[-2]
             if d.numel() > 1:
                 d = d.repeat_interleave(heads // nheads_k, dim=1)  # [b, heads]: a query head takes its kv head's
@@ -76,6 +91,20 @@ def _check_descale(name: str, d, batch: int, nheads_k: int, device) -> torch.Ten
     if d.device != device:
         raise ValueError(f"{name} must be on the device of the tensor it scales ({device}), got {d.device}")
     return d
+
+
+# The fp8 format each AMD architecture's fp8 MFMA reads (arch/amd_matrix.h).
+NATIVE_FORMAT = {"gfx94": torch.float8_e4m3fnuz, "gfx95": torch.float8_e4m3fn}
+
+
+def runs_natively(q, softcap, alibi_slopes, dropout_p) -> bool:
+    """Whether a checked dense fp8 call can take the fp8 kernel (module docstring)."""
+    if torch.version.hip is None or not q.is_cuda or softcap or alibi_slopes is not None or dropout_p:
+        return False
+    if q.shape[-1] % 16 != 0 or q.shape[-1] > 128:
+        return False
+    arch = torch.cuda.get_device_properties(q.device).gcnArchName
+    return NATIVE_FORMAT.get(arch[:5]) == q.dtype
 
 
 def varlen_batch_of_row(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int):

@@ -20,6 +20,14 @@ def _fwd_fake(q, k, v, softmax_scale, is_causal, window_size_left=-1, window_siz
     return out, softmax_lse, _rng_state_like(q, dropout_p)
 
 
+@torch.library.register_fake("flash_attn_rocm::fwd_fp8")
+def _fwd_fp8_fake(q, k, v, q_descale, k_descale, v_descale, softmax_scale, is_causal, window_size_left=-1,
+                  window_size_right=-1):
+    batch, seqlen_q, nheads, head_dim = q.shape
+    out = q.new_empty((batch, seqlen_q, nheads, head_dim), dtype=torch.bfloat16)
+    return out, q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+
+
 def _rng_state_like(q, dropout_p):
     # (seed, offset) with dropout, nothing without.
     return q.new_empty((2 if dropout_p > 0 else 0,), dtype=torch.int64)

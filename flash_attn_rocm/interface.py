@@ -85,8 +85,12 @@ def flash_attn_func(
     v_descale (float32 [b, h_k] or one element; keyword-only): forward only, out in bfloat16,
     dequantized to bfloat16 first for now (_fp8.py).
     """
-    if _fp8.requested(q, k, v, (q_descale, k_descale, v_descale)):
-        q, k, v = _fp8.dequantize(q, k, v, (q_descale, k_descale, v_descale), batch=_leading_size(q))
+    descales = (q_descale, k_descale, v_descale)
+    if _fp8.requested(q, k, v, descales):
+        _fp8.check(q, k, v, descales, batch=_leading_size(q))
+        if _fp8.runs_natively(q, softcap, alibi_slopes, dropout_p):
+            return _fp8_forward(q, k, v, descales, softmax_scale, causal, window_size, return_attn_probs)
+        q, k, v = _fp8.dequantize(q, k, v, descales, batch=_leading_size(q))
     check_qkv(q, k, v)
     head_dim = q.shape[-1]
     scale = resolve_softmax_scale(softmax_scale, head_dim)
@@ -248,6 +252,15 @@ def flash_attn_varlen_func(
         dmask = _varlen_s_dmask(q, k, rng_state, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                                 scale, bool(causal), window, softcap, alibi_slopes, head_dim)
     return out, softmax_lse, dmask
+
+
+def _fp8_forward(q, k, v, descales, softmax_scale, causal, window_size, return_attn_probs):
+    """flash_attn_func on the fp8 kernel (_fp8.runs_natively): out bf16."""
+    scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
+    window = resolve_window(window_size)
+    check_devices(("q", q), ("k", k), ("v", v), *[(n, d) for n, d in zip(_fp8.DESCALE_NAMES, descales) if d is not None])
+    out, softmax_lse = ops.fwd_fp8(q, k, v, *descales, scale, bool(causal), *window)
+    return (out, softmax_lse, q.new_empty(0)) if return_attn_probs else out
 
 
 def _leading_size(t) -> int:

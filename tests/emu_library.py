@@ -55,7 +55,10 @@ class _Attention(ctypes.Structure):
                 ("rng_state", ctypes.c_void_p), ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p),
                 ("total_q", ctypes.c_int), ("total_k", ctypes.c_int),
                 ("block_table", ctypes.c_void_p), ("block_table_batch_stride", ctypes.c_int64),
-                ("block_table_width", ctypes.c_int), ("num_pages", ctypes.c_int), ("page_size", ctypes.c_int)]
+                ("block_table_width", ctypes.c_int), ("num_pages", ctypes.c_int), ("page_size", ctypes.c_int),
+                ("is_fp8", ctypes.c_int), ("q_descale", ctypes.c_void_p), ("k_descale", ctypes.c_void_p),
+                ("v_descale", ctypes.c_void_p), ("descale_batch_stride", ctypes.c_int64),
+                ("descale_per_head", ctypes.c_int)]
 
 
 class _Backward(ctypes.Structure):
@@ -89,9 +92,13 @@ def _view(t: torch.Tensor | None) -> _Tensor:
     return _Tensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
 
 
-def _check_inputs(*tensors):
+FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+
+
+def _check_inputs(*tensors, fp8=False):
+    dtypes = FP8 if fp8 else (torch.float16, torch.bfloat16)
     for t in tensors:
-        assert t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16), "CPU fp16/bf16 tensors"
+        assert t.device.type == "cpu" and t.dtype in dtypes, f"CPU {dtypes} tensors"
 
 
 class Library:
@@ -180,6 +187,25 @@ class Library:
                             seed, offset, rng_state, (heads * seqlen_q, seqlen_q))
         self.call("fwd", self._lib.fa_emu_fwd, ctypes.byref(a))
         return out, lse, rng_state
+
+    def fwd_fp8(self, q, k, v, q_descale=None, k_descale=None, v_descale=None, causal=False, softmax_scale=None,
+                window_size=(-1, -1)):
+        """The fp8 forward (gfx942: float8_e4m3fnuz, gfx950: float8_e4m3fn): q [b, sq, h, d], k, v
+        [b, sk, h_k, d] with fp32 descales [b, h_k] or of one element -> out (bf16), softmax_lse."""
+        _check_inputs(q, k, v, fp8=True)
+        batch, seqlen_q, heads, _ = q.shape
+        out = torch.empty(q.shape, dtype=torch.bfloat16)
+        lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32)
+        a = self._attention(q, k, v, out, lse, causal, softmax_scale, window_size, 0.0, None, 0.0, 0, 0,
+                            torch.empty(0, dtype=torch.int64), (heads * seqlen_q, seqlen_q))
+        a.is_fp8 = 1
+        given = [d for d in (q_descale, k_descale, v_descale) if d is not None]
+        assert all(d.dtype == torch.float32 and d.is_contiguous() and d.shape == given[0].shape for d in given)
+        a.q_descale, a.k_descale, a.v_descale = (_ptr(d) for d in (q_descale, k_descale, v_descale))
+        if given and given[0].numel() > 1:
+            a.descale_batch_stride, a.descale_per_head = given[0].stride(0), 1
+        self.call("fwd_fp8", self._lib.fa_emu_fwd, ctypes.byref(a))
+        return out, lse
 
     def varlen_fwd(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
                    softmax_scale=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, dropout_p=0.0, seed=0,

@@ -4,7 +4,8 @@ emulator on CPU tensors (compiled and emulated, not run on AMD hardware). Held t
 fp32 reference and 2x criterion: forward, backward, varlen (with empty sequences), GQA, causal and
 window, softcap and ALiBi, dropout (the mask of flash_attn_rocm._dropout), the deterministic
 backward, and the KV cache with pages and splits (varlen over paged K/V: refused, for now);
-tiny odd shapes, fp16 and bf16.
+tiny odd shapes, fp16 and bf16; and the fp8 forward on gfx942/gfx950 against the error that
+rounding P to e4m3 explains.
 
 The AMD kernels run on the target's matrix cores (MFMA on CDNA, WMMA on RDNA: fwd_kernel_amd.h,
 bwd_kernel_amd.h, fwd_kvcache_kernel_amd.h), whose tiles fit every target's LDS; a kernel that
@@ -188,6 +189,77 @@ def test_varlen_fwd_paged_is_refused(emu):
         emu.varlen_fwd(q, k_pages, v_pages, cu_seqlens(q_lens, CPU), cu_seqlens(k_lens, CPU), max(q_lens),
                        max(k_lens), block_table=block_table)
 
+
+
+
+# ---------------------------------------------------------------- fp8 forward (gfx942, gfx950)
+
+FP8_FORMAT = {"gfx942": torch.float8_e4m3fnuz, "gfx950": torch.float8_e4m3fn}  # what their fp8 MFMA reads
+
+
+def fp8_reference(q, k, v, descales, causal, window_size=(-1, -1)):
+    """(exact, simulated): attention over the dequantized inputs in float32, and the same with P
+    rounded to e4m3 the way the kernel feeds it to the second product (P * 128, using the final
+    row max where the kernel uses the running one): the error the fp8 P alone explains."""
+    heads, heads_k = q.shape[2], k.shape[2]
+    qf, kf, vf = (t.float() * d.repeat_interleave(t.shape[2] // heads_k, 1)[:, None, :, None]
+                  for t, d in zip((q, k, v), descales))
+    exact, lse = attention_ref(qf, kf, vf, causal=causal, window_size=window_size)
+    kr, vr = (t.repeat_interleave(heads // heads_k, 2) for t in (kf, vf))
+    scores = torch.einsum("bqhd,bkhd->bhqk", qf, kr) * q.shape[-1] ** -0.5
+    seqlen_q, seqlen_k = q.shape[1], k.shape[1]
+    rows = torch.arange(seqlen_q)[:, None] + seqlen_k - seqlen_q
+    cols = torch.arange(seqlen_k)[None, :]
+    left, right = window_size
+    right = 0 if causal else right
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool)
+    if right >= 0:
+        visible &= cols <= rows + right
+    if left >= 0:
+        visible &= cols >= rows - left
+    scores = scores.masked_fill(~visible, float("-inf"))
+    p = torch.exp(scores - scores.amax(-1, keepdim=True)).nan_to_num(0.0)
+    p_fp8 = (p * 128).to(q.dtype).float() / 128
+    simulated = torch.einsum("bhqk,bkhd->bqhd", p_fp8 / p.sum(-1, keepdim=True).clamp_min(1e-30), vr)
+    return exact, simulated, lse
+
+
+def rms(x):
+    return x.float().pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("window_size", [(-1, -1), (40, 0), (-1, -1, "causal")], ids=["full", "window", "causal"])
+@pytest.mark.parametrize("descale", ["per_batch_head", "per_tensor", "none"])
+@pytest.mark.parametrize("target, head_dim", [pytest.param(t, d, id=f"{t}-d{d}") for t in TARGETS if t in FP8_FORMAT
+                                              for d in (64, 128)])
+def test_fwd_fp8(emu, target, head_dim, descale, window_size):
+    """The fp8 forward on the fp8 MFMA: out within what rounding P to e4m3 explains of the float32
+    reference over the dequantized inputs (RMS within 1.25x of the simulated rounding's, max within
+    1.5x, plus bf16's output rounding), lse as in the other tests (it comes from the fp32 scores); GQA,
+    97 queries against 130 keys (partial tiles), seeded random inputs spanning e4m3's range."""
+    causal = len(window_size) == 3
+    window_size = window_size[:2]
+    fp8 = FP8_FORMAT[target]
+    g = torch.Generator().manual_seed(head_dim)
+    batch, seqlen_q, seqlen_k, heads, heads_k = 2, 97, 130, 4, 2
+    q, k, v = ((torch.randn(batch, s, h, head_dim, generator=g) * 3).to(fp8)
+               for s, h in ((seqlen_q, heads), (seqlen_k, heads_k), (seqlen_k, heads_k)))
+    if descale == "per_batch_head":
+        descales = [torch.rand(batch, heads_k, generator=g) * 0.5 + 0.05 for _ in range(3)]
+    elif descale == "per_tensor":
+        descales = [torch.tensor([0.3]), torch.tensor([0.2]), torch.tensor([1.7])]
+    else:
+        descales = [None] * 3
+    out, lse = emu.fwd_fp8(q, k, v, *descales, causal=causal, window_size=window_size)
+    assert out.dtype == torch.bfloat16
+    ones = torch.ones(batch, heads_k)
+    full = [ones if d is None else d.expand(batch, heads_k) for d in descales]
+    exact, simulated, lse_ref = fp8_reference(q, k, v, full, causal, window_size)
+    out_error, p_error = out.float() - exact, simulated - exact
+    bf16_rounding = 2 ** -8 * exact.abs().max().item()
+    assert rms(out_error) <= 1.25 * rms(p_error) + 2 ** -8 * rms(exact)
+    assert out_error.abs().max().item() <= 1.5 * p_error.abs().max().item() + bf16_rounding
+    check_lse(lse, lse_ref)
 
 # ---------------------------------------------------------------- backward
 

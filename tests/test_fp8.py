@@ -1,10 +1,11 @@
 """float8 q, k, v with FlashAttention-3's descale arguments (flash_attn_rocm/_fp8.py): the
-dequantization against float64 arithmetic and the argument errors on the CPU; the whole call
-against the reference on a GPU. The fp8 matrix-instruction kernels are not written yet: the
-calls dequantize to bfloat16 and run the bfloat16 kernels."""
+dequantization against float64 arithmetic, the argument errors and the fp8 op's fake on the CPU;
+the whole call against the reference on a GPU (NVIDIA: dequantized to bfloat16 for the bfloat16
+kernels). The AMD fp8 kernel is held to its reference in the emulator (test_emu_attention.py)."""
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import assert_within_eager_error, attention_ref, requires_gpu
 
@@ -114,6 +115,20 @@ def test_varlen_with_block_table_is_refused():
     cu = torch.tensor([0, 10], dtype=torch.int32)
     with pytest.raises(NotImplementedError, match="block_table"):
         flash_attn_varlen_func(q, q, q, cu, cu, 10, 10, block_table=torch.zeros(1, 1, dtype=torch.int32))
+
+
+def test_only_amd_fp8_devices_run_the_fp8_kernel():
+    q, _, _ = fp8_qkv()
+    assert not _fp8.runs_natively(q, 0.0, None, 0.0)  # a CPU tensor, and this build is not ROCm's
+
+
+def test_fwd_fp8_fake_gives_a_bf16_out():
+    with FakeTensorMode():
+        q = torch.empty(2, 16, 8, 64, dtype=torch.float8_e4m3fnuz, device="cuda")
+        k = torch.empty(2, 48, 2, 64, dtype=torch.float8_e4m3fnuz, device="cuda")
+        out, lse = torch.ops.flash_attn_rocm.fwd_fp8(q, k, k, None, None, None, 0.125, True)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    assert lse.shape == (2, 8, 16) and lse.dtype == torch.float32
 
 
 @requires_gpu

@@ -124,7 +124,7 @@ def build(target: str, jobs: int | None = None, verbose: bool = False) -> Path:
     try:
         families = generate_kernels.selected_families()
         generated_dir = BUILD_DIR / "generated" / "_".join(f"{d}{t}" for d, t in families)
-        generated = generate_kernels.generate(generated_dir)
+        generated = generate_kernels.generate(generated_dir, amd_fp8=True)
     finally:
         if env_dims is None:
             del os.environ["FLASH_ATTN_ROCM_HEAD_DIMS"]

@@ -27,6 +27,11 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
       "fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool is_causal, int window_size_left=-1, "
       "int window_size_right=-1, float softcap=0.0, Tensor? alibi_slopes=None, float dropout_p=0.0) "
       "-> (Tensor out, Tensor softmax_lse, Tensor rng_state)");
+  // fp8 q, k, v (the device's e4m3) with fp32 descales; out bf16. AMD gfx942/gfx950 only.
+  m.def(
+      "fwd_fp8(Tensor q, Tensor k, Tensor v, Tensor? q_descale, Tensor? k_descale, Tensor? v_descale, "
+      "float softmax_scale, bool is_causal, int window_size_left=-1, int window_size_right=-1) "
+      "-> (Tensor out, Tensor softmax_lse)");
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, float softmax_scale, "
       "bool is_causal, bool deterministic, int window_size_left=-1, int window_size_right=-1, float softcap=0.0, "
@@ -58,6 +63,7 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
 
 TORCH_LIBRARY_IMPL(flash_attn_rocm, CUDA, m) {
   m.impl("fwd", &flash_api::fwd);
+  m.impl("fwd_fp8", &flash_api::fwd_fp8);
   m.impl("bwd", &flash_api::bwd);
   m.impl("varlen_fwd", &flash_api::varlen_fwd);
   m.impl("varlen_bwd", &flash_api::varlen_bwd);

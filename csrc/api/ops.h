@@ -23,6 +23,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& dout, const
                                                    const std::optional<at::Tensor>& alibi_slopes, double dropout_p,
                                                    const std::optional<at::Tensor>& rng_state);
 
+std::tuple<at::Tensor, at::Tensor> fwd_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const std::optional<at::Tensor>& q_descale,
+                                           const std::optional<at::Tensor>& k_descale,
+                                           const std::optional<at::Tensor>& v_descale, double softmax_scale,
+                                           bool is_causal, int64_t window_size_left, int64_t window_size_right);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                           const at::Tensor& cu_seqlens_q,
                                                           const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,

@@ -47,6 +47,12 @@ struct FaEmuAttention {
   const int* block_table;
   int64_t block_table_batch_stride;
   int block_table_width, num_pages, page_size;
+  // fp8 q, k, v (the target's e4m3 bytes; out bf16) and their descales, fp32 [b, h_k] or one
+  // value (descale_batch_stride 0, descale_per_head 0); nullptr: 1.
+  int is_fp8;
+  const float *q_descale, *k_descale, *v_descale;
+  int64_t descale_batch_stride;
+  int descale_per_head;
 };
 
 struct FaEmuBackward {
@@ -72,7 +78,9 @@ struct FaEmuKvCache {
 
 namespace {
 
-flash::DType dtype_of(const FaEmuAttention& a) { return a.is_bf16 ? flash::DType::kBFloat16 : flash::DType::kFloat16; }
+flash::DType dtype_of(const FaEmuAttention& a) {
+  return a.is_fp8 ? flash::DType::kFloat8E4m3 : a.is_bf16 ? flash::DType::kBFloat16 : flash::DType::kFloat16;
+}
 
 // attention_params.h: set_attention_params, set_window_params, set_score_mod_params and the
 // dropout's keep probability. Returns whether the rows have a right edge (Is_causal).
@@ -108,6 +116,9 @@ bool fill_attention(flash::FwdParams& p, const FaEmuAttention& a) {
   }
   p.alibi_slopes = a.alibi_slopes;
   p.alibi_batch_stride = a.alibi_batch_stride;
+  p.q_descale = a.q_descale, p.k_descale = a.k_descale, p.v_descale = a.v_descale;
+  p.descale_batch_stride = a.descale_batch_stride;
+  p.descale_per_head = a.descale_per_head != 0;
 
   p.has_dropout = a.dropout_p > 0;
   if (p.has_dropout) {

@@ -12,7 +12,8 @@
 
 namespace flash {
 
-enum class DType { kFloat16, kBFloat16 };
+// kFloat8E4m3: the AMD fp8 forward's q, k, v (the device's e4m3 format; out is bf16).
+enum class DType { kFloat16, kBFloat16, kFloat8E4m3 };
 
 // Head dims compiled into this build, ascending.
 std::vector<int> compiled_head_dims();

@@ -26,9 +26,11 @@ namespace flash {
 // element: strided, or a page of a KV cache), store() writes LDS as K's tile ([kRows][kStride],
 // row-major) or transposed as V^T's ([kHeadDim][kStride]: element (row, c) at c * kStride + row).
 // Between them the kernel can run the last block's products while the loads are in flight.
-template <int kRows, int kHeadDim, int kNThreads>
+// Elements of 2 bytes (fp16, bf16) or 1 (fp8: head_dim then a multiple of 16).
+template <int kRows, int kHeadDim, int kNThreads, int kElemBytes = 2>
 struct RowChunks {
-  static constexpr int kChunks = kHeadDim / 8, kCopies = kRows * kChunks;
+  static constexpr int kChunkElems = 16 / kElemBytes;
+  static constexpr int kChunks = kHeadDim / kChunkElems, kCopies = kRows * kChunks;
   static constexpr int kPerThread = (kCopies + kNThreads - 1) / kNThreads;
   uint4 chunk[kPerThread];
 
@@ -36,7 +38,7 @@ struct RowChunks {
   FA_DEVICE void load(const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
-      const int idx = tid + i * kNThreads, row = idx / kChunks, c = 8 * (idx % kChunks);
+      const int idx = tid + i * kNThreads, row = idx / kChunks, c = kChunkElems * (idx % kChunks);
       chunk[i] = make_uint4(0, 0, 0, 0);
       if ((kCopies % kNThreads == 0 || idx < kCopies) && row < rows_valid && c < head_dim) {
         chunk[i] = *reinterpret_cast<const uint4*>(row_ptr(row) + c);
@@ -53,7 +55,7 @@ struct RowChunks {
       load([&](int row) { return first + row * row_stride; }, rows_valid, head_dim, tid);
     } else {
       constexpr int kRowStep = kNThreads / kChunks;
-      const int row0 = tid / kChunks, c = 8 * (tid % kChunks);
+      const int row0 = tid / kChunks, c = kChunkElems * (tid % kChunks);
       const T* thread_first = first + (row0 * row_stride + c);
 #pragma unroll
       for (int i = 0; i < kPerThread; ++i) {
@@ -72,9 +74,14 @@ struct RowChunks {
     for (int i = 0; i < kPerThread; ++i) {
       const int idx = tid + i * kNThreads;
       if (kCopies % kNThreads != 0 && idx >= kCopies) break;
-      const int row = idx / kChunks, c = 8 * (idx % kChunks);
+      const int row = idx / kChunks, c = kChunkElems * (idx % kChunks);
       if constexpr (!kTransposed) {
         *reinterpret_cast<uint4*>(lds + row * kStride + c) = chunk[i];
+      } else if constexpr (kElemBytes == 1) {
+        const uint32_t words[4] = {chunk[i].x, chunk[i].y, chunk[i].z, chunk[i].w};
+        uint8_t* out = reinterpret_cast<uint8_t*>(lds) + c * kStride + row;
+#pragma unroll
+        for (int b = 0; b < 16; ++b) out[b * kStride] = static_cast<uint8_t>(words[b / 4] >> (8 * (b % 4)));
       } else {
         const uint32_t words[4] = {chunk[i].x, chunk[i].y, chunk[i].z, chunk[i].w};
         uint16_t* out = reinterpret_cast<uint16_t*>(lds) + c * kStride + row;
@@ -91,12 +98,12 @@ struct RowChunks {
 // A tile straight from global memory into LDS (RowChunks' two halves back to back).
 template <int kRows, int kHeadDim, int kStride, bool kTransposed, int kNThreads, class T, class RowPtr>
 FA_DEVICE void copy_rows_to_lds(T* lds, const RowPtr& row_ptr, int rows_valid, int head_dim, int tid) {
-  RowChunks<kRows, kHeadDim, kNThreads> chunks;
+  RowChunks<kRows, kHeadDim, kNThreads, int(sizeof(T))> chunks;
   chunks.load(row_ptr, rows_valid, head_dim, tid);
   chunks.template store<kStride, kTransposed>(lds, tid);
 }
 
-// One lane's A or B operand of k-step kk from a row of 16-bit values (LDS or global): elements
+// One lane's A or B operand of k-step kk from a row of 16-bit (or fp8) values (LDS or global): elements
 // i .. i + 3 at k = kK kk + k_of(i), which come in runs of four; runs at or past k_limit (the head
 // dim actually present, for rows read from global memory) are zeros.
 template <class Core, class T, class KOf>

@@ -20,6 +20,8 @@
 #include "platform.h"
 #if defined(FA_PLATFORM_CUDA)
 #include "tensor_maps_sm90.h"
+#else
+#include "arch/matrix_core_amd.h"  // amd_device_has_fp8
 #endif
 
 namespace flash {
@@ -135,6 +137,16 @@ error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, s
       find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
   const bool extras = has_extras(params), paged = params.block_table != nullptr;
+  if (dtype == DType::kFloat8E4m3) {
+    // The AMD fp8 forward (its rows exist in AMD builds only): plain variants, contiguous K/V, whole
+    // 16-byte chunks of channels, and a device with the fp8 instructions.
+#if defined(FA_PLATFORM_HIP)
+    if (!amd_device_has_fp8() || extras || paged || params.d % 16 != 0) return kInvalidConfig;
+    return family->portable[has_right_edge][false](params, stream);
+#else
+    return kInvalidConfig;
+#endif
+  }
   if (why_not_hopper(*family, extras, params.has_dropout, paged, &params, nullptr) == nullptr) {
     return family->hopper[has_right_edge][extras](params, stream);
   }

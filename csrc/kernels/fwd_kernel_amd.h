@@ -11,6 +11,10 @@
 // tile each compute S^T over their part of the head dim and add the partners' partial sums through
 // LDS (one more barrier) before the mask; each keeps its part of O's channels. RDNA3's d128
 // extras instantiations load K(n) and V(n) at the block's start instead (kPrefetch, below).
+//
+// fp8 q, k, v (Traits::kFp8; gfx942 and gfx950, plain variants only): both products on the fp8
+// instruction (MatrixCoreFp8), q_descale k_descale folded into the softmax scale, P quantized
+// (times MatrixCoreFp8::kPScale), v_descale / kPScale applied to O at the end; out is bf16.
 #pragma once
 
 #include "attention_amd.h"
@@ -28,13 +32,20 @@
 
 namespace flash {
 
+// An fp8 tensor's descale for (batch, kv head): params.*_descale (nullptr: 1).
+FA_DEVICE float fp8_descale(const float* descale, const FwdParams& params, int batch, int head_k) {
+  return descale == nullptr ? 1.f
+                            : descale[batch * params.descale_batch_stride + (params.descale_per_head ? head_k : 0)];
+}
+
 template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const FwdParams params) {
   // Each device pass compiles the body of its own family only (the launch picks the family from
   // the device at run time).
 #if defined(FA_AMD_DEVICE_FAMILY)
-  if constexpr (Traits::kFamily == FA_AMD_DEVICE_FAMILY) {
+  if constexpr (Traits::kFamily == FA_AMD_DEVICE_FAMILY && (!Traits::kFp8 || FA_AMD_DEVICE_HAS_FP8)) {
     using T = typename Traits::T;
+    using OutT = typename Traits::OutT;
     using Wave = AmdQueryTile<Traits>;
     using Layout = typename Wave::Layout;
     constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
@@ -70,6 +81,11 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     [[maybe_unused]] const ScoreMod score_mod(params, batch, head, seq.seqlen_q, seq.seqlen_k);
     const int n_block_begin = window.n_block_begin(row_begin, kBlockN);
     const int n_block_end = window.n_block_end(row_begin + kBlockM, kBlockN);
+    // fp8: the scores of q and k as stored, times q_descale k_descale, are the logits' inputs.
+    [[maybe_unused]] float qk_descale = 1.f;
+    if constexpr (Traits::kFp8) {
+      qk_descale = fp8_descale(params.q_descale, params, batch, head_k) * fp8_descale(params.k_descale, params, batch, head_k);
+    }
 
     // Waves wave / kDSplit share their query rows; wave % kDSplit names the part of the head dim.
     Wave tile(lane, wave / kDSplit * Traits::kRowsPerWave, wave % kDSplit);
@@ -81,7 +97,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     const int thread_row0 = row_begin + tile.wave_row0 + Layout::lane_row(lane);  // row of the lane's element 0
 
     // K(n) and V(n) travel through registers: their loads are issued before block n + 1's products.
-    RowChunks<kBlockN, kHeadDim, kNThreads> k_next, v_next;
+    RowChunks<kBlockN, kHeadDim, kNThreads, int(sizeof(T))> k_next, v_next;
     auto load_next = [&](const FwdParams& p, int n) {
       const int keys_valid = min(kBlockN, seq.seqlen_k - n * kBlockN);
       const T* k_block = k + n * kBlockN * p.k_row_stride;
@@ -142,7 +158,11 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
       if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
         apply_key_window(acc_s, window, thread_row0, col0);
       }
-      tile.softmax.update(acc_s, tile.acc_o, block_params.scale_softmax_log2);
+      if constexpr (Traits::kFp8) {
+        tile.softmax.update(acc_s, tile.acc_o, block_params.scale_softmax_log2 * qk_descale);
+      } else {
+        tile.softmax.update(acc_s, tile.acc_o, block_params.scale_softmax_log2);
+      }
       if constexpr (Has_extras) {
         if (block_params.has_dropout) {
           // The seed opaque too: its 20 Philox round keys are then computed here, not held.
@@ -157,15 +177,20 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     // held in SGPRs across the loop.
     const FwdParams late = amd::reload_params(params);
     float lse[Wave::OTile::kRows];
-    tile.softmax.finalize(tile.acc_o, late.logit_scale, lse, Has_extras && late.has_dropout ? late.rp_keep : 1.f);
+    if constexpr (Traits::kFp8) {
+      const float o_scale = fp8_descale(late.v_descale, late, batch, head_k) / Wave::Core::kPScale;
+      tile.softmax.finalize(tile.acc_o, late.logit_scale * qk_descale, lse, o_scale);
+    } else {
+      tile.softmax.finalize(tile.acc_o, late.logit_scale, lse, Has_extras && late.has_dropout ? late.rp_keep : 1.f);
+    }
     if constexpr (kDSplit == 1) {
-      store_output<T>(late, seq, batch, head, thread_row0, lane, tile.acc_o, lse);
+      store_output<OutT>(late, seq, batch, head, thread_row0, lane, tile.acc_o, lse);
     } else {
       // Each wave its channels of O; the first of a query tile's waves its rows' lse.
       const int tile_row0 = row_begin + tile.wave_row0;
-      T* o = static_cast<T*>(late.o) + batch * late.o_batch_stride + head * late.o_head_stride +
-             seq.q_start * late.o_row_stride;
-      store_tile<T>(o, late.o_row_stride, tile.acc_o, tile_row0, tile.channel0(), seq.seqlen_q, late.d, 1.f, lane);
+      OutT* o = static_cast<OutT*>(late.o) + batch * late.o_batch_stride + head * late.o_head_stride +
+                seq.q_start * late.o_row_stride;
+      store_tile<OutT>(o, late.o_row_stride, tile.acc_o, tile_row0, tile.channel0(), seq.seqlen_q, late.d, 1.f, lane);
       if (tile.part == 0) {
         store_row_values<typename Wave::OTile>(late.softmax_lse + seq.lse_index(late, batch, head, 0), lse,
                                                tile_row0, seq.seqlen_q, lane);

@@ -39,6 +39,15 @@ struct FwdParams {
   const float* __restrict__ alibi_slopes;
   int64_t alibi_batch_stride;
 
+  // fp8 q, k, v (DType::kFloat8E4m3, the AMD fp8 forward): their values times these fp32 factors
+  // are the attention's inputs, one per (batch, kv head) at b * descale_batch_stride + h_k
+  // (descale_batch_stride h_k) or one per tensor (stride 0, and head 0 read); nullptr: 1.
+  const float* __restrict__ q_descale;
+  const float* __restrict__ k_descale;
+  const float* __restrict__ v_descale;
+  int64_t descale_batch_stride;
+  bool descale_per_head;
+
   // Dropout (dropout.h): a score is kept when its Philox draw is below keep_threshold, i.e. with
   // probability 1 - dropout_p, and kept scores are scaled by rp_keep = 1 / (1 - dropout_p).
   bool has_dropout;

@@ -53,6 +53,12 @@ inline error_t set_max_dynamic_smem(const void* kernel, int bytes) {
 }
 #endif
 
+// An fp8 (e4m3) element as the AMD matrix cores read it: e4m3fnuz (bias 8) on gfx942, OCP's
+// e4m3fn (bias 7) on gfx950 (arch/amd_matrix.h). Only the AMD fp8 forward takes it.
+struct fp8_e4m3_t {
+  uint8_t bits;
+};
+
 // The kernels are written for 32-lane groups (the NVIDIA fragment layouts). On a 64-lane
 // wavefront each half acts as one such group: shuffles pass an explicit width of 32.
 inline constexpr int kGroupSize = 32;

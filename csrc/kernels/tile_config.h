@@ -3,6 +3,8 @@
 // needs a reduction across warps. Numbers and their measurements: benchmarks/NOTES.md.
 #pragma once
 
+#include <type_traits>
+
 #include "platform.h"
 
 namespace flash {
@@ -113,6 +115,9 @@ struct KvCacheTileAmd<AmdFamily::kRdna4, kHeadDim> : KvCacheTileAmd<AmdFamily::k
 template <class T_, AmdFamily kFamily_, int kHeadDim_, class Tile_ = FwdTileAmd<kFamily_, kHeadDim_>>
 struct AmdTraits {
   using T = T_;
+  // fp8 q, k, v (the CDNA3/4 fp8 forward) give a bf16 output; otherwise out has the inputs' type.
+  static constexpr bool kFp8 = std::is_same_v<T, fp8_e4m3_t>;
+  using OutT = std::conditional_t<kFp8, bf16_t, T>;
   static constexpr AmdFamily kFamily = kFamily_;
   static constexpr int kHeadDim = kHeadDim_;
   using Tile = Tile_;

@@ -31,6 +31,9 @@ template <int N> struct OperandOf<half_t, N> {
 template <int N> struct OperandOf<bf16_t, N> {
   typedef short type __attribute__((ext_vector_type(N)));
 };
+template <int N> struct OperandOf<fp8_e4m3_t, N> {
+  typedef unsigned char type __attribute__((ext_vector_type(N)));
+};
 template <class T, int N> using Operand = typename OperandOf<T, N>::type;
 
 typedef float floatx4 __attribute__((ext_vector_type(4)));
@@ -112,7 +115,30 @@ FA_DEVICE floatx4 mfma_16x16x32_fp8(long a, long b, floatx4 c) {
   return __builtin_amdgcn_mfma_f32_16x16x32_fp8_fp8(a, b, c, 0, 0, 0);
 #endif
 }
+
 #endif  // CDNA3+ fp8
+
+// x (finite, >= 0) as the target's e4m3 byte, rounded to nearest even and saturated at its
+// largest value: e4m3fnuz (bias 8, 240) on gfx942, OCP e4m3fn (bias 7, 448) on gfx950 -- the
+// formats the fp8 instructions read there. For P (fwd_kernel_amd.h's fp8 forward).
+FA_DEVICE unsigned char fp8_e4m3_of(float x) {
+#if defined(__gfx950__)
+  constexpr int kBias = 7;
+  constexpr float kMax = 448.f;
+#else
+  constexpr int kBias = 8;
+  constexpr float kMax = 240.f;
+#endif
+  x = fminf(x, kMax);
+  if (!(x > 0.f)) return 0;
+  int e;
+  const float m = frexpf(x, &e);  // x = m 2^e, m in [0.5, 1)
+  int field = e - 1 + kBias;
+  if (field < 1) return static_cast<unsigned char>(rintf(ldexpf(x, kBias + 2)));  // subnormal: 2^(-kBias - 2) units
+  int mantissa = static_cast<int>(rintf((2.f * m - 1.f) * 8.f));
+  if (mantissa == 8) mantissa = 0, ++field;
+  return static_cast<unsigned char>(field << 3 | mantissa);
+}
 
 #if defined(__gfx950__)
 template <class T> FA_DEVICE floatx16 mfma_32x32x16(Operand<T, 8> a, Operand<T, 8> b, floatx16 c);

@@ -38,17 +38,31 @@ FA_DEVICE auto operand_value(float x) {
   else return static_cast<short>(float_to_bf16_bits(x));
 }
 
-// Elements i .. i + 3 of an operand from four adjacent 16-bit values at p (8-byte aligned): the
-// operands' k (operand_k) and keys (p_key) come in runs of four on every family.
+// Elements i .. i + 3 of an operand from four adjacent 16-bit values at p (8-byte aligned), or
+// fp8 ones (4-byte aligned): the operands' k (operand_k) and keys (p_key) come in runs of four on
+// every family.
 template <class Operand, class T>
 FA_DEVICE void load_operand_run(Operand& op, int i, const T* p) {
-  const uint2 w = *reinterpret_cast<const uint2*>(p);
-  using Element = std::remove_reference_t<decltype(op[0])>;
-  op[i] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.x & 0xffffu));
-  op[i + 1] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.x >> 16));
-  op[i + 2] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.y & 0xffffu));
-  op[i + 3] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.y >> 16));
+  if constexpr (sizeof(T) == 1) {
+    const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) op[i + j] = static_cast<unsigned char>(w >> (8 * j));
+  } else {
+    const uint2 w = *reinterpret_cast<const uint2*>(p);
+    using Element = std::remove_reference_t<decltype(op[0])>;
+    op[i] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.x & 0xffffu));
+    op[i + 1] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.x >> 16));
+    op[i + 2] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.y & 0xffffu));
+    op[i + 3] = __builtin_bit_cast(Element, static_cast<unsigned short>(w.y >> 16));
+  }
 }
+
+// FA_AMD_DEVICE_HAS_FP8: the device pass has the fp8 instructions (arch/amd_matrix.h).
+#if defined(__gfx942__) || defined(__gfx950__)
+#define FA_AMD_DEVICE_HAS_FP8 true
+#else
+#define FA_AMD_DEVICE_HAS_FP8 false
+#endif
 
 #if defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
 #define FA_AMD_DEVICE_FAMILY ::flash::AmdFamily::kCdna
@@ -176,6 +190,39 @@ struct MatrixCore<AmdFamily::kRdna4, T> {
   static FA_DEVICE int p_key(int lane, int i) { return 8 * (lane / 16) + i; }
 };
 
+// The fp8 forward's instruction, v_mfma_f32_32x32x16_fp8_fp8 (gfx942, gfx950): the operand layout
+// of CDNA4's 32x32x16 16-bit one with one-byte elements (A[m][k] in lane m + 32 (k / 8), byte
+// k % 8; D as 32x32x8's), so P^T's operand comes from S^T's accumulators the same way, keys
+// permuted. P in [0, 1] goes in as fp8(P kPScale): the normal range of e4m3 (2^-6 .. 240 on
+// gfx942) rather than its subnormals, which would hold the small probabilities to one or two
+// bits; the forward divides the factor back out of O.
+struct MatrixCoreFp8 {
+  using Layout = CdnaAccLayout;
+  static constexpr int kM = 32, kN = 32, kK = 16, kOperandElems = 8;
+  using Operand = amd::Operand<fp8_e4m3_t, kOperandElems>;
+  using Accumulator = amd::floatx16;
+  static constexpr float kPScale = 128.f;
+
+  static FA_DEVICE int operand_k(int lane, int i) { return 8 * (lane / 32) + i; }
+
+#if defined(__gfx942__) || defined(__gfx950__)
+  static FA_DEVICE Accumulator mma(Operand a, Operand b, Accumulator c) {
+    return amd::mfma_32x32x16_fp8(__builtin_bit_cast(long, a), __builtin_bit_cast(long, b), c);
+  }
+#endif
+
+  template <class Tile>
+  static FA_DEVICE Operand p_operand(const Tile& p, int mt, int s, int) {
+    Operand b;
+#pragma unroll
+    for (int i = 0; i < kOperandElems; ++i) b[i] = amd::fp8_e4m3_of(p(mt, s / 2, 8 * (s % 2) + i) * kPScale);
+    return b;
+  }
+  static FA_DEVICE int p_key(int lane, int i) { return 8 * (i / 4) + 4 * (lane / 32) + i % 4; }
+};
+template <> struct MatrixCore<AmdFamily::kCdna, fp8_e4m3_t> : MatrixCoreFp8 {};
+template <> struct MatrixCore<AmdFamily::kCdna4, fp8_e4m3_t> : MatrixCoreFp8 {};
+
 // The matrix-core family of the current device (under the emulator: of its target), which picks
 // the kernels' instantiation at run time; a fat binary holds each family's code for its targets.
 inline AmdFamily current_amd_family() {
@@ -203,6 +250,19 @@ inline AmdFamily current_amd_family() {
     known[device] = true;
   }
   return families[device];
+#endif
+}
+
+// Whether the current device has the fp8 matrix instructions (gfx94x, gfx95x: the fp8 forward).
+inline bool amd_device_has_fp8() {
+#if defined(FA_PLATFORM_EMU)
+  return FA_AMD_DEVICE_HAS_FP8;
+#else
+  int device = 0;
+  hipDeviceProp_t prop;
+  if (hipGetDevice(&device) != hipSuccess || hipGetDeviceProperties(&prop, device) != hipSuccess) return false;
+  const char* arch = prop.gcnArchName;
+  return arch[0] == 'g' && arch[1] == 'f' && arch[2] == 'x' && arch[3] == '9' && (arch[4] == '4' || arch[4] == '5');
 #endif
 }
 
