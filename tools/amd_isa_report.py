@@ -131,9 +131,11 @@ class Hardware:
     clock_ghz: float
     matrix: dict = field(repr=False)
 
-    def peak_tflops(self) -> float:
-        """Dense fp16 peak: the fastest fp16 matrix instruction on every SIMD every cycle."""
-        rate = max(op.flops / op.cycles for name, op in self.matrix.items() if "f16" in name and "bf16" not in name)
+    def peak_tflops(self, dtype: str = "fp16") -> float:
+        """Dense fp16 peak: the fastest fp16 matrix instruction on every SIMD every cycle (dtype
+        "fp8": the fastest fp8 one the cycle model knows)."""
+        wanted = (lambda name: "fp8" in name) if dtype == "fp8" else (lambda name: "f16" in name and "bf16" not in name)
+        rate = max(op.flops / op.cycles for name, op in self.matrix.items() if wanted(name))
         return rate * self.simds_per_cu * self.compute_units * self.clock_ghz / 1e3
 
 
@@ -857,7 +859,8 @@ def markdown(results: dict[str, TargetResult]) -> str:
         busy, tflops = "-", "-"
         if r.name.matrix_product:
             busy = f"{est.matrix_busy:.0%}" if est else "n/a"
-            tflops = f"{est.tflops:.0f} / {r.hardware.peak_tflops():.0f}" if est else "n/a"
+            peak = r.hardware.peak_tflops("fp8" if r.name.dtype == "fp8" else "fp16")
+            tflops = f"{est.tflops:.0f} / {peak:.0f}" if est else "n/a"
         lds = f"{format_kib(r.static_lds)}+{format_kib(r.dynamic_lds)}"
         lines.append(
             f"| {r.name.short} | {r.target} | {r.vgprs} | {r.agprs} | {r.sgprs} | {r.vgpr_spills}/{r.sgpr_spills} "
@@ -896,7 +899,8 @@ part against the compiler's own figure).
 instruction's cycles; every instruction takes one issue slot (4 cycles on CDNA, 1 on RDNA) and
 issue overlaps matrix work perfectly, so an iteration takes max(matrix cycles, issue cycles).
 Matrix busy = matrix cycles / iteration cycles; TFLOP/s = loop flops / iteration cycles on every
-SIMD of the chip, against the chip's dense fp16 peak.
+SIMD of the chip, against the chip's dense fp16 peak (fp8 kernels: the dense peak of the fp8
+instruction they run, v_mfma_f32_32x32x16_fp8_fp8, by the same cycle model).
 
 | target | toolchain | chip | CUs x SIMDs | clock | dense fp16 peak | LDS limit (workgroup / CU) | registers |
 |---|---|---|---|---|---|---|---|

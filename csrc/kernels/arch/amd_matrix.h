@@ -140,6 +140,19 @@ FA_DEVICE unsigned char fp8_e4m3_of(float x) {
   return static_cast<unsigned char>(field << 3 | mantissa);
 }
 
+// Four values (each as fp8_e4m3_of takes them) as the bytes of one word, a in the lowest. On the
+// fp8 targets two v_cvt_pk_fp8_f32 (the same rounding, in the same format); the emulator, which
+// cannot see that line, runs fp8_e4m3_of.
+FA_DEVICE uint32_t fp8x4_e4m3_of(float a, float b, float c, float d) {
+#if (defined(__gfx942__) || defined(__gfx950__)) && !defined(FA_PLATFORM_EMU)
+  const int low = __builtin_amdgcn_cvt_pk_fp8_f32(a, b, 0, false);
+  return static_cast<uint32_t>(__builtin_amdgcn_cvt_pk_fp8_f32(c, d, low, true));
+#else
+  return uint32_t(fp8_e4m3_of(a)) | uint32_t(fp8_e4m3_of(b)) << 8 | uint32_t(fp8_e4m3_of(c)) << 16 |
+         uint32_t(fp8_e4m3_of(d)) << 24;
+#endif
+}
+
 #if defined(__gfx950__)
 template <class T> FA_DEVICE floatx16 mfma_32x32x16(Operand<T, 8> a, Operand<T, 8> b, floatx16 c);
 template <class T> FA_DEVICE floatx4 mfma_16x16x32(Operand<T, 8> a, Operand<T, 8> b, floatx4 c);

@@ -213,10 +213,13 @@ struct MatrixCoreFp8 {
 
   template <class Tile>
   static FA_DEVICE Operand p_operand(const Tile& p, int mt, int s, int) {
-    Operand b;
-#pragma unroll
-    for (int i = 0; i < kOperandElems; ++i) b[i] = amd::fp8_e4m3_of(p(mt, s / 2, 8 * (s % 2) + i) * kPScale);
-    return b;
+    auto word = [&](int e) {  // registers e .. e + 3 of tile s / 2
+      return amd::fp8x4_e4m3_of(p(mt, s / 2, e) * kPScale, p(mt, s / 2, e + 1) * kPScale,
+                                p(mt, s / 2, e + 2) * kPScale, p(mt, s / 2, e + 3) * kPScale);
+    };
+    typedef uint32_t Words __attribute__((ext_vector_type(2)));
+    const Words words = {word(8 * (s % 2)), word(8 * (s % 2) + 4)};
+    return __builtin_bit_cast(Operand, words);
   }
   static FA_DEVICE int p_key(int lane, int i) { return 8 * (i / 4) + 4 * (lane / 32) + i % 4; }
 };
