@@ -6,14 +6,14 @@ FlashAttention-3 returns it. Forward only: fp8 inputs that require gradients are
 FlashAttention-3 has no fp8 backward either.
 
 Two ways to run it:
-- the fp8 kernel (torch.ops.flash_attn_rocm.fwd_fp8, fwd_kernel_amd.h) on AMD gfx942 with
-  float8_e4m3fnuz or gfx950 with float8_e4m3fn -- the formats their fp8 MFMA reads -- for dense
-  calls at head dims that are multiples of 16 up to 128, without softcap, ALiBi or dropout: both
-  products on fp8, P rounded to e4m3 (the error that adds is tested in the emulator: compiled and
-  emulated, not run on AMD hardware);
+- an fp8 kernel (torch.ops.flash_attn_rocm.fwd_fp8) for dense calls at head dims that are
+  multiples of 16 up to 128, without softcap, ALiBi or dropout, in the format the device's fp8
+  instructions read: on AMD gfx942 float8_e4m3fnuz, on gfx950 float8_e4m3fn (fwd_kernel_amd.h:
+  compiled and emulated, not run on AMD hardware), on Hopper float8_e4m3fn (fwd_kernel_sm90.h).
+  Both products on fp8, P rounded to e4m3;
 - everywhere else, dequantized here into bfloat16 for the bfloat16 kernels (every e4m3 value is
   exact in bfloat16; the descale products are rounded to it once): correct, not faster than
-  bfloat16 inputs. Kernels on NVIDIA's fp8 instructions are issue 24's work."""
+  bfloat16 inputs."""
 
 from __future__ import annotations
 
@@ -93,18 +93,24 @@ def _check_descale(name: str, d, batch: int, nheads_k: int, device) -> torch.Ten
     return d
 
 
-# The fp8 format each AMD architecture's fp8 MFMA reads (arch/amd_matrix.h).
+# The fp8 format each AMD architecture's fp8 MFMA reads (arch/amd_matrix.h); NVIDIA's is OCP's.
 NATIVE_FORMAT = {"gfx94": torch.float8_e4m3fnuz, "gfx95": torch.float8_e4m3fn}
+
+
+def native_format(device) -> torch.dtype:
+    if torch.version.hip is None:
+        return torch.float8_e4m3fn
+    return NATIVE_FORMAT.get(torch.cuda.get_device_properties(device).gcnArchName[:5])
 
 
 def runs_natively(q, softcap, alibi_slopes, dropout_p) -> bool:
     """Whether a checked dense fp8 call can take the fp8 kernel (module docstring)."""
-    if torch.version.hip is None or not q.is_cuda or softcap or alibi_slopes is not None or dropout_p:
+    if not q.is_cuda or softcap or alibi_slopes is not None or dropout_p:
         return False
-    if q.shape[-1] % 16 != 0 or q.shape[-1] > 128:
+    if q.shape[-1] % 16 != 0 or q.shape[-1] > 128 or native_format(q.device) != q.dtype:
         return False
-    arch = torch.cuda.get_device_properties(q.device).gcnArchName
-    return NATIVE_FORMAT.get(arch[:5]) == q.dtype
+    with torch.cuda.device(q.device):
+        return bool(torch.ops.flash_attn_rocm.fp8_forward_available(q.shape[-1]))
 
 
 def varlen_batch_of_row(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int):

@@ -289,6 +289,50 @@ STRIDED_LAYOUTS = pytest.mark.parametrize("layout", [packed_qkv, packed_kv, head
                                           ids=lambda f: f.__name__)
 
 
+# ---------------------------------------------------------------- fp8
+
+
+def fp8_attention_reference(q, k, v, descales, causal, window_size=(-1, -1)):
+    """(exact, simulated, lse): attention over the dequantized inputs (descales [b, h_k]) in float32,
+    and the same with P rounded to e4m3 the way the fp8 kernels feed it to the second product
+    (P * 128, using the final row max where the kernels use the running one): the error the fp8 P
+    alone explains."""
+    heads, heads_k = q.shape[2], k.shape[2]
+    qf, kf, vf = (t.float() * d.to(t.device).repeat_interleave(t.shape[2] // heads_k, 1)[:, None, :, None]
+                  for t, d in zip((q, k, v), descales))
+    exact, lse = attention_ref(qf, kf, vf, causal=causal, window_size=window_size)
+    kr, vr = (t.repeat_interleave(heads // heads_k, 2) for t in (kf, vf))
+    scores = torch.einsum("bqhd,bkhd->bhqk", qf, kr) * q.shape[-1] ** -0.5
+    seqlen_q, seqlen_k = q.shape[1], k.shape[1]
+    rows = torch.arange(seqlen_q, device=q.device)[:, None] + seqlen_k - seqlen_q
+    cols = torch.arange(seqlen_k, device=q.device)[None, :]
+    left, right = window_size
+    right = 0 if causal else right
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=q.device)
+    if right >= 0:
+        visible &= cols <= rows + right
+    if left >= 0:
+        visible &= cols >= rows - left
+    scores = scores.masked_fill(~visible, float("-inf"))
+    p = torch.exp(scores - scores.amax(-1, keepdim=True)).nan_to_num(0.0)
+    p_fp8 = (p * 128).to(q.dtype).float() / 128
+    simulated = torch.einsum("bhqk,bkhd->bqhd", p_fp8 / p.sum(-1, keepdim=True).clamp_min(1e-30), vr)
+    return exact, simulated, lse
+
+
+def _rms(x):
+    return x.float().pow(2).mean().sqrt().item()
+
+
+def assert_within_fp8_error(out, exact, simulated):
+    """An fp8 forward's out against fp8_attention_reference: RMS within 1.25x and max within 1.5x
+    of the error rounding P to e4m3 explains, plus bf16's rounding of the output."""
+    out_error, p_error = out.float() - exact, simulated - exact
+    assert _rms(out_error) <= 1.25 * _rms(p_error) + 2 ** -8 * _rms(exact), (_rms(out_error), _rms(p_error))
+    assert out_error.abs().max().item() <= 1.5 * p_error.abs().max().item() + 2 ** -8 * exact.abs().max().item(), (
+        out_error.abs().max().item(), p_error.abs().max().item())
+
+
 # ---------------------------------------------------------------- models
 
 

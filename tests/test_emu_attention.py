@@ -16,7 +16,8 @@ could not launch somewhere would be listed, by kernel and target, in emu_targets
 import pytest
 import torch
 
-from conftest import DTYPES, assert_within_eager_error, attention_ref, cu_seqlens, fully_masked_rows
+from conftest import (DTYPES, assert_within_eager_error, assert_within_fp8_error, attention_ref, cu_seqlens,
+                      fp8_attention_reference, fully_masked_rows)
 from emu_library import LaunchRefused
 from emu_targets import (REPLACED_BY_ISSUE_21, TARGET_LDS, TARGETS, dropout_module, emu,  # noqa: F401 (emu: a fixture)
                          target_head_dim_params, target_params)
@@ -197,37 +198,6 @@ def test_varlen_fwd_paged_is_refused(emu):
 FP8_FORMAT = {"gfx942": torch.float8_e4m3fnuz, "gfx950": torch.float8_e4m3fn}  # what their fp8 MFMA reads
 
 
-def fp8_reference(q, k, v, descales, causal, window_size=(-1, -1)):
-    """(exact, simulated): attention over the dequantized inputs in float32, and the same with P
-    rounded to e4m3 the way the kernel feeds it to the second product (P * 128, using the final
-    row max where the kernel uses the running one): the error the fp8 P alone explains."""
-    heads, heads_k = q.shape[2], k.shape[2]
-    qf, kf, vf = (t.float() * d.repeat_interleave(t.shape[2] // heads_k, 1)[:, None, :, None]
-                  for t, d in zip((q, k, v), descales))
-    exact, lse = attention_ref(qf, kf, vf, causal=causal, window_size=window_size)
-    kr, vr = (t.repeat_interleave(heads // heads_k, 2) for t in (kf, vf))
-    scores = torch.einsum("bqhd,bkhd->bhqk", qf, kr) * q.shape[-1] ** -0.5
-    seqlen_q, seqlen_k = q.shape[1], k.shape[1]
-    rows = torch.arange(seqlen_q)[:, None] + seqlen_k - seqlen_q
-    cols = torch.arange(seqlen_k)[None, :]
-    left, right = window_size
-    right = 0 if causal else right
-    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool)
-    if right >= 0:
-        visible &= cols <= rows + right
-    if left >= 0:
-        visible &= cols >= rows - left
-    scores = scores.masked_fill(~visible, float("-inf"))
-    p = torch.exp(scores - scores.amax(-1, keepdim=True)).nan_to_num(0.0)
-    p_fp8 = (p * 128).to(q.dtype).float() / 128
-    simulated = torch.einsum("bhqk,bkhd->bqhd", p_fp8 / p.sum(-1, keepdim=True).clamp_min(1e-30), vr)
-    return exact, simulated, lse
-
-
-def rms(x):
-    return x.float().pow(2).mean().sqrt().item()
-
-
 @pytest.mark.parametrize("window_size", [(-1, -1), (40, 0), (-1, -1, "causal")], ids=["full", "window", "causal"])
 @pytest.mark.parametrize("descale", ["per_batch_head", "per_tensor", "none"])
 @pytest.mark.parametrize("target, head_dim", [pytest.param(t, d, id=f"{t}-d{d}") for t in TARGETS if t in FP8_FORMAT
@@ -254,11 +224,8 @@ def test_fwd_fp8(emu, target, head_dim, descale, window_size):
     assert out.dtype == torch.bfloat16
     ones = torch.ones(batch, heads_k)
     full = [ones if d is None else d.expand(batch, heads_k) for d in descales]
-    exact, simulated, lse_ref = fp8_reference(q, k, v, full, causal, window_size)
-    out_error, p_error = out.float() - exact, simulated - exact
-    bf16_rounding = 2 ** -8 * exact.abs().max().item()
-    assert rms(out_error) <= 1.25 * rms(p_error) + 2 ** -8 * rms(exact)
-    assert out_error.abs().max().item() <= 1.5 * p_error.abs().max().item() + bf16_rounding
+    exact, simulated, lse_ref = fp8_attention_reference(q, k, v, full, causal, window_size)
+    assert_within_fp8_error(out, exact, simulated)
     check_lse(lse, lse_ref)
 
 # ---------------------------------------------------------------- backward

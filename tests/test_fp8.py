@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from conftest import assert_within_eager_error, attention_ref, requires_gpu
+from conftest import (assert_within_eager_error, assert_within_fp8_error, attention_ref, fp8_attention_reference,
+                      requires_gpu)
 
 from flash_attn_rocm import _fp8, flash_attn_func, flash_attn_varlen_func
 
@@ -133,15 +134,55 @@ def test_fwd_fp8_fake_gives_a_bf16_out():
 
 @requires_gpu
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("dtype", FP8, ids=["e4m3fn", "e4m3fnuz"])
-def test_fp8_attention_matches_reference_on_dequantized_values(dtype, causal):
-    """Error against the float32 reference over the dequantized values: the bfloat16 kernels' own
-    (the fp8 rounding of the inputs is the caller's quantization, not counted)."""
-    q, k, v = fp8_qkv(batch=2, seqlen=300, dtype=dtype, device="cuda")
+def test_dequantized_fp8_matches_the_reference(causal):
+    """The dequantizing path (here: fp8 with a softcap, which no fp8 kernel takes): the bfloat16
+    kernels' error over the dequantized values (the inputs' fp8 rounding is the caller's)."""
+    q, k, v = fp8_qkv(batch=2, seqlen=300, device="cuda")
     scales = descales(device="cuda")
-    out = flash_attn_func(q, k, v, causal=causal, q_descale=scales[0], k_descale=scales[1], v_descale=scales[2])
+    out = flash_attn_func(q, k, v, causal=causal, softcap=30.0, q_descale=scales[0], k_descale=scales[1],
+                          v_descale=scales[2])
     assert out.dtype == torch.bfloat16
     qd, kd, vd = (expected(t, d, nheads_k=2) for t, d in zip((q, k, v), scales))
-    ref, _ = attention_ref(qd, kd, vd, causal=causal)
-    eager, _ = attention_ref(qd, kd, vd, causal=causal, upcast=False)
+    ref, _ = attention_ref(qd, kd, vd, causal=causal, softcap=30.0)
+    eager, _ = attention_ref(qd, kd, vd, causal=causal, softcap=30.0, upcast=False)
     assert_within_eager_error(out, ref, eager)
+
+
+def native_fp8_or_skip(head_dim):
+    q = torch.empty(1, 1, 1, head_dim, device="cuda").to(_fp8.native_format("cuda") or torch.float8_e4m3fn)
+    if not _fp8.runs_natively(q, 0.0, None, 0.0):
+        pytest.skip("no fp8 kernel on this device and build (Hopper with sm_90a kernels, AMD gfx942/gfx950)")
+    return q.dtype
+
+
+@requires_gpu
+@pytest.mark.parametrize("descale", ["per_batch_head", "per_tensor", "none"])
+@pytest.mark.parametrize("window_size", [(-1, -1), (100, 0), "causal"], ids=["full", "window", "causal"])
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(300, 1000), (1, 77), (513, 513), (1000, 129)])
+@pytest.mark.parametrize("head_dim", [64, 80, 128])
+def test_fp8_kernel_matches_the_reference(head_dim, seqlen_q, seqlen_k, window_size, descale):
+    """The fp8 kernel (Hopper: fwd_kernel_sm90.h with V transposed by fp8_vt_sm90.h): out within
+    what rounding P to e4m3 explains of the float32 reference over the dequantized inputs (the
+    emulator holds the AMD kernel to the same bound), lse as the 16-bit kernels'; GQA 6:2."""
+    dtype = native_fp8_or_skip(head_dim)
+    causal = window_size == "causal"
+    window_size = (-1, -1) if causal else window_size
+    g = torch.Generator().manual_seed(seqlen_q + head_dim)
+    batch, heads, heads_k = 2, 6, 2
+    q, k, v = ((torch.randn(batch, s, h, head_dim, generator=g) * 3).to(dtype).cuda()
+               for s, h in ((seqlen_q, heads), (seqlen_k, heads_k), (seqlen_k, heads_k)))
+    if descale == "per_batch_head":
+        scales = [(torch.rand(batch, heads_k, generator=g) * 0.5 + 0.05).cuda() for _ in range(3)]
+    elif descale == "per_tensor":
+        scales = [torch.tensor([0.3], device="cuda"), torch.tensor([0.2], device="cuda"),
+                  torch.tensor([1.7], device="cuda")]
+    else:
+        scales = [None] * 3
+    out, lse, _ = flash_attn_func(q, k, v, causal=causal, window_size=window_size, return_attn_probs=True,
+                                  q_descale=scales[0], k_descale=scales[1], v_descale=scales[2])
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    full = [torch.ones(batch, heads_k, device="cuda") if d is None else d.expand(batch, heads_k) for d in scales]
+    exact, simulated, lse_ref = fp8_attention_reference(q, k, v, full, causal, window_size)
+    assert_within_fp8_error(out, exact, simulated)
+    seen = lse_ref.isfinite()
+    assert torch.allclose(lse[seen], lse_ref[seen], atol=1e-3, rtol=1e-3)

@@ -54,6 +54,8 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
       "int window_size_left=-1, int window_size_right=-1, float softcap=0.0, bool rotary_interleaved=True, "
       "Tensor? alibi_slopes=None, int num_splits=0) -> (Tensor out, Tensor softmax_lse)");
   m.def("compiled_head_dims() -> int[]", &compiled_head_dims);
+  // Whether fwd_fp8 has a kernel for head_dim on the current device.
+  m.def("fp8_forward_available(int head_dim) -> bool", &flash_api::fp8_forward_available);
   // Tests and benchmarks switch the Hopper kernels off to compare them with the portable ones.
   m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
   m.def("kernel_family(bool backward, int head_dim, bool bf16, bool extras, Tensor? q=None, Tensor? k=None, "

@@ -1,13 +1,15 @@
 // flash_attn_rocm::fwd_fp8: the fp8 forward, q [b, sq, h, d], k/v [b, sk, h_k, d] in the device's
-// e4m3 format (float8_e4m3fnuz on gfx942, float8_e4m3fn on gfx950) with fp32 descales [b, h_k] or
-// of one element (None: 1); out is bfloat16. AMD gfx942/gfx950 only (fwd_kernel_amd.h); the Python
-// layer dequantizes to bfloat16 everywhere else.
+// e4m3 format (float8_e4m3fnuz on gfx942; float8_e4m3fn on gfx950 and Hopper) with fp32 descales
+// [b, h_k] or of one element (None: 1); out is bfloat16. AMD gfx942/gfx950 (fwd_kernel_amd.h) and
+// Hopper (fwd_kernel_sm90.h, which reads V through a transposed copy made here); the Python layer
+// dequantizes to bfloat16 everywhere else (fp8_forward_available says which).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <limits>
 #include <tuple>
 
+#include "../kernels/tile_config.h"
 #include "attention_params.h"
 #include "checks.h"
 #include "ops.h"
@@ -83,13 +85,25 @@ std::tuple<at::Tensor, at::Tensor> fwd_fp8(const at::Tensor& q, const at::Tensor
   params.q_descale = data(q_descale), params.k_descale = data(k_descale), params.v_descale = data(v_descale);
   params.descale_per_head = per_head;
   params.descale_batch_stride = per_head ? h_k : 0;
+#if defined(FA_PLATFORM_CUDA)
+  TORCH_CHECK(q.scalar_type() == at::kFloat8_e4m3fn, "the Hopper fp8 forward takes float8_e4m3fn, got ",
+              q.scalar_type());
+  // V^T for the Hopper kernel (fp8_vt_sm90.h), its keys padded to whole transposition blocks.
+  const int64_t vt_keys = (k.size(1) + flash::kVtKeys - 1) / flash::kVtKeys * flash::kVtKeys;
+  auto v_transposed = at::empty({batch, h_k, head_dim, vt_keys}, q.options().dtype(at::kByte));
+  params.v_transposed = v_transposed.data_ptr();
+  params.v_transposed_keys = vt_keys;
+#endif
   const flash::error_t err =
       flash::run_mha_fwd(params, flash::DType::kFloat8E4m3, has_right_edge, at::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err != flash::kInvalidConfig,
-              "flash_attn_rocm::fwd_fp8: no fp8 kernel for this device and call (AMD gfx942 with float8_e4m3fnuz or "
-              "gfx950 with float8_e4m3fn, head dims 64 and 128, no softcap/ALiBi/dropout)");
+              "flash_attn_rocm::fwd_fp8: no fp8 kernel for this device and call (AMD gfx942 with float8_e4m3fnuz, "
+              "gfx950 with float8_e4m3fn, Hopper with float8_e4m3fn and its sm_90a kernels; head dims up to 128 "
+              "in multiples of 16)");
   check_launch(err, "fwd_fp8");
   return {out, softmax_lse};
 }
+
+bool fp8_forward_available(int64_t head_dim) { return flash::fp8_forward_available(static_cast<int>(head_dim)); }
 
 }  // namespace flash_api

@@ -28,6 +28,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_fp8(const at::Tensor& q, const at::Tensor
                                            const std::optional<at::Tensor>& k_descale,
                                            const std::optional<at::Tensor>& v_descale, double softmax_scale,
                                            bool is_causal, int64_t window_size_left, int64_t window_size_right);
+bool fp8_forward_available(int64_t head_dim);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> varlen_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                           const at::Tensor& cu_seqlens_q,
                                                           const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,

@@ -15,6 +15,10 @@ namespace flash {
 // kFloat8E4m3: the AMD fp8 forward's q, k, v (the device's e4m3 format; out is bf16).
 enum class DType { kFloat16, kBFloat16, kFloat8E4m3 };
 
+// Whether this build and the current device have an fp8 forward for head_dim (AMD gfx942/gfx950;
+// Hopper with its sm_90a kernels).
+bool fp8_forward_available(int head_dim);
+
 // Head dims compiled into this build, ascending.
 std::vector<int> compiled_head_dims();
 

@@ -87,7 +87,27 @@ const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool d
   return nullptr;
 }
 
+// The fp8 forward family for head dim d: the smallest fp8 head dim >= d (AMD: 64, 128; Hopper: 128).
+const PassFamily<FwdParams>* fp8_family(int d) {
+  const PassFamily<FwdParams>* best = nullptr;
+  for (int i = 0; i < kKernelTable.num_fwd; ++i) {
+    const PassFamily<FwdParams>& f = kKernelTable.fwd[i];
+    if (f.dtype == DType::kFloat8E4m3 && f.head_dim >= d && (best == nullptr || f.head_dim < best->head_dim)) best = &f;
+  }
+  return best;
+}
+
 }  // namespace
+
+bool fp8_forward_available(int head_dim) {
+  const PassFamily<FwdParams>* family = fp8_family(head_dim);
+  if (family == nullptr || head_dim % 16 != 0) return false;
+#if defined(FA_PLATFORM_HIP)
+  return amd_device_has_fp8();
+#else
+  return why_not_hopper(*family, false, false, false, nullptr, nullptr) == nullptr;
+#endif
+}
 
 std::vector<int> compiled_head_dims() {
   std::vector<int> dims;
@@ -133,20 +153,26 @@ error_t run_mha_fwd(const FwdParams& params, DType dtype, bool has_right_edge, s
   // spilled more on gfx1100 (benchmarks/NOTES.md). The varlen op refuses it first, by name.
   if (params.block_table != nullptr) return kInvalidConfig;
 #endif
+  const bool extras = has_extras(params), paged = params.block_table != nullptr;
+  if (dtype == DType::kFloat8E4m3) {
+    const PassFamily<FwdParams>* fp8 = fp8_family(params.d);
+    if (fp8 == nullptr || extras || paged || params.d % 16 != 0) return kInvalidConfig;
+#if defined(FA_PLATFORM_HIP)
+    // The AMD fp8 forward (gfx942, gfx950).
+    if (!amd_device_has_fp8()) return kInvalidConfig;
+    return fp8->portable[has_right_edge][false](params, stream);
+#else
+    // The Hopper fp8 forward: dense calls (it reads V through its transposed copy).
+    if (params.cu_seqlens_q != nullptr || params.v_transposed == nullptr ||
+        why_not_hopper(*fp8, false, false, false, nullptr, nullptr) != nullptr) {
+      return kInvalidConfig;
+    }
+    return fp8->hopper[has_right_edge][false](params, stream);
+#endif
+  }
   const PassFamily<FwdParams>* family =
       find_family(kKernelTable.fwd, kKernelTable.num_fwd, kernel_head_dim(params.d), dtype);
   if (family == nullptr) return kInvalidConfig;
-  const bool extras = has_extras(params), paged = params.block_table != nullptr;
-  if (dtype == DType::kFloat8E4m3) {
-    // The AMD fp8 forward (its rows exist in AMD builds only): plain variants, contiguous K/V, whole
-    // 16-byte chunks of channels, and a device with the fp8 instructions.
-#if defined(FA_PLATFORM_HIP)
-    if (!amd_device_has_fp8() || extras || paged || params.d % 16 != 0) return kInvalidConfig;
-    return family->portable[has_right_edge][false](params, stream);
-#else
-    return kInvalidConfig;
-#endif
-  }
   if (why_not_hopper(*family, extras, params.has_dropout, paged, &params, nullptr) == nullptr) {
     return family->hopper[has_right_edge][extras](params, stream);
   }

@@ -20,6 +20,7 @@
 #include "attention_amd.h"
 #include "dropout.h"
 #include "epilogue.h"
+#include "fp8.h"
 #include "fragment.h"
 #include "mask.h"
 #include "params.h"
@@ -31,12 +32,6 @@
 #if defined(FA_PLATFORM_HIP)
 
 namespace flash {
-
-// An fp8 tensor's descale for (batch, kv head): params.*_descale (nullptr: 1).
-FA_DEVICE float fp8_descale(const float* descale, const FwdParams& params, int batch, int head_k) {
-  return descale == nullptr ? 1.f
-                            : descale[batch * params.descale_batch_stride + (params.descale_per_head ? head_k : 0)];
-}
 
 template <class Traits, bool Has_right_edge, bool Has_extras>
 __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const FwdParams params) {
@@ -178,7 +173,7 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     const FwdParams late = amd::reload_params(params);
     float lse[Wave::OTile::kRows];
     if constexpr (Traits::kFp8) {
-      const float o_scale = fp8_descale(late.v_descale, late, batch, head_k) / Wave::Core::kPScale;
+      const float o_scale = fp8_descale(late.v_descale, late, batch, head_k) / kFp8PScale;
       tile.softmax.finalize(tile.acc_o, late.logit_scale * qk_descale, lse, o_scale);
     } else {
       tile.softmax.finalize(tile.acc_o, late.logit_scale, lse, Has_extras && late.has_dropout ? late.rp_keep : 1.f);

@@ -18,7 +18,15 @@
 // next tile's K and V load while this one finishes. The Has_extras variants add softcap, ALiBi
 // and dropout to the scores the way the portable kernel does (score_mod.h, dropout.h: the same
 // functions of position, so both kernels drop the same probabilities).
+//
+// fp8 (T = fp8_e4m3_t, head dim 128, smaller ones zero-padded by TMA; plain variants): both products on the e4m3 wgmma
+// (k = 32), which reads 8-bit operands K-major only: Q from shared memory, and V as V^T, written
+// transposed (keys in P's order) by fp8_vt_sm90.h before this kernel, loaded by TMA like K. P goes
+// from S's accumulators to the A fragments with cvt (times kFp8PScale); q_descale k_descale scale
+// the scores, v_descale / kFp8PScale the output, which is bf16.
 #pragma once
+
+#include <type_traits>
 
 #include "arch/smem_tile_sm90.h"
 #include "arch/tma_sm90.h"
@@ -26,6 +34,7 @@
 #include "arch/wgmma_sm90.h"
 #include "dropout.h"
 #include "epilogue.h"
+#include "fp8.h"
 #include "fragment.h"
 #include "mask.h"
 #include "mma.h"
@@ -41,7 +50,12 @@ namespace flash {
 template <class T_, int kHeadDim_, int kBlockN_>
 struct FwdTraitsSm90 {
   using T = T_;
+  static constexpr bool kFp8 = std::is_same_v<T, fp8_e4m3_t>;
+  using OutT = std::conditional_t<kFp8, bf16_t, T>;  // fp8 gives a bf16 output
+  static constexpr int kElemBytes = int(sizeof(T));
   static constexpr int kHeadDim = kHeadDim_;
+  // fp8 rows of 128 bytes fill the swizzle rows exactly; smaller head dims run here zero-padded.
+  static_assert(!kFp8 || kHeadDim == 128, "the fp8 forward exists at head dim 128");
   static constexpr int kBlockM = 128, kBlockN = kBlockN_;
   static constexpr int kStages = kHeadDim <= 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups
@@ -54,14 +68,20 @@ struct FwdTraitsSm90 {
   static constexpr bool kPingPong = kHeadDim <= 128;
   static_assert(!kPingPong || kOverlapSoftmax, "the turns are taken in the overlapped loop only");
   // Q's fragments in registers (32 a thread at d128): S = Q K^T reads only K from shared memory,
-  // and Q's buffer is free for the next tile as soon as the consumers have loaded it.
-  static constexpr bool kQInRegisters = kHeadDim <= 128;
+  // and Q's buffer is free for the next tile as soon as the consumers have loaded it. (fp8: from
+  // shared memory.)
+  static constexpr bool kQInRegisters = kHeadDim <= 128 && !kFp8;
   // The extras variants take dropout up to d128: beside d256's O the Philox rounds spill (the
   // dispatch sends dropout there to the portable kernel: tools/generate_kernels.py SM90_DROPOUT).
   static constexpr bool kExtrasDropout = kHeadDim <= 128;
   static constexpr int kNTiles = kBlockN / 8, kDTiles = kHeadDim / 8;
-  using QTile = GmmaTile<kBlockM, kHeadDim>;
-  using KVTile = GmmaTile<kBlockN, kHeadDim>;
+  // k-steps of the two products (32 bytes of k each: 16 elements, fp8 32)
+  static constexpr int kQKSteps = kHeadDim * kElemBytes / 32, kPSteps = kBlockN * kElemBytes / 32;
+  using QTile = GmmaTile<kBlockM, kHeadDim, kElemBytes>;
+  using KVTile = GmmaTile<kBlockN, kHeadDim, kElemBytes>;
+  // V's tile: as K's (read N-major), or fp8's V^T (channels as rows, keys as k).
+  using VTile = std::conditional_t<kFp8, GmmaTile<kHeadDim, kBlockN, 1>, KVTile>;
+  static_assert(VTile::kElems == KVTile::kElems, "K and V stages of one size");
   static constexpr int kTileBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * int(sizeof(T));
   static constexpr int kBarriers = 2 + 3 * kStages;  // Q full, Q empty; per stage K full, V full, empty
   static constexpr uint32_t kQBytes = QTile::kElems * sizeof(T), kKVBytes = KVTile::kElems * sizeof(T);
@@ -138,6 +158,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr bool kQInRegisters = Traits::kQInRegisters;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
+  using VTile = typename Traits::VTile;
+  using OutT = typename Traits::OutT;
 
   extern __shared__ __align__(1024) char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
@@ -213,13 +235,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           mbarrier_arrive_expect_tx(&k_full[stage], Traits::kKVBytes);
           KVTile::load_tma(sK + stage * KVTile::kElems, &maps.k, &k_full[stage], row, head_k, batch_index);
           mbarrier_arrive_expect_tx(&v_full[stage], Traits::kKVBytes);
-          KVTile::load_tma(sV + stage * KVTile::kElems, &maps.v, &v_full[stage], row, head_k, batch_index);
+          if constexpr (Traits::kFp8) {  // V^T: channels 0 .., the block's keys (dense calls only)
+            VTile::load_tma(sV + stage * VTile::kElems, &maps.v, &v_full[stage], 0, head_k, batch_index,
+                            (t.n_block_end - 1 - i) * kBlockN);
+          } else {
+            KVTile::load_tma(sV + stage * KVTile::kElems, &maps.v, &v_full[stage], row, head_k, batch_index);
+          }
           ++step;
         };
         // Q comes from DRAM (each tile reads its own once): start it towards L2 now, as the
         // last tile's final steps run, so that its copy below (after q_empty) is short.
-        for (int cb = 0; cb < kHeadDim / 64; ++cb) {
-          tma_prefetch_l2(&maps.q, 64 * cb, t.seq.q_start + t.row_begin, t.head, batch_index);
+        for (int cb = 0; cb < kHeadDim / QTile::kRowElems; ++cb) {
+          tma_prefetch_l2(&maps.q, QTile::kRowElems * cb, t.seq.q_start + t.row_begin, t.head, batch_index);
         }
         load_step(0);
         if (q_tiles > 0) mbarrier_wait(q_empty, (q_tiles - 1) & 1);
@@ -244,6 +271,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       OnlineSoftmax<Layout, 1> softmax;
       const int thread_row0 = row_begin + 16 * consumer_warp + Layout::lane_row(lane);
       const ScoreMod score_mod(params, t.batch, t.head, t.seq.seqlen_q, t.seq.seqlen_k);
+      // fp8: the scores of q and k as stored, times q_descale k_descale, are the logits' inputs.
+      float qk_descale = 1.f;
+      if constexpr (Traits::kFp8) {
+        const int head_k = t.head / (params.h / params.h_k);
+        qk_descale = fp8_descale(params.q_descale, params, t.batch, head_k) *
+                     fp8_descale(params.k_descale, params, t.batch, head_k);
+      }
       uint32_t q_frag[kQInRegisters ? kHeadDim / 16 : 1][4];
       if (n_blocks > 0) {
         mbarrier_wait(q_full, q_tiles & 1);
@@ -259,16 +293,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       // kOverlapSoftmax: S(i + 1) and P(i) V(i) run together, the softmax of S(i + 1) overlaps
       // the second product and O is rescaled once it is back. Otherwise one product at a time.
       MmaTile<1, kNTiles> acc_s;
-      uint32_t p[kBlockN / 16][4];
+      uint32_t p[Traits::kPSteps][4];
       auto stage_of = [&](int i) { return (step0 + i) % kStages; };
       auto parity_of = [&](int i) { return ((step0 + i) / kStages) & 1; };
       auto scores = [&](int i) {
         mbarrier_wait(&k_full[stage_of(i)], parity_of(i));
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        for (int kk = 0; kk < Traits::kQKSteps; ++kk) {
           const uint64_t k_desc = KVTile::k_major(k_addr + stage_of(i) * kStageBytes, 0, kk);
-          if constexpr (kQInRegisters) {
+          if constexpr (Traits::kFp8) {
+            wgmma_ss_fp8<kBlockN>(acc_s.v[0], QTile::k_major(q_addr, 64 * consumer, kk), k_desc, kk > 0);
+          } else if constexpr (kQInRegisters) {
             wgmma_rs_k_major<kBlockN, T>(acc_s.v[0], q_frag[kk], k_desc, kk > 0);
           } else {
             wgmma_ss<kBlockN, T>(acc_s.v[0], QTile::k_major(q_addr, 64 * consumer, kk), k_desc, kk > 0);
@@ -281,8 +317,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         wgmma_fence_operands(acc_o.v[0]);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-          wgmma_rs<kHeadDim, T>(acc_o.v[0], p[kk], KVTile::n_major(v_addr + stage_of(i) * kStageBytes, kk), 1);
+        for (int kk = 0; kk < Traits::kPSteps; ++kk) {
+          if constexpr (Traits::kFp8) {
+            wgmma_rs_fp8<kHeadDim>(acc_o.v[0], p[kk], VTile::k_major(v_addr + stage_of(i) * kStageBytes, 0, kk), 1);
+          } else {
+            wgmma_rs<kHeadDim, T>(acc_o.v[0], p[kk], KVTile::n_major(v_addr + stage_of(i) * kStageBytes, kk), 1);
+          }
         }
         wgmma_commit();
       };
@@ -298,18 +338,33 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         if (window.block_needs_mask(row_begin, row_begin + kBlockM, n * kBlockN, (n + 1) * kBlockN)) {
           apply_key_window(acc_s, window, thread_row0, n * kBlockN + Layout::lane_col(lane));
         }
-        softmax.update_scores(acc_s, params.scale_softmax_log2, o_factor);
+        softmax.update_scores(acc_s, params.scale_softmax_log2 * qk_descale, o_factor);
       };
       auto pack_p = [&]() {  // two adjacent n8 tiles of S are one k16 A fragment of P
+        if constexpr (Traits::kFp8) {
+          // Four n8 tiles are one k32 fragment: word 0 row g's keys 2t, 2t + 1 of tiles 4 kk and
+          // 4 kk + 1, word 1 the same of row g + 8, words 2 and 3 those of tiles 4 kk + 2 and + 3
+          // (k = 4t + i stands for key 8 (i / 2) + 2t + i % 2 of its 16: fp8_vt_sm90.h).
 #pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
-        // The row sums count the dropped probabilities too, so dropout comes after them; on the
-        // packed P, once the last P V product and S's fp32 tile have left the Philox rounds
-        // their registers (on the fp32 tile, before packing, d256 spilled 116 B).
-        if constexpr (kDropout) {
-          if (params.has_dropout) {
-            const Dropout dropout(params, seed, offset, t.batch, t.head);
-            apply_dropout_packed<MmaTile<1, kNTiles>>(p, dropout, thread_row0, p_col0);
+          for (int kk = 0; kk < Traits::kPSteps; ++kk) {
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+              const int tile = 4 * kk + 2 * (w / 2), e = 2 * (w % 2);
+              p[kk][w] = pack_e4m3x4(acc_s(0, tile, e) * kFp8PScale, acc_s(0, tile, e + 1) * kFp8PScale,
+                                     acc_s(0, tile + 1, e) * kFp8PScale, acc_s(0, tile + 1, e + 1) * kFp8PScale);
+            }
+          }
+        } else {
+#pragma unroll
+          for (int kk = 0; kk < kBlockN / 16; ++kk) a_fragment_of<T>(acc_s, 0, kk, p[kk]);
+          // The row sums count the dropped probabilities too, so dropout comes after them; on the
+          // packed P, once the last P V product and S's fp32 tile have left the Philox rounds
+          // their registers (on the fp32 tile, before packing, d256 spilled 116 B).
+          if constexpr (kDropout) {
+            if (params.has_dropout) {
+              const Dropout dropout(params, seed, offset, t.batch, t.head);
+              apply_dropout_packed<MmaTile<1, kNTiles>>(p, dropout, thread_row0, p_col0);
+            }
           }
         }
       };
@@ -372,8 +427,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       q_tiles += n_blocks > 0;
 
       float lse[2];
-      softmax.finalize(acc_o, params.logit_scale, lse, kDropout && params.has_dropout ? params.rp_keep : 1.f);
-      store_output<T>(params, t.seq, t.batch, t.head, thread_row0, lane, acc_o, lse);
+      if constexpr (Traits::kFp8) {
+        const float v_descale = fp8_descale(params.v_descale, params, t.batch, t.head / (params.h / params.h_k));
+        softmax.finalize(acc_o, params.logit_scale * qk_descale, lse, v_descale / kFp8PScale);
+      } else {
+        softmax.finalize(acc_o, params.logit_scale, lse, kDropout && params.has_dropout ? params.rp_keep : 1.f);
+      }
+      store_output<OutT>(params, t.seq, t.batch, t.head, thread_row0, lane, acc_o, lse);
     });
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "fp8_vt_sm90.h"
 #include "fwd_kernel_sm90.h"
 #include "params.h"
 #include "platform.h"
@@ -16,8 +17,21 @@ template <class Traits, bool Has_right_edge, bool Has_extras>
 error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
   using T = typename Traits::T;
   FwdTensorMaps maps;
-  // The dispatch sends calls whose strides TMA cannot describe to the portable kernels.
-  if (!encode_qkv_maps<T>(params, Traits::kBlockM, Traits::kBlockN, &maps.q, &maps.k, &maps.v)) return kInvalidConfig;
+  if constexpr (Traits::kFp8) {
+    // V^T first (fp8_vt_sm90.h), then its map; q and k as the 16-bit kernels read them.
+    if (!encode_operand_map<T>(&maps.q, params, params.q, true, params.q_batch_stride, params.q_row_stride,
+                               params.q_head_stride, Traits::kBlockM) ||
+        !encode_operand_map<T>(&maps.k, params, params.k, false, params.k_batch_stride, params.k_row_stride,
+                               params.k_head_stride, Traits::kBlockN) ||
+        !encode_vt_map(&maps.v, params, Traits::kHeadDim)) {
+      return kInvalidConfig;
+    }
+    const error_t err = run_fp8_transpose_v<Traits::kHeadDim>(params, stream);
+    if (err != kSuccess) return err;
+  } else if (!encode_qkv_maps<T>(params, Traits::kBlockM, Traits::kBlockN, &maps.q, &maps.k, &maps.v)) {
+    // The dispatch sends calls whose strides TMA cannot describe to the portable kernels.
+    return kInvalidConfig;
+  }
   // Persistent: one block per SM (the shared memory allows no second), or fewer if the units are fewer.
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -35,7 +49,7 @@ error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
 template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd_sm90(const FwdParams& params, stream_t stream) {
   using Tile = FwdTileSm90<kHeadDim>;
-  if constexpr (Tile::kWideBlockN != 0 && !Has_right_edge && !Has_extras) {
+  if constexpr (Tile::kWideBlockN != 0 && !Has_right_edge && !Has_extras && !std::is_same_v<T, fp8_e4m3_t>) {
     if (params.seqlen_k >= Tile::kWideMinSeqlenK) {
       return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kWideBlockN>, false, false>(params, stream);
     }

@@ -47,6 +47,10 @@ struct FwdParams {
   const float* __restrict__ v_descale;
   int64_t descale_batch_stride;
   bool descale_per_head;
+  // The Hopper fp8 forward reads V transposed, [b, h_k, d, v_transposed_keys] (fp8_vt_sm90.h
+  // writes it from v before the attention kernel; the op allocates it).
+  void* __restrict__ v_transposed;
+  int64_t v_transposed_keys;
 
   // Dropout (dropout.h): a score is kept when its Philox draw is below keep_threshold, i.e. with
   // probability 1 - dropout_p, and kept scores are scaled by rp_keep = 1 / (1 - dropout_p).

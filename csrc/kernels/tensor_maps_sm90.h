@@ -20,9 +20,10 @@ bool encode_operand_map(CUtensorMap* map, const FwdParams& params, const void* b
   const bool varlen = params.cu_seqlens_q != nullptr;
   const int64_t rows = query_side ? (varlen ? params.total_q : params.seqlen_q)
                                   : (varlen ? params.total_k : params.seqlen_k);
-  const CUtensorMapDataType type = std::is_same<T, float>::value    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-                                   : std::is_same<T, bf16_t>::value ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                                    : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUtensorMapDataType type = std::is_same<T, float>::value        ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : std::is_same<T, bf16_t>::value     ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                   : std::is_same<T, fp8_e4m3_t>::value ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                                                        : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   return TensorMap4d::encode(map, base, type, params.d, rows,
                              query_side ? params.h : params.h_k, varlen ? 1 : params.b, row_stride, head_stride,
                              batch_stride, box_rows);
@@ -50,6 +51,15 @@ inline bool hopper_operands_describable(const FwdParams& params, const BwdParams
   return qkv && (backward == nullptr ||
                  operand_describable(params, backward->dout, true, 2, backward->do_batch_stride,
                                      backward->do_row_stride, backward->do_head_stride));
+}
+
+// The Hopper fp8 forward's V^T (fp8_vt_sm90.h: [b, h_k, d, v_transposed_keys]) as a map whose rows
+// are channels and whose elements are keys: boxes of 128 keys x box_channels channels.
+inline bool encode_vt_map(CUtensorMap* map, const FwdParams& params, int box_channels) {
+  const int64_t keys = params.v_transposed_keys;
+  return TensorMap4d::encode(map, params.v_transposed, CU_TENSOR_MAP_DATA_TYPE_UINT8, static_cast<int>(keys),
+                             params.d, params.h_k, params.b, keys, int64_t(params.d) * keys,
+                             int64_t(params.h_k) * params.d * keys, box_channels);
 }
 
 // q in boxes of box_q rows, k and v in boxes of box_kv rows.

@@ -42,6 +42,10 @@ struct FwdTraits {
 // d128's for the same softmax and barriers) without a right edge and from kWideMinSeqlenK = 4096
 // keys on; shorter rows lose more to the last, partial block than the wider step saves, and the
 // causal diagonal's masked blocks never paid for it (benchmarks/NOTES.md, session 10).
+// The Hopper fp8 forward's V^T (fp8_vt_sm90.h): keys a block of the transposition takes, and the
+// padding of V^T's keys (the op allocates it).
+inline constexpr int kVtKeys = 64;
+
 template <int kHeadDim> struct FwdTileSm90 {
   static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80, kWideBlockN = 0, kWideMinSeqlenK = 0;
 };

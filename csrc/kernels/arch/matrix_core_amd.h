@@ -20,6 +20,7 @@
 
 #include <type_traits>
 
+#include "../fp8.h"
 #include "../fragment.h"
 #include "../platform.h"
 #include "../tile_config.h"
@@ -193,15 +194,13 @@ struct MatrixCore<AmdFamily::kRdna4, T> {
 // The fp8 forward's instruction, v_mfma_f32_32x32x16_fp8_fp8 (gfx942, gfx950): the operand layout
 // of CDNA4's 32x32x16 16-bit one with one-byte elements (A[m][k] in lane m + 32 (k / 8), byte
 // k % 8; D as 32x32x8's), so P^T's operand comes from S^T's accumulators the same way, keys
-// permuted. P in [0, 1] goes in as fp8(P kPScale): the normal range of e4m3 (2^-6 .. 240 on
-// gfx942) rather than its subnormals, which would hold the small probabilities to one or two
-// bits; the forward divides the factor back out of O.
+// permuted. P goes in as e4m3(P kFp8PScale) (fp8.h); the forward divides the factor back out of O.
 struct MatrixCoreFp8 {
   using Layout = CdnaAccLayout;
   static constexpr int kM = 32, kN = 32, kK = 16, kOperandElems = 8;
   using Operand = amd::Operand<fp8_e4m3_t, kOperandElems>;
   using Accumulator = amd::floatx16;
-  static constexpr float kPScale = 128.f;
+  static constexpr float kPScale = kFp8PScale;
 
   static FA_DEVICE int operand_k(int lane, int i) { return 8 * (lane / 32) + i; }
 

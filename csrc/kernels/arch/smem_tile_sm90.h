@@ -14,24 +14,30 @@
 
 namespace flash {
 
-template <int kRows, int kHeadDim>
+// kElemBytes 1: fp8 elements (the fp8 forward), 128 of them a swizzle row.
+template <int kRows, int kHeadDim, int kElemBytes = 2>
 struct GmmaTile {
-  static_assert(kHeadDim % 64 == 0 && kRows % 8 == 0, "whole 128-byte rows and swizzle atoms");
-  static constexpr int kChunks = kHeadDim / 8;   // 16-byte chunks per row
-  static constexpr int kColBlockElems = kRows * 64;
+  static constexpr int kRowElems = 128 / kElemBytes, kChunkElems = 16 / kElemBytes;  // a swizzle row, a chunk
+  static_assert(kHeadDim % kRowElems == 0 && kRows % 8 == 0, "whole 128-byte rows and swizzle atoms");
+  static constexpr int kChunks = kHeadDim / kChunkElems;  // 16-byte chunks per row
+  static constexpr int kColBlockElems = kRows * kRowElems;
   static constexpr int kElems = kRows * kHeadDim;
 
   static FA_HOST_DEVICE int offset(int row, int chunk) {
-    return (chunk / 8) * kColBlockElems + row * 64 + (((chunk % 8) ^ (row % 8)) << 3);
+    return (chunk / 8) * kColBlockElems + row * kRowElems + ((chunk % 8) ^ (row % 8)) * kChunkElems;
   }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // Copies rows row .. row + kRows - 1 of (head, batch) from the map into the tile, one TMA box
   // per column block; the bytes count against bar.
+  // column0: the first column (the fp8 forward's V^T tiles start at their key block's keys).
   template <class T>
-  static FA_DEVICE void load_tma(T* tile, const CUtensorMap* map, uint64_t* bar, int row, int head, int batch) {
+  static FA_DEVICE void load_tma(T* tile, const CUtensorMap* map, uint64_t* bar, int row, int head, int batch,
+                                 int column0 = 0) {
 #pragma unroll
-    for (int cb = 0; cb < kHeadDim / 64; ++cb) tma_load(tile + cb * kColBlockElems, map, bar, 64 * cb, row, head, batch);
+    for (int cb = 0; cb < kHeadDim / kRowElems; ++cb) {
+      tma_load(tile + cb * kColBlockElems, map, bar, column0 + kRowElems * cb, row, head, batch);
+    }
   }
 
   // Where lane `lane` points ldmatrix (x4) for the A fragments (mma.sync's layout) of rows
@@ -68,15 +74,17 @@ struct GmmaTile {
   static FA_DEVICE uint64_t descriptor(uint32_t tile_addr, uint32_t leading_bytes, uint32_t offset_bytes) {
     return gmma_descriptor(tile_addr, leading_bytes, 1024) + (offset_bytes >> 4);
   }
-  // K-major operand: rows row0 .. row0 + 63 (A) or all kRows (B), head-dim elements 16 kk .. 16 kk + 15.
-  // Inside an atom the k offset is a plain 32-byte step; the leading byte offset is unused.
+  // K-major operand: rows row0 .. row0 + 63 (A) or all kRows (B), the k-step kk's 32 bytes of
+  // head-dim elements (16 kk .. 16 kk + 15; fp8: 32 kk .. 32 kk + 31). Inside an atom the k offset
+  // is a plain 32-byte step; the leading byte offset is unused.
   static FA_DEVICE uint64_t k_major(uint32_t tile_addr, int row0, int kk) {
-    return descriptor(tile_addr, 16, 2 * ((kk / 4) * kColBlockElems + row0 * 64) + (kk % 4) * 32);
+    return descriptor(tile_addr, 16, kElemBytes * ((kk / 4) * kColBlockElems + row0 * kRowElems) + (kk % 4) * 32);
   }
   // N-major operand: rows (k) 16 kk .. 16 kk + 15, the columns (N) from column block col_block
   // on; the next 64 columns are a column block away (leading byte offset), the next 8 rows one
   // atom away (stride). An M-major A operand (64 columns) is read the same way.
   static FA_DEVICE uint64_t n_major(uint32_t tile_addr, int kk, int col_block = 0) {
+    static_assert(kElemBytes == 2, "wgmma reads 16-bit operands only transposed");
     return descriptor(tile_addr, kColBlockElems * 2, 2 * (col_block * kColBlockElems + kk * 16 * 64));
   }
 #endif

@@ -33,7 +33,7 @@ struct TensorMap4d {
   static bool encode(CUtensorMap* map, const void* base, CUtensorMapDataType type, int head_dim, int64_t rows,
                      int heads, int batches, int64_t row_stride, int64_t head_stride, int64_t batch_stride,
                      int box_rows) {
-    const int elem_bytes = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : 2;
+    const int elem_bytes = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : type == CU_TENSOR_MAP_DATA_TYPE_UINT8 ? 1 : 2;
     if (!describable(base, elem_bytes, head_dim, rows, heads, batches, row_stride, head_stride, batch_stride)) {
       return false;
     }

@@ -39,7 +39,25 @@ FA_DEVICE void wgmma_ss_mn_major(float (&d)[N / 8][4], uint64_t desc_a, uint64_t
 template <int N, class T>
 FA_DEVICE void wgmma_ss_a_mn_major(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate);
 
+// fp8 (e4m3) operands, k = 32 a product, both K-major (wgmma transposes only 16-bit ones): A from
+// shared memory or from registers (four words of 4 bytes: rows lane / 4 and + 8, k 4 (lane % 4)
+// .. + 3 and + 16), B from shared memory.
+template <int N> FA_DEVICE void wgmma_ss_fp8(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate);
+template <int N>
+FA_DEVICE void wgmma_rs_fp8(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate);
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// Four fp32 values as the e4m3 bytes of one word, x0 in the lowest (round to nearest even,
+// saturated: cvt puts its first operand in the upper byte of each pair).
+FA_DEVICE uint32_t pack_e4m3x4(float x0, float x1, float x2, float x3) {
+  uint32_t word;
+  asm("{\n.reg .b16 lo, hi;\ncvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\ncvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+      "mov.b32 %0, {lo, hi};\n}\n"
+      : "=r"(word)
+      : "f"(x0), "f"(x1), "f"(x2), "f"(x3));
+  return word;
+}
 
 // Orders this thread's earlier register writes to the accumulators before the next wgmma.
 FA_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -235,6 +253,32 @@ FA_WGMMA_RS(wgmma_rs_k_major, 192, bf16_t, "bf16", "0", 96, 97, 98, 99, 100, 101
 FA_WGMMA_RS(wgmma_rs, 256, half_t, "f16", "1", 128, 129, 130, 131, 132, 133)
 FA_WGMMA_RS(wgmma_rs, 256, bf16_t, "bf16", "1", 128, 129, 130, 131, 132, 133)
 
+// fp8 (e4m3 x e4m3, k32): the fp8 forward's S over 128 keys, and P V at head dims 64 and 128.
+#define FA_WGMMA_SS_FP8(N, DA, DB, P)                                                                \
+  template <>                                                                                        \
+  FA_DEVICE void wgmma_ss_fp8<N>(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) { \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P ", 0;\n"                                    \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 "                         \
+                 "{" FA_WGMMA_REGS_##N "}, %" #DA ", %" #DB ", p, 1, 1;\n}\n"                       \
+                 : FA_WGMMA_ACC_##N                                                                  \
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                       \
+  }
+#define FA_WGMMA_RS_FP8(N, A0, A1, A2, A3, DB, P)                                                    \
+  template <>                                                                                        \
+  FA_DEVICE void wgmma_rs_fp8<N>(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b,      \
+                                 int accumulate) {                                                   \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P ", 0;\n"                                    \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 "                         \
+                 "{" FA_WGMMA_REGS_##N "}, {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #DB ", p, 1, 1;\n}\n" \
+                 : FA_WGMMA_ACC_##N                                                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));        \
+  }
+FA_WGMMA_SS_FP8(128, 64, 65, 66)
+FA_WGMMA_RS_FP8(64, 32, 33, 34, 35, 36, 37)
+FA_WGMMA_RS_FP8(128, 64, 65, 66, 67, 68, 69)
+
+#undef FA_WGMMA_RS_FP8
+#undef FA_WGMMA_SS_FP8
 #undef FA_WGMMA_RS
 #undef FA_WGMMA_SS
 #undef FA_WGMMA_REGS_32
