@@ -3,7 +3,7 @@
 # Logs go under $OUT (the device tool brings that folder back), else build/gpu-check.
 # GPU_CHECK_STEPS picks steps (default: build tests sanitizer bench): also portable (the suite with
 # the Hopper kernels off), memory, llm, decode, varlen, upstream (flash-attn's own tests), diag,
-# extras (softcap/ALiBi/dropout against plain)
+# extras (softcap/ALiBi/dropout against plain), fp8 (the fp8 forward against bf16 and SDPA)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -54,6 +54,7 @@ for step in $STEPS; do
                 ${UPSTREAM_ARGS:---every 53 --budget-s 220} ;;
     diag) TAIL_LINES=20 run diag python3 tools/diag_fwd_repeat.py --backward ;;
     extras) TAIL_LINES=20 run extras python3 benchmarks/bench_extras.py ${EXTRAS_ARGS:-} ;;
+    fp8) TAIL_LINES=20 run fp8 python3 benchmarks/bench_fp8.py ${FP8_ARGS:-} ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
 done

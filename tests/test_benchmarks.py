@@ -29,3 +29,9 @@ def test_bench_extras_defaults_are_issue_22s_bar():
     args = bench_extras.parse_args([])
     assert (args.headdims, args.seqlens, args.modes) == ([128], [16384], ["fwd", "fwdbwd"])
     assert set(bench_extras.VARIANTS) == {"plain", "softcap", "alibi", "dropout", "all"}
+
+
+def test_bench_fp8_defaults_cover_issue_24s_bar():
+    bench_fp8 = pytest.importorskip("bench_fp8")
+    args = bench_fp8.parse_args([])
+    assert args.headdims == [128] and 16384 in args.seqlens
