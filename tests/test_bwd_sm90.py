@@ -1,6 +1,6 @@
 """The Hopper (sm_90a, wgmma) backward against the float32 reference and against the portable
 backward on the same inputs. The rest of the suite runs it too wherever it applies (head dims that
-round to 64, 128 or 256; softcap, ALiBi and dropout up to 128); here the two paths meet. Head dim
+round to 64, 128 or 256, softcap, ALiBi and dropout included); here the two paths meet. Head dim
 256 (and 200, which rounds to it) runs the column-halves variant: two blocks a key block, dQ
 computed transposed."""
 
@@ -63,7 +63,7 @@ def check_both_paths(q, k, v, attention, **ref_kwargs):
 @pytest.mark.parametrize("extras", EXTRAS)
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(113, 203), (1000, 1000), (300, 2100)])
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hopper_backward_extras_match_reference_and_portable(dtype, head_dim, causal, seqlen_q, seqlen_k, extras):
     """Softcap, ALiBi and dropout in the Hopper backward: gradients against the reference with the

@@ -48,14 +48,15 @@ def test_hopper_families():
                             (96, "sm80:hdim96", "sm80:hdim96")):
             assert kernel_family(d, dtype) == fwd, (d, dtype)
             assert kernel_family(d, dtype, backward=True) == bwd, (d, dtype)
-        # The extras run on the Hopper kernels (the backward's up to d128), but d256's dropout.
+        # The extras run on the Hopper kernels, but the d256 forward's dropout.
         assert kernel_family(128, dtype, softcap=30.0) == "sm90:hdim128"
         assert kernel_family(64, dtype, dropout_p=0.1) == "sm90:hdim64"
         assert kernel_family(256, dtype, softcap=30.0) == "sm90:hdim256"
         assert kernel_family(256, dtype, dropout_p=0.1) == "sm80:hdim256"  # it spills there
         assert kernel_family(128, dtype, alibi_slopes=torch.ones(4), backward=True) == "sm90:hdim128"
         assert kernel_family(64, dtype, dropout_p=0.1, backward=True) == "sm90:hdim64"
-        assert kernel_family(256, dtype, softcap=30.0, backward=True) == "sm80:hdim256"
+        assert kernel_family(256, dtype, softcap=30.0, backward=True) == "sm90:hdim256"
+        assert kernel_family(256, dtype, dropout_p=0.1, backward=True) == "sm90:hdim256"
     with hopper(False):
         assert kernel_family(128) == "sm80:hdim128"
         assert kernel_family(64, backward=True) == "sm80:hdim64"

@@ -56,8 +56,8 @@ template error_t run_fwd_kvcache<{ctype}, {hdim}>(const KvCacheParams&, stream_t
 # there dropout alone goes to the portable kernel; FwdTraitsSm90::kExtrasDropout must agree).
 SM90_PASSES = {"fwd": ("run_fwd_sm90", "FwdParams", "fwd_launch_sm90.h"),
                "bwd": ("run_bwd_sm90", "BwdParams", "bwd_launch_sm90.h")}
-SM90_EXTRAS = {"fwd": (64, 128, 256), "bwd": (64, 128)}
-SM90_DROPOUT = {"fwd": (64, 128), "bwd": (64, 128)}
+SM90_EXTRAS = {"fwd": (64, 128, 256), "bwd": (64, 128, 256)}
+SM90_DROPOUT = {"fwd": (64, 128), "bwd": (64, 128, 256)}
 
 SM90_INSTANCE = HEADER + """#include "../kernels/{launch_header}"
 
