@@ -7,7 +7,7 @@ FlashAttention-3 has no fp8 backward either.
 
 Two ways to run it:
 - an fp8 kernel (torch.ops.flash_attn_rocm.fwd_fp8) for dense calls at head dims that are
-  multiples of 16 up to 128, without softcap, ALiBi or dropout, in the format the device's fp8
+  multiples of 16 (up to 128 on Hopper, 256 on AMD), without softcap, ALiBi or dropout, in the format the device's fp8
   instructions read: on AMD gfx942 float8_e4m3fnuz, on gfx950 float8_e4m3fn (fwd_kernel_amd.h:
   compiled and emulated, not run on AMD hardware), on Hopper float8_e4m3fn (fwd_kernel_sm90.h).
   Both products on fp8, P rounded to e4m3;
@@ -107,7 +107,7 @@ def runs_natively(q, softcap, alibi_slopes, dropout_p) -> bool:
     """Whether a checked dense fp8 call can take the fp8 kernel (module docstring)."""
     if not q.is_cuda or softcap or alibi_slopes is not None or dropout_p:
         return False
-    if q.shape[-1] % 16 != 0 or q.shape[-1] > 128 or native_format(q.device) != q.dtype:
+    if q.shape[-1] % 16 != 0 or native_format(q.device) != q.dtype:
         return False
     with torch.cuda.device(q.device):
         return bool(torch.ops.flash_attn_rocm.fp8_forward_available(q.shape[-1]))

@@ -201,7 +201,7 @@ FP8_FORMAT = {"gfx942": torch.float8_e4m3fnuz, "gfx950": torch.float8_e4m3fn}  #
 @pytest.mark.parametrize("window_size", [(-1, -1), (40, 0), (-1, -1, "causal")], ids=["full", "window", "causal"])
 @pytest.mark.parametrize("descale", ["per_batch_head", "per_tensor", "none"])
 @pytest.mark.parametrize("target, head_dim", [pytest.param(t, d, id=f"{t}-d{d}") for t in TARGETS if t in FP8_FORMAT
-                                              for d in (64, 128)])
+                                              for d in (64, 128, 256)])
 def test_fwd_fp8(emu, target, head_dim, descale, window_size):
     """The fp8 forward on the fp8 MFMA: out within what rounding P to e4m3 explains of the float32
     reference over the dequantized inputs (RMS within 1.25x of the simulated rounding's, max within

@@ -22,7 +22,7 @@ from pathlib import Path
 HEAD_DIMS = (32, 64, 96, 128, 192, 256)
 SM90_HEAD_DIMS = {"fwd": (64, 128, 256), "bwd": (64, 128, 256)}
 DTYPES = {"fp16": ("half_t", "DType::kFloat16"), "bf16": ("bf16_t", "DType::kBFloat16")}
-FP8_HEAD_DIMS = (64, 128)
+FP8_HEAD_DIMS = (64, 128, 256)
 SM90_FP8_HEAD_DIMS = (128,)  # the Hopper fp8 forward (smaller head dims zero-padded to it)
 GENERATED_DIR = Path(__file__).resolve().parent.parent / "csrc" / "generated"
 
