@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from ._inputs import DENSE_LAYOUT, VARLEN_LAYOUT, check_gqa, check_tensor
+from ._inputs import (DENSE_LAYOUT, VARLEN_LAYOUT, check_gqa, check_head_dim, check_same_head_dim, check_same_shape,
+                      check_tensor)
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 DESCALE_NAMES = ("q_descale", "k_descale", "v_descale")
@@ -40,6 +41,12 @@ def check(q, k, v, descales, *, batch: int, varlen: bool = False, names=("q", "k
     tensors = (q, k, v)
     for name, t in zip(names, tensors):
         check_tensor(name, t, 3 if varlen else 4, VARLEN_LAYOUT if varlen else DENSE_LAYOUT)
+    check_head_dim(q.shape[-1], names[0])
+    for name, t in zip(names[1:], tensors[1:]):
+        check_same_head_dim(name, t, names[0], q.shape[-1])
+        if not varlen and t.shape[0] != q.shape[0]:
+            raise ValueError(f"{name} has batch size {t.shape[0]} but {names[0]} has {q.shape[0]}")
+    check_same_shape(names[1], k, names[2], v)
     check_gqa(q.shape[-2], k.shape[-2], names[0], f"{names[1]} and {names[2]}")
     fp8 = [name for name, t in zip(names, tensors) if is_fp8(t)]
     if not fp8:

@@ -82,8 +82,8 @@ def flash_attn_func(
     deterministic=True the backward is bitwise reproducible (a little slower). A head dim that
     is not a multiple of 8 is zero-padded to one (a copy) and out sliced back.
     float8 q, k, v (e4m3fn or e4m3fnuz, all three) with FlashAttention-3's q_descale, k_descale,
-    v_descale (float32 [b, h_k] or one element; keyword-only): forward only, out in bfloat16,
-    dequantized to bfloat16 first for now (_fp8.py).
+    v_descale (float32 [b, h_k] or one element; keyword-only): forward only, out in bfloat16; an
+    fp8 kernel where the device has one for the call, else dequantized to bfloat16 (_fp8.py).
     """
     descales = (q_descale, k_descale, v_descale)
     if _fp8.requested(q, k, v, descales):

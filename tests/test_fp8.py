@@ -86,8 +86,10 @@ def call(**overrides):
     (dict(k=torch.zeros(2, 37, 4, 64).to(torch.float8_e4m3fn), v=torch.zeros(2, 37, 4, 64).to(torch.float8_e4m3fn)),
      ValueError, "divisible"),
     (dict(q=torch.zeros(37, 6, 64).to(torch.float8_e4m3fn)), ValueError, r"\bq\b"),
+    (dict(k=torch.zeros(2, 37, 2, 32).to(torch.float8_e4m3fn)), ValueError, r"\bk\b.*head dim"),
+    (dict(v=torch.zeros(1, 37, 2, 64).to(torch.float8_e4m3fn)), ValueError, r"\bv\b.*batch"),
 ], ids=["bf16-q-among-fp8", "two-fp8-formats", "descale-float64", "descale-shape", "descale-float", "gqa",
-        "q-3d"])
+        "q-3d", "k-head-dim", "v-batch"])
 def test_bad_fp8_arguments_name_themselves(overrides, error, match):
     with pytest.raises(error, match=match):
         call(**overrides)
