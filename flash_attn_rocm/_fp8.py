@@ -7,7 +7,7 @@ FlashAttention-3 has no fp8 backward either.
 
 Two ways to run it:
 - an fp8 kernel (torch.ops.flash_attn_rocm.fwd_fp8) for dense calls at head dims that are
-  multiples of 16 (up to 128 on Hopper, 256 on AMD), without softcap, ALiBi or dropout, in the format the device's fp8
+  multiples of 16 up to 256, without softcap, ALiBi or dropout, in the format the device's fp8
   instructions read: on AMD gfx942 float8_e4m3fnuz, on gfx950 float8_e4m3fn (fwd_kernel_amd.h:
   compiled and emulated, not run on AMD hardware), on Hopper float8_e4m3fn (fwd_kernel_sm90.h).
   Both products on fp8, P rounded to e4m3;

@@ -258,7 +258,8 @@ def _fp8_forward(q, k, v, descales, softmax_scale, causal, window_size, return_a
     """flash_attn_func on the fp8 kernel (_fp8.runs_natively): out bf16."""
     scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
     window = resolve_window(window_size)
-    check_devices(("q", q), ("k", k), ("v", v), *[(n, d) for n, d in zip(_fp8.DESCALE_NAMES, descales) if d is not None])
+    given = [(name, d) for name, d in zip(_fp8.DESCALE_NAMES, descales) if d is not None]
+    check_devices(("q", q), ("k", k), ("v", v), *given)
     out, softmax_lse = ops.fwd_fp8(q, k, v, *descales, scale, bool(causal), *window)
     return (out, softmax_lse, q.new_empty(0)) if return_attn_probs else out
 

@@ -34,4 +34,4 @@ def test_bench_extras_defaults_are_issue_22s_bar():
 def test_bench_fp8_defaults_cover_issue_24s_bar():
     bench_fp8 = pytest.importorskip("bench_fp8")
     args = bench_fp8.parse_args([])
-    assert args.headdims == [128] and 16384 in args.seqlens
+    assert args.headdims == [128, 256] and 16384 in args.seqlens

@@ -161,7 +161,7 @@ def native_fp8_or_skip(head_dim):
 @pytest.mark.parametrize("descale", ["per_batch_head", "per_tensor", "none"])
 @pytest.mark.parametrize("window_size", [(-1, -1), (100, 0), "causal"], ids=["full", "window", "causal"])
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(300, 1000), (1, 77), (513, 513), (1000, 129)])
-@pytest.mark.parametrize("head_dim", [64, 80, 128])
+@pytest.mark.parametrize("head_dim", [64, 80, 128, 160, 256])
 def test_fp8_kernel_matches_the_reference(head_dim, seqlen_q, seqlen_k, window_size, descale):
     """The fp8 kernel (Hopper: fwd_kernel_sm90.h with V transposed by fp8_vt_sm90.h): out within
     what rounding P to e4m3 explains of the float32 reference over the dequantized inputs (the

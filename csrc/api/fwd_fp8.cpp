@@ -98,8 +98,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_fp8(const at::Tensor& q, const at::Tensor
       flash::run_mha_fwd(params, flash::DType::kFloat8E4m3, has_right_edge, at::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err != flash::kInvalidConfig,
               "flash_attn_rocm::fwd_fp8: no fp8 kernel for this device and call (AMD gfx942 with float8_e4m3fnuz, "
-              "gfx950 with float8_e4m3fn (head dims up to 256), Hopper with float8_e4m3fn and its sm_90a kernels "
-              "(up to 128); multiples of 16)");
+              "gfx950 with float8_e4m3fn, Hopper with float8_e4m3fn and its sm_90a kernels; head dims up to 256 "
+              "in multiples of 16)");
   check_launch(err, "fwd_fp8");
   return {out, softmax_lse};
 }

@@ -60,7 +60,8 @@ template <class T_, int kHeadDim_>
 struct BwdTraitsSm90 {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "dQ's split between the warpgroups assumes these");
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
+                "dQ's split between the warpgroups assumes these");
   // Blocks per key block, each owning kDimCols columns of dK, dV and dQ (head dim 256: two).
   static constexpr int kDimParts = kHeadDim == 256 ? 2 : 1, kDimCols = kHeadDim / kDimParts;
   // Each consumer's dQ piece is 64 x 64: head dim 128 splits its columns, 64 the rows; at 256

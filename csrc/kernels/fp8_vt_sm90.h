@@ -27,7 +27,8 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(256) fp8_transpose_v_kernel(const FwdParams params) {
   __shared__ __align__(16) uint8_t tile[kVtKeys][kHeadDim + 16];  // + 16: the column reads spread over banks
   const int key0 = blockIdx.x * kVtKeys, head_k = blockIdx.y, batch = blockIdx.z;
-  const uint8_t* v = static_cast<const uint8_t*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride;
+  const uint8_t* v =
+      static_cast<const uint8_t*>(params.v) + batch * params.v_batch_stride + head_k * params.v_head_stride;
   constexpr int kChunks = kHeadDim / 16;
   for (int i = threadIdx.x; i < kVtKeys * kChunks; i += blockDim.x) {
     const int row = i / kChunks, c = 16 * (i % kChunks);

@@ -79,7 +79,8 @@ __global__ void __launch_bounds__(Traits::kNThreads) flash_fwd_amd_kernel(const 
     // fp8: the scores of q and k as stored, times q_descale k_descale, are the logits' inputs.
     [[maybe_unused]] float qk_descale = 1.f;
     if constexpr (Traits::kFp8) {
-      qk_descale = fp8_descale(params.q_descale, params, batch, head_k) * fp8_descale(params.k_descale, params, batch, head_k);
+      qk_descale = fp8_descale(params.q_descale, params, batch, head_k) *
+                   fp8_descale(params.k_descale, params, batch, head_k);
     }
 
     // Waves wave / kDSplit share their query rows; wave % kDSplit names the part of the head dim.

@@ -19,11 +19,12 @@
 // and dropout to the scores the way the portable kernel does (score_mod.h, dropout.h: the same
 // functions of position, so both kernels drop the same probabilities).
 //
-// fp8 (T = fp8_e4m3_t, head dim 128, smaller ones zero-padded by TMA; plain variants): both products on the e4m3 wgmma
-// (k = 32), which reads 8-bit operands K-major only: Q from shared memory, and V as V^T, written
-// transposed (keys in P's order) by fp8_vt_sm90.h before this kernel, loaded by TMA like K. P goes
-// from S's accumulators to the A fragments with cvt (times kFp8PScale); q_descale k_descale scale
-// the scores, v_descale / kFp8PScale the output, which is bf16.
+// fp8 (T = fp8_e4m3_t, head dims 128 and 256, smaller ones zero-padded by TMA; plain variants):
+// both products on the e4m3 wgmma (k = 32), which reads 8-bit operands K-major only: Q from
+// shared memory, and V as V^T, written transposed (keys in P's order) by fp8_vt_sm90.h before
+// this kernel, loaded by TMA like K. P goes from S's accumulators to the A fragments with cvt
+// (times kFp8PScale); q_descale k_descale scale the scores, v_descale / kFp8PScale the output,
+// which is bf16.
 #pragma once
 
 #include <type_traits>
@@ -55,7 +56,8 @@ struct FwdTraitsSm90 {
   static constexpr int kElemBytes = int(sizeof(T));
   static constexpr int kHeadDim = kHeadDim_;
   // fp8 rows of 128 bytes fill the swizzle rows exactly; smaller head dims run here zero-padded.
-  static_assert(!kFp8 || kHeadDim == 128, "the fp8 forward exists at head dim 128");
+  static_assert(!kFp8 || ((kHeadDim == 128 || kHeadDim == 256) && kBlockN_ % 128 == 0),
+                "the fp8 forward exists at head dims 128 and 256, in blocks of 128 keys (V^T's swizzle rows)");
   static constexpr int kBlockM = 128, kBlockN = kBlockN_;
   static constexpr int kStages = kHeadDim <= 128 ? 3 : 2;
   static constexpr int kNThreads = 3 * 128;  // a producer warpgroup, two consumer warpgroups

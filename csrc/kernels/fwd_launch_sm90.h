@@ -49,12 +49,16 @@ error_t launch_fwd_sm90(const FwdParams& params, stream_t stream) {
 template <class T, int kHeadDim, bool Has_right_edge, bool Has_extras>
 error_t run_fwd_sm90(const FwdParams& params, stream_t stream) {
   using Tile = FwdTileSm90<kHeadDim>;
-  if constexpr (Tile::kWideBlockN != 0 && !Has_right_edge && !Has_extras && !std::is_same_v<T, fp8_e4m3_t>) {
-    if (params.seqlen_k >= Tile::kWideMinSeqlenK) {
-      return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kWideBlockN>, false, false>(params, stream);
+  if constexpr (std::is_same_v<T, fp8_e4m3_t>) {
+    return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kFp8BlockN>, Has_right_edge, Has_extras>(params, stream);
+  } else {
+    if constexpr (Tile::kWideBlockN != 0 && !Has_right_edge && !Has_extras) {
+      if (params.seqlen_k >= Tile::kWideMinSeqlenK) {
+        return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kWideBlockN>, false, false>(params, stream);
+      }
     }
+    return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kBlockN>, Has_right_edge, Has_extras>(params, stream);
   }
-  return launch_fwd_sm90<FwdTraitsSm90<T, kHeadDim, Tile::kBlockN>, Has_right_edge, Has_extras>(params, stream);
 }
 
 }  // namespace flash

@@ -48,9 +48,10 @@ inline constexpr int kVtKeys = 64;
 
 template <int kHeadDim> struct FwdTileSm90 {
   static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 80, kWideBlockN = 0, kWideMinSeqlenK = 0;
+  static constexpr int kFp8BlockN = 128;  // the fp8 forward: whole 128-byte rows of V^T's keys
 };
 template <> struct FwdTileSm90<64> {
-  static constexpr int kBlockN = 128, kWideBlockN = 192, kWideMinSeqlenK = 4096;
+  static constexpr int kBlockN = 128, kWideBlockN = 192, kWideMinSeqlenK = 4096, kFp8BlockN = 128;
 };
 
 // How the warps of a block share one product's output tile of kRows x kCols: kWarpRows warps

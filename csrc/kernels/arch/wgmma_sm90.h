@@ -253,7 +253,7 @@ FA_WGMMA_RS(wgmma_rs_k_major, 192, bf16_t, "bf16", "0", 96, 97, 98, 99, 100, 101
 FA_WGMMA_RS(wgmma_rs, 256, half_t, "f16", "1", 128, 129, 130, 131, 132, 133)
 FA_WGMMA_RS(wgmma_rs, 256, bf16_t, "bf16", "1", 128, 129, 130, 131, 132, 133)
 
-// fp8 (e4m3 x e4m3, k32): the fp8 forward's S over 128 keys, and P V at head dims 64 and 128.
+// fp8 (e4m3 x e4m3, k32): the fp8 forward's S over 128 keys, and P V at head dims 64, 128 and 256.
 #define FA_WGMMA_SS_FP8(N, DA, DB, P)                                                                \
   template <>                                                                                        \
   FA_DEVICE void wgmma_ss_fp8<N>(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) { \
@@ -276,6 +276,7 @@ FA_WGMMA_RS(wgmma_rs, 256, bf16_t, "bf16", "1", 128, 129, 130, 131, 132, 133)
 FA_WGMMA_SS_FP8(128, 64, 65, 66)
 FA_WGMMA_RS_FP8(64, 32, 33, 34, 35, 36, 37)
 FA_WGMMA_RS_FP8(128, 64, 65, 66, 67, 68, 69)
+FA_WGMMA_RS_FP8(256, 128, 129, 130, 131, 132, 133)
 
 #undef FA_WGMMA_RS_FP8
 #undef FA_WGMMA_SS_FP8
