@@ -7,6 +7,8 @@ CPU tensors, fp32, head dims this build lacks, ...).
 A boolean key-padding mask ([b, 1, 1, sk] or [b, sk]) runs through the varlen kernels.
 is_causal with seqlen_q != seqlen_k is PyTorch's top-left causal mask (query i sees keys
 j <= i), which the kernels' bottom-right masks express exactly (_top_left_causal).
+float8 query, key, value (e4m3, all three; PyTorch's SDPA has no fp8 kernel) go through
+flash_attn_func's fp8 path with descales of 1 and come back in bfloat16 (forward only).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ._inputs import check_servable, check_tensor, fallback_reason
+from . import _fp8
+from ._inputs import check_devices, check_servable, check_tensor, fallback_reason, resolve_softmax_scale
 from .interface import flash_attn_func, flash_attn_varlen_func
 
 _torch_sdpa = F.scaled_dot_product_attention
@@ -34,6 +37,8 @@ def _fallback_reason(query, key, value, attn_mask, dropout_p, is_causal, scale, 
     if attn_mask is not None:
         if is_causal:
             return "attn_mask together with is_causal"
+        if _fp8.is_fp8(query):
+            return "attn_mask with float8 inputs"
         if _key_padding(attn_mask, query.shape[0], key.shape[2]) is None:
             return "attn_mask is not a boolean key-padding mask"
     return None
@@ -43,7 +48,13 @@ def _check_kernel_inputs(query, key, value, scale) -> None:
     """flash_attn_func's rules (flash_attn_rocm._inputs), on SDPA's [b, h, s, d] layout."""
     for name, t in zip(_NAMES, (query, key, value)):
         check_tensor(name, t, 4, "[batch, heads, seqlen, head_dim]")
-    check_servable(*(t.transpose(1, 2) for t in (query, key, value)), scale, names=_NAMES, scale_name="scale")
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    if _fp8.requested(q, k, v, (None, None, None)):
+        check_devices(*zip(_NAMES, (q, k, v)), allow_meta=False)
+        _fp8.check(q, k, v, (None, None, None), batch=q.shape[0], names=_NAMES)
+        resolve_softmax_scale(scale, q.shape[-1], "scale")
+        return
+    check_servable(q, k, v, scale, names=_NAMES, scale_name="scale")
 
 
 def _top_left_causal(seqlen_q: int, seqlen_k: int) -> tuple[int, bool, tuple[int, int]]:

@@ -188,3 +188,23 @@ def test_fp8_kernel_matches_the_reference(head_dim, seqlen_q, seqlen_k, window_s
     assert_within_fp8_error(out, exact, simulated)
     seen = lse_ref.isfinite()
     assert torch.allclose(lse[seen], lse_ref[seen], atol=1e-3, rtol=1e-3)
+
+
+def test_sdpa_drop_in_takes_fp8_where_pytorch_has_no_kernel():
+    from flash_attn_rocm import sdpa
+
+    q = torch.zeros(2, 4, 16, 64).to(torch.float8_e4m3fn)  # [b, h, s, d]
+    # On the CPU the reason to fall back is the device, not the dtype: fp8 is served on GPUs.
+    reason = sdpa._fallback_reason(q, q, q, None, 0.0, True, None, False)
+    assert "CUDA" in reason and "float8" not in reason
+
+
+@requires_gpu
+def test_sdpa_drop_in_runs_fp8():
+    from flash_attn_rocm import sdpa
+
+    q, k, v = fp8_qkv(batch=2, seqlen=200, nheads=4, nheads_k=4, device="cuda")
+    out = sdpa.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
+    assert out.dtype == torch.bfloat16
+    expected_out = flash_attn_func(q, k, v, causal=True).transpose(1, 2)
+    assert torch.equal(out, expected_out)
