@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from ._inputs import (DENSE_LAYOUT, VARLEN_LAYOUT, check_gqa, check_head_dim, check_same_head_dim, check_same_shape,
-                      check_tensor)
+from ._inputs import (DENSE_LAYOUT, VARLEN_LAYOUT, check_gqa, check_head_dim, check_same_head_dim,
+                      check_same_shape, check_tensor)
+from ._ops import fp8_forward_available
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 DESCALE_NAMES = ("q_descale", "k_descale", "v_descale")
@@ -116,8 +117,8 @@ def runs_natively(q, softcap, alibi_slopes, dropout_p) -> bool:
         return False
     if q.shape[-1] % 16 != 0 or native_format(q.device) != q.dtype:
         return False
-    with torch.cuda.device(q.device):
-        return bool(torch.ops.flash_attn_rocm.fp8_forward_available(q.shape[-1]))
+    return fp8_forward_available(q.device.index if q.device.index is not None else torch.cuda.current_device(),
+                                 q.shape[-1])
 
 
 def varlen_batch_of_row(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int):

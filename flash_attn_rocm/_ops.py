@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -74,7 +75,25 @@ def set_hopper_kernels(enabled: bool) -> bool:
     """Whether the forward and backward may use the Hopper (sm_90a) kernels where they apply
     (default: yes, when built for sm_90; FLASH_ATTN_ROCM_HOPPER=0 in the environment turns them off
     at import). Returns the previous setting; always False in builds without them."""
+    fp8_forward_available.cache_clear()  # the Hopper fp8 forward comes and goes with them
     return bool(ops.set_hopper_kernels(enabled))
+
+
+def set_unverified_kernels(enabled: bool) -> bool:
+    """Whether the Hopper kernels that have not yet run on a GPU -- the fp8 forward, the d256
+    backward, the softcap/ALiBi/dropout variants -- may take calls (default: no; the portable
+    kernels, or fp8's dequantizing path, serve those calls; FLASH_ATTN_ROCM_UNVERIFIED=1 in the
+    environment turns them on at import). Returns the previous setting."""
+    fp8_forward_available.cache_clear()
+    return bool(ops.set_unverified_kernels(enabled))
+
+
+@functools.lru_cache(maxsize=None)
+def fp8_forward_available(device_index: int, head_dim: int) -> bool:
+    """Whether the fp8 forward has a kernel for head_dim on the device (asked once per pair: a
+    call through the dispatcher costs microseconds a layer)."""
+    with torch.cuda.device(device_index):
+        return bool(ops.fp8_forward_available(head_dim))
 
 
 def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward: bool = False, softcap: float = 0.0,
@@ -114,3 +133,5 @@ def kernel_family(head_dim: int, dtype: torch.dtype = torch.float16, *, backward
 
 if os.environ.get("FLASH_ATTN_ROCM_HOPPER", "1").strip() == "0":
     set_hopper_kernels(False)
+if os.environ.get("FLASH_ATTN_ROCM_UNVERIFIED", "0").strip() == "1":
+    set_unverified_kernels(True)

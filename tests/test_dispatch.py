@@ -83,3 +83,31 @@ def test_tma_fallback_is_reported():
     assert family == "sm80:hdim128" and "TMA" in reason
     with hopper(False):
         assert "switched off" in kernel_family(128, explain=True)[1]
+
+
+def test_unverified_kernels_switch_round_trips():
+    from flash_attn_rocm._ops import set_unverified_kernels
+
+    previous = set_unverified_kernels(False)
+    try:
+        assert set_unverified_kernels(True) is False
+        assert set_unverified_kernels(False) is True
+    finally:
+        set_unverified_kernels(previous)
+
+
+@requires_hopper
+def test_unverified_kernels_take_calls_only_when_asked():
+    """The Hopper kernels not yet run on a GPU (the fp8 forward, the d256 backward, the extras
+    variants) are off for users by default, with the reason; the tests turn them on (conftest)."""
+    from flash_attn_rocm._ops import set_unverified_kernels
+
+    previous = set_unverified_kernels(False)
+    try:
+        family, reason = kernel_family(256, backward=True, explain=True)
+        assert family == "sm80:hdim256" and "not run on a GPU" in reason
+        assert kernel_family(128, softcap=30.0) == "sm80:hdim128"
+        assert kernel_family(128) == "sm90:hdim128"
+        assert kernel_family(256, backward=False) == "sm90:hdim256"
+    finally:
+        set_unverified_kernels(previous)

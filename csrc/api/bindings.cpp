@@ -58,6 +58,7 @@ TORCH_LIBRARY(flash_attn_rocm, m) {
   m.def("fp8_forward_available(int head_dim) -> bool", &flash_api::fp8_forward_available);
   // Tests and benchmarks switch the Hopper kernels off to compare them with the portable ones.
   m.def("set_hopper_kernels(bool enabled) -> bool", &flash::set_hopper_kernels);
+  m.def("set_unverified_kernels(bool enabled) -> bool", &flash::set_unverified_kernels);
   m.def("kernel_family(bool backward, int head_dim, bool bf16, bool extras, Tensor? q=None, Tensor? k=None, "
         "Tensor? v=None, Tensor? dout=None, bool paged=False, bool dropout=False) -> str[]",
         &flash_api::kernel_family);

@@ -28,6 +28,9 @@ int kernel_head_dim(int head_dim);
 // Lets the forward and backward use the Hopper (sm_90a) kernels where they apply (the default
 // when the build has them); returns the previous setting, false in builds without them.
 bool set_hopper_kernels(bool enabled);
+// Whether the Hopper kernels not yet run on a GPU (the fp8 forward, the d256 backward, the softcap/
+// ALiBi/dropout variants) may take calls; off by default. Returns the previous setting.
+bool set_unverified_kernels(bool enabled);
 
 // Which kernels run_mha_fwd (backward = false) or run_mha_bwd would launch on the current device,
 // decided as they decide it (dispatch.cu).

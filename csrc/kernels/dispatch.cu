@@ -12,6 +12,7 @@
 //      runs the variants with them).
 // kernel_family() reports the same decision, and for the portable kernels why not Hopper.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "api.h"
@@ -28,6 +29,10 @@ namespace flash {
 namespace {
 
 bool hopper_kernels_enabled = true;
+// Hopper kernels that have not yet run on a GPU take calls only when asked (set_unverified_kernels;
+// FLASH_ATTN_ROCM_UNVERIFIED=1): a kernel never run could return wrong numbers without an error.
+// The list shrinks as GPU runs verify them (benchmarks/NOTES.md).
+bool unverified_kernels_enabled = false;
 
 template <class Family>
 const Family* find_family(const Family* rows, int count, int head_dim, DType dtype) {
@@ -77,6 +82,21 @@ const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool d
   if (extras && family.hopper[0][1] == nullptr) {
     return "softcap, ALiBi and dropout run on the portable kernels at this head dim";
   }
+  if (!unverified_kernels_enabled) {
+    constexpr bool kBackward = std::is_same_v<Params, BwdParams>;
+    if (family.dtype == DType::kFloat8E4m3) {
+      return "the Hopper fp8 forward has not run on a GPU yet (set_unverified_kernels(True) or "
+             "FLASH_ATTN_ROCM_UNVERIFIED=1 runs it)";
+    }
+    if (kBackward && family.head_dim == 256) {
+      return "the Hopper d256 backward has not run on a GPU yet (set_unverified_kernels(True) or "
+             "FLASH_ATTN_ROCM_UNVERIFIED=1 runs it)";
+    }
+    if (extras) {
+      return "the Hopper kernels' softcap/ALiBi/dropout variants have not run on a GPU yet "
+             "(set_unverified_kernels(True) or FLASH_ATTN_ROCM_UNVERIFIED=1 runs them)";
+    }
+  }
   if (dropout && !family.hopper_dropout) return "dropout runs on the portable kernels at this head dim";
   if (paged) return kPagedNotHopper;
 #if defined(FA_PLATFORM_CUDA)
@@ -122,6 +142,12 @@ int kernel_head_dim(int head_dim) {
     if (d >= head_dim) return d;
   }
   return 0;
+}
+
+bool set_unverified_kernels(bool enabled) {
+  const bool previous = unverified_kernels_enabled;
+  unverified_kernels_enabled = enabled;
+  return previous;
 }
 
 bool set_hopper_kernels(bool enabled) {
