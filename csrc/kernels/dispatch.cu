@@ -107,12 +107,14 @@ const char* why_not_hopper(const PassFamily<Params>& family, bool extras, bool d
   return nullptr;
 }
 
-// The fp8 forward family for head dim d: the smallest fp8 head dim >= d (AMD: 64, 128; Hopper: 128).
+// The fp8 forward family for head dim d: the smallest fp8 head dim >= d (AMD: 64, 128, 256;
+// Hopper: 128, 256).
 const PassFamily<FwdParams>* fp8_family(int d) {
   const PassFamily<FwdParams>* best = nullptr;
   for (int i = 0; i < kKernelTable.num_fwd; ++i) {
     const PassFamily<FwdParams>& f = kKernelTable.fwd[i];
-    if (f.dtype == DType::kFloat8E4m3 && f.head_dim >= d && (best == nullptr || f.head_dim < best->head_dim)) best = &f;
+    const bool fits = f.dtype == DType::kFloat8E4m3 && f.head_dim >= d;
+    if (fits && (best == nullptr || f.head_dim < best->head_dim)) best = &f;
   }
   return best;
 }
