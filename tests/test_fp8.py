@@ -208,3 +208,32 @@ def test_sdpa_drop_in_runs_fp8():
     assert out.dtype == torch.bfloat16
     expected_out = flash_attn_func(q, k, v, causal=True).transpose(1, 2)
     assert torch.equal(out, expected_out)
+
+
+def fp8_p_key(position: int) -> int:
+    """csrc/kernels/fp8_vt_sm90.h's fp8_p_key: the key V^T holds at a position of its 16."""
+    t, i = (position % 16) // 4, position % 4
+    return position // 16 * 16 + 8 * (i // 2) + 2 * t + i % 2
+
+
+def test_hopper_fp8_p_fragments_and_vt_agree_on_every_key():
+    """The Hopper fp8 forward's two halves of one contract, modelled: pack_p (fwd_kernel_sm90.h)
+    builds P's k32 A fragments from S's accumulators (mma's C layout: element e of n8 tile j is row
+    g + 8 (e / 2), key 8 j + 2 t + e % 2, g = lane / 4, t = lane % 4), and PTX's 8-bit A fragment
+    puts byte i of word w at row g + 8 (w % 2), k = 4 t + 16 (w / 2) + i; V^T stores key
+    fp8_p_key(k) at k. Every (row, k) must hold the key V^T has there, each key exactly once."""
+    for kk in range(4):  # the k32 steps of a 128-key block
+        seen = {}
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for w in range(4):
+                tile, e = 4 * kk + 2 * (w // 2), 2 * (w % 2)  # pack_p's choice for word w
+                sources = [(tile, e), (tile, e + 1), (tile + 1, e), (tile + 1, e + 1)]
+                for i, (j, elem) in enumerate(sources):
+                    row, key = g + 8 * (elem // 2), 8 * j + 2 * t + elem % 2
+                    frag_row, k = g + 8 * (w % 2), 4 * t + 16 * (w // 2) + i
+                    assert row == frag_row, (lane, w, i)
+                    assert key == 32 * kk + fp8_p_key(k), (lane, w, i, key, k)
+                    seen[(row, k)] = key
+        assert len(seen) == 16 * 32  # every (row, k) of the 16-row strip once
+        assert sorted({fp8_p_key(k) for k in range(32)}) == list(range(32))
