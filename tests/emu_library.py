@@ -189,15 +189,25 @@ class Library:
         return out, lse, rng_state
 
     def fwd_fp8(self, q, k, v, q_descale=None, k_descale=None, v_descale=None, causal=False, softmax_scale=None,
-                window_size=(-1, -1)):
+                window_size=(-1, -1), cu_seqlens=None):
         """The fp8 forward (gfx942: float8_e4m3fnuz, gfx950: float8_e4m3fn): q [b, sq, h, d], k, v
-        [b, sk, h_k, d] with fp32 descales [b, h_k] or of one element -> out (bf16), softmax_lse."""
+        [b, sk, h_k, d] with fp32 descales [b, h_k] or of one element -> out (bf16), softmax_lse.
+        With cu_seqlens = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k): varlen, q
+        [total_q, h, d], k, v [total_k, h_k, d], lse [h, total_q]."""
         _check_inputs(q, k, v, fp8=True)
-        batch, seqlen_q, heads, _ = q.shape
+        heads = q.shape[-2]
         out = torch.empty(q.shape, dtype=torch.bfloat16)
-        lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32)
+        if cu_seqlens is None:
+            batch, seqlen_q = q.shape[:2]
+            lse = torch.empty(batch, heads, seqlen_q, dtype=torch.float32)
+            lse_strides = (heads * seqlen_q, seqlen_q)
+        else:
+            lse = torch.empty(heads, q.shape[0], dtype=torch.float32)
+            lse_strides = (0, q.shape[0])
         a = self._attention(q, k, v, out, lse, causal, softmax_scale, window_size, 0.0, None, 0.0, 0, 0,
-                            torch.empty(0, dtype=torch.int64), (heads * seqlen_q, seqlen_q))
+                            torch.empty(0, dtype=torch.int64), lse_strides)
+        if cu_seqlens is not None:
+            self._varlen(a, q, k, *cu_seqlens)
         a.is_fp8 = 1
         given = [d for d in (q_descale, k_descale, v_descale) if d is not None]
         assert all(d.dtype == torch.float32 and d.is_contiguous() and d.shape == given[0].shape for d in given)

@@ -228,6 +228,30 @@ def test_fwd_fp8(emu, target, head_dim, descale, window_size):
     assert_within_fp8_error(out, exact, simulated)
     check_lse(lse, lse_ref)
 
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("target", [pytest.param(t, id=t) for t in TARGETS if t in FP8_FORMAT])
+def test_varlen_fwd_fp8(emu, target, causal):
+    """The fp8 forward over packed sequences of different lengths (an empty one included), each
+    with its own descales: every sequence against its own reference."""
+    fp8 = FP8_FORMAT[target]
+    lengths, heads, heads_k, head_dim = [5, 0, 70, 33], 4, 2, 64
+    cu = cu_seqlens(lengths, device=CPU)
+    g = torch.Generator().manual_seed(7)
+    total = sum(lengths)
+    q, k, v = ((torch.randn(total, h, head_dim, generator=g) * 3).to(fp8) for h in (heads, heads_k, heads_k))
+    descales = [torch.rand(len(lengths), heads_k, generator=g) * 0.5 + 0.05 for _ in range(3)]
+    out, lse = emu.fwd_fp8(q, k, v, *descales, causal=causal, cu_seqlens=(cu, cu, max(lengths), max(lengths)))
+    for b, length in enumerate(lengths):
+        if length == 0:
+            continue
+        rows = slice(cu[b].item(), cu[b + 1].item())
+        exact, simulated, lse_ref = fp8_attention_reference(
+            *(t[rows][None] for t in (q, k, v)), [d[b:b + 1] for d in descales], causal)
+        assert_within_fp8_error(out[rows][None], exact, simulated)
+        check_lse(lse[:, rows][None], lse_ref)
+
+
 # ---------------------------------------------------------------- backward
 
 
