@@ -66,12 +66,11 @@ def check(q, k, v, descales, *, batch: int, varlen: bool = False, names=("q", "k
             _check_descale(descale_name, descale, batch, k.shape[-2], q.device)
 
 
-def dequantize(q, k, v, descales, *, batch: int, batch_of_row=None, names=("q", "k", "v")):
-    """q, k, v in bfloat16, each times its descale (checked first). q, k, v [b, s, heads, d] (dense)
-    or [total, heads, d] with batch_of_row (varlen: a callable giving q's or k's rows' batch
-    indices, int64 on the device, for per-batch descales)."""
+def dequantize(q, k, v, descales, *, batch_of_row=None, names=("q", "k", "v")):
+    """q, k, v in bfloat16, each times its descale; the caller has run check(). q, k, v [b, s,
+    heads, d] (dense) or [total, heads, d] with batch_of_row (varlen: a callable giving q's or
+    k's rows' batch indices, int64 on the device, for per-batch descales)."""
     varlen = batch_of_row is not None
-    check(q, k, v, descales, batch=batch, varlen=varlen, names=names)
     nheads_k = k.shape[-2]
     out = []
     for name, t, descale in zip(names, (q, k, v), descales):

@@ -90,7 +90,7 @@ def flash_attn_func(
         _fp8.check(q, k, v, descales, batch=_leading_size(q))
         if _fp8.runs_natively(q, softcap, alibi_slopes, dropout_p):
             return _fp8_forward(q, k, v, descales, softmax_scale, causal, window_size, return_attn_probs)
-        q, k, v = _fp8.dequantize(q, k, v, descales, batch=_leading_size(q))
+        q, k, v = _fp8.dequantize(q, k, v, descales)
     check_qkv(q, k, v)
     head_dim = q.shape[-1]
     scale = resolve_softmax_scale(softmax_scale, head_dim)
@@ -199,13 +199,14 @@ def flash_attn_varlen_func(
 
     float8 q, k, v with q_descale, k_descale, v_descale: as flash_attn_func (not with block_table).
     """
-    if _fp8.requested(q, k, v, (q_descale, k_descale, v_descale)):
+    descales = (q_descale, k_descale, v_descale)
+    if _fp8.requested(q, k, v, descales):
         if block_table is not None:
             raise NotImplementedError("float8 q, k, v with block_table (paged K/V) are not supported yet")
         check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        _fp8.check(q, k, v, descales, batch=cu_seqlens_q.shape[0] - 1, varlen=True)
         rows = _fp8.varlen_batch_of_row(cu_seqlens_q, cu_seqlens_k, _leading_size(q), _leading_size(k))
-        q, k, v = _fp8.dequantize(q, k, v, (q_descale, k_descale, v_descale), batch=cu_seqlens_q.shape[0] - 1,
-                                  batch_of_row=rows)
+        q, k, v = _fp8.dequantize(q, k, v, descales, batch_of_row=rows)
     if block_table is None:
         check_qkv(q, k, v, varlen=True)
         check_varlen_args(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)

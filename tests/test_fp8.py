@@ -48,7 +48,8 @@ def test_dequantize_matches_float64(dtype, kind):
         scales = [torch.tensor([0.37]), torch.tensor(1.5), torch.tensor([[0.01]])]
     else:
         scales = [None, None, None]
-    got = _fp8.dequantize(q, k, v, scales, batch=2)
+    _fp8.check(q, k, v, scales, batch=2)
+    got = _fp8.dequantize(q, k, v, scales)
     for t, d, g in zip((q, k, v), scales, got):
         assert g.dtype == torch.bfloat16
         assert torch.equal(g, expected(t, d, nheads_k=2))
@@ -64,7 +65,8 @@ def test_varlen_dequantize_takes_each_rows_sequence():
     v = (torch.randn(total, 2, 32, generator=g) * 3).to(torch.float8_e4m3fn)
     scales = descales(batch=4, nheads_k=2)
     rows = _fp8.varlen_batch_of_row(cu, cu, total, total)
-    got = _fp8.dequantize(q, k, v, scales, batch=4, batch_of_row=rows)
+    _fp8.check(q, k, v, scales, batch=4, varlen=True)
+    got = _fp8.dequantize(q, k, v, scales, batch_of_row=rows)
     for t, d, g in zip((q, k, v), scales, got):
         for b in range(4):
             part = slice(cu[b].item(), cu[b + 1].item())

@@ -11,17 +11,25 @@
 
 namespace flash_api {
 
+// A contiguous last dimension and 16-byte aligned rows: the kernels move 16-byte chunks of a row
+// (8 elements of 16 bits, 16 of fp8). The dtype is each op's own check.
+inline void check_attention_layout(const at::Tensor& t, const char* name, int64_t rank) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(t.dim() == rank, name, " must have ", rank, " dims, got ", t.dim());
+  TORCH_CHECK(t.stride(-1) == 1, name, " must have a contiguous last dimension");
+  const int64_t chunk = 16 / static_cast<int64_t>(t.element_size());
+  bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t i = 0; i + 1 < rank; ++i) aligned = aligned && t.stride(i) % chunk == 0;
+  TORCH_CHECK(aligned, name, " must be 16-byte aligned (data pointer, and strides in multiples of ", chunk,
+              " elements); pass ", name, ".contiguous()");
+}
+
 inline void check_attention_input(const at::Tensor& t, const char* name, int64_t rank) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
   TORCH_CHECK(t.dim() == rank, name, " must have ", rank, " dims, got ", t.dim());
   TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
               name, " must be float16 or bfloat16, got ", t.scalar_type());
-  TORCH_CHECK(t.stride(-1) == 1, name, " must have a contiguous last dimension");
-  // The kernels move 16-byte chunks of a row.
-  bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t i = 0; i + 1 < rank; ++i) aligned = aligned && t.stride(i) % 8 == 0;
-  TORCH_CHECK(aligned, name, " must be 16-byte aligned (data pointer, and strides in multiples of 8 elements); "
-              "pass ", name, ".contiguous()");
+  check_attention_layout(t, name, rank);
 }
 
 inline void check_same_shape(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name) {

@@ -23,10 +23,7 @@ void check_fp8_input(const at::Tensor& t, const char* name, const at::Tensor& q)
   TORCH_CHECK(t.scalar_type() == at::kFloat8_e4m3fn || t.scalar_type() == at::kFloat8_e4m3fnuz, name,
               " must be float8_e4m3fn or float8_e4m3fnuz, got ", t.scalar_type());
   check_same(q, t, name);
-  TORCH_CHECK(t.stride(-1) == 1, name, " must have a contiguous last dimension");
-  bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t i = 0; i < 3; ++i) aligned = aligned && t.stride(i) % 16 == 0;
-  TORCH_CHECK(aligned, name, " must be 16-byte aligned (data pointer, and strides in multiples of 16 elements)");
+  check_attention_layout(t, name, 4);
 }
 
 void check_descale(const std::optional<at::Tensor>& d, const char* name, const at::Tensor& q, int64_t batch,
